@@ -1,0 +1,1 @@
+"""Fine-tuning targets (nodule segmentation, false-positive reduction, PE detection, ...)."""

@@ -1,0 +1,154 @@
+"""Configuration as dataclasses: defaults in code, values from YAML, overrides from the CLI.
+
+``load_config(PretrainConfig, "cfg.yaml", {"optim.lr": 0.1})`` builds a (possibly nested)
+dataclass, checking that every key exists and converting lists to tuples where the field says so.
+The effective configuration is saved next to every checkpoint with :func:`save_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+import yaml
+
+from genesis.errors import ConfigError
+from genesis.fileio import atomic_write_text
+
+C = TypeVar("C")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dict (tuples as lists) of a dataclass config, ready for YAML or JSON."""
+
+    def convert(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): convert(v) for k, v in value.items()}
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return convert(cfg)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML value to the field's annotated type where that is unambiguous."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except (ConfigError, TypeError, ValueError):
+                continue
+        raise ConfigError(f"{where}: cannot use {value!r} as {annotation}")
+    if dataclasses.is_dataclass(annotation):
+        if isinstance(annotation, type) and isinstance(value, annotation):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(annotation, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if args and len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args or [Any] * len(value)))
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0] if args else Any, where) for v in value]
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if annotation is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if annotation in (int, str, bool) and not isinstance(value, annotation):
+        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+    if annotation is Path and isinstance(value, str):
+        return Path(value)
+    return value
+
+
+def _build(cls: type[C], values: Mapping[str, Any], where: str) -> C:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> C:
+    """Build ``cls`` from its defaults, then a YAML file, then dotted-key ``overrides``.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys or values of the wrong type; the message
+            names the file and the key.
+    """
+    tree: dict[str, Any] = config_to_dict(cls())
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError("config file not found", path) from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"not valid YAML ({exc})", path) from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("the top level of a config file must be a mapping", path)
+        try:
+            _merge(tree, loaded, "")
+        except ConfigError as exc:
+            raise ConfigError(str(exc), path) from None
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, key, value)
+    try:
+        return _build(cls, tree, "")
+    except ConfigError as exc:
+        if path is not None and exc.path is None:
+            raise ConfigError(str(exc), path) from None
+        raise
+
+
+def _merge(base: dict[str, Any], new: Mapping[str, Any], where: str) -> None:
+    for key, value in new.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value, f"{where}{key}.")
+        else:
+            base[key] = value
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the effective configuration as YAML (atomically)."""
+    atomic_write_text(Path(path), yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

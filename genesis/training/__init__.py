@@ -1,0 +1,1 @@
+"""Training: checkpoints, the pretraining engine, distributed helpers."""

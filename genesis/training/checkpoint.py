@@ -1,0 +1,50 @@
+"""Checkpoints: written atomically, read without unpickling arbitrary objects.
+
+A checkpoint is a plain dict (``{"model": state_dict, "optimizer": ..., "epoch": ...}``) of
+tensors, numbers, strings, lists and dicts, so ``torch.load(..., weights_only=True)`` reads it.
+A file that needs pickled code to load is refused with a :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genesis.errors import CheckpointError
+from genesis.fileio import atomic_write
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Save ``state`` to ``path`` atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``).
+
+    Raises:
+        CheckpointError: missing, truncated or corrupt file, or one that would need to unpickle
+            arbitrary code (refused).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError("checkpoint not found", path)
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            "refused: this checkpoint needs arbitrary Python objects to load (unsafe pickle); "
+            f"re-save it as a plain state_dict or safetensors ({str(exc).splitlines()[0]})",
+            path,
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint (corrupt or truncated?): {exc}", path) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"expected a dict checkpoint, found {type(obj).__name__}", path)
+    return obj

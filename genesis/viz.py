@@ -1,0 +1,157 @@
+"""PNG pictures where a person would rather look than read: grids of slices, montages, curves.
+
+Uses matplotlib's non-interactive Agg backend so it works on headless machines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from genesis.fileio import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def middle_slices(volume: np.ndarray) -> list[np.ndarray]:
+    """Axial, coronal and sagittal middle slices of a (z, y, x) array (coronal/sagittal flipped so head is up)."""
+    vol = np.asarray(volume)
+    z, y, x = (s // 2 for s in vol.shape)
+    return [vol[z], vol[:, y, :][::-1], vol[:, :, x][::-1]]
+
+
+def save_grid(
+    rows: Sequence[Sequence[np.ndarray | None]],
+    path: str | Path,
+    *,
+    row_titles: Sequence[str] | None = None,
+    col_titles: Sequence[str] | None = None,
+    title: str | None = None,
+    vmin: float | Sequence[float | None] | None = 0.0,
+    vmax: float | Sequence[float | None] | None = 1.0,
+    cmap: str | Sequence[str] = "gray",
+    cell_inches: float = 2.0,
+    aspect: Sequence[float] | float | None = None,
+) -> Path:
+    """Write a grid of 2D images (None leaves a cell empty) as a PNG, atomically.
+
+    ``vmin``/``vmax``/``cmap`` may be given per column.
+    """
+    plt = _pyplot()
+    n_rows = len(rows)
+    n_cols = max(len(r) for r in rows)
+
+    def per_col(value, j):
+        if isinstance(value, (list, tuple)):
+            return value[j]
+        return value
+
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(cell_inches * n_cols, cell_inches * n_rows), squeeze=False)
+    for i, row in enumerate(rows):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            image = row[j] if j < len(row) else None
+            if image is None:
+                ax.axis("off")
+            else:
+                ax.imshow(
+                    np.asarray(image, dtype=np.float32),
+                    cmap=per_col(cmap, j),
+                    vmin=per_col(vmin, j),
+                    vmax=per_col(vmax, j),
+                    aspect=per_col(aspect, j) if aspect is not None else "equal",
+                    interpolation="nearest",
+                )
+            if i == 0 and col_titles is not None and j < len(col_titles):
+                ax.set_title(col_titles[j], fontsize=9)
+            if j == 0 and row_titles is not None and i < len(row_titles):
+                ax.set_ylabel(row_titles[i], fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_montage(
+    volume_hu: np.ndarray,
+    path: str | Path,
+    *,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    window: tuple[float, float] = (-1000.0, 1000.0),
+    overlays: dict[str, np.ndarray] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Axial / coronal / sagittal middle slices of a HU volume, optionally with mask outlines."""
+    plt = _pyplot()
+    slices = middle_slices(volume_hu)
+    sz, sy, sx = spacing
+    aspects = [sy / sx, sz / sx, sz / sy]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.5))
+    names = ["axial", "coronal", "sagittal"]
+    colours = ["red", "yellow", "cyan", "lime", "magenta", "orange"]
+    overlay_slices = {k: middle_slices(v) for k, v in (overlays or {}).items()}
+    for k, ax in enumerate(axes):
+        ax.imshow(slices[k], cmap="gray", vmin=window[0], vmax=window[1], aspect=aspects[k], interpolation="nearest")
+        for c, (name, sl) in enumerate(overlay_slices.items()):
+            if sl[k].any():
+                ax.contour(sl[k].astype(float), levels=[0.5], colors=colours[c % len(colours)], linewidths=0.8)
+        ax.set_title(names[k])
+        ax.axis("off")
+    if overlay_slices:
+        handles = [plt.Line2D([0], [0], color=colours[c % len(colours)]) for c in range(len(overlay_slices))]
+        fig.legend(handles, list(overlay_slices), loc="lower center", ncol=len(overlay_slices), fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_curves(
+    series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float] | None, Sequence[float] | None]],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str | None = None,
+    logx: bool = False,
+) -> Path:
+    """Line plot of named series ``{name: (x, y, ci_low, ci_high)}`` with shaded confidence bands."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, (x, y, lo, hi) in series.items():
+        ax.plot(x, y, marker="o", label=name)
+        if lo is not None and hi is not None:
+            ax.fill_between(x, lo, hi, alpha=0.2)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
