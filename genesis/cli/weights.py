@@ -1,0 +1,131 @@
+"""``genesis-weights``: list, inspect, download, verify and export released weights.
+
+Environment: ``GENESIS_CACHE`` (cache directory, default ``~/.cache/genesis``),
+``GENESIS_WEIGHTS_REGISTRY`` (extra manifest files, ``os.pathsep``-separated),
+``GENESIS_OFFLINE=1`` (never use the network).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from genesis.cli._common import user_errors_exit
+from genesis.errors import GenesisError
+from genesis.weights.download import cached_path, download, read_record, verify_cached
+from genesis.weights.manifest import WeightsSettings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genesis-weights",
+        description="List, inspect, download (verified, resumable), verify and export released weights.",
+        epilog="Environment: GENESIS_CACHE, GENESIS_WEIGHTS_REGISTRY (os.pathsep-separated), GENESIS_OFFLINE=1.",
+    )
+    parser.add_argument("--offline", action="store_true", default=None,
+                        help="use the cache only, never the network (also GENESIS_OFFLINE=1)")
+    parser.add_argument("--cache", type=Path, default=None, help="cache directory (default: $GENESIS_CACHE)")
+    parser.add_argument("--registry", type=Path, action="append", default=[],
+                        help="extra manifest YAML file (repeatable; also $GENESIS_WEIGHTS_REGISTRY)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="registered weights and their cache state")
+    for command, text in (("info", "show a manifest entry"), ("download", "download and verify"),
+                          ("path", "print the cached file's path (downloading it unless offline)")):
+        p = sub.add_parser(command, help=text)
+        p.add_argument("name")
+        if command == "download":
+            p.add_argument("--force", action="store_true", help="download again even if cached")
+    p = sub.add_parser("verify", help="check cached files against their sha256")
+    p.add_argument("name", nargs="?", help="one entry (default: every cached entry)")
+    p = sub.add_parser("export", help="export a checkpoint as safetensors + model card + manifest entry")
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--name", required=True, help="arch.tag name, e.g. unet3d.genesis_synthetic_demo")
+    p.add_argument("--out", type=Path, default=Path("."), help="output directory (default: .)")
+    p.add_argument("--license", default="Apache-2.0")
+    p.add_argument("--description", default=None)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> WeightsSettings:
+    settings = WeightsSettings.from_env(os.environ, cache_dir=args.cache)
+    settings.registry_files = settings.registry_files + list(args.registry)
+    if args.offline:
+        settings.offline = True
+    settings.progress = not args.no_progress and sys.stderr.isatty()
+    return settings
+
+
+def _state(entry, settings: WeightsSettings) -> str:
+    if entry.example:
+        return "template"
+    return "cached" if cached_path(entry, settings).is_file() else "-"
+
+
+@user_errors_exit
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``genesis-weights``; returns the exit code (2 on a user error)."""
+    args = build_parser().parse_args(argv)
+    if args.command == "export":
+        from genesis.weights.export import export_checkpoint  # needs torch: imported only here
+
+        result = export_checkpoint(args.checkpoint, args.name, args.out, license=args.license,
+                                   description=args.description)
+        print(f"weights  {result.weights}\ncard     {result.card}\nmanifest {result.manifest}")
+        print(f"sha256   {result.sha256}\nsize     {result.size}")
+        if result.synthetic:
+            print("note: this checkpoint was trained on synthetic data (the card says so)")
+        return 0
+    settings = _settings(args)
+    registry = settings.registry()
+    if args.command == "list":
+        rows = [(e.name, e.architecture.get("name", "?"), e.checksum_status, _state(e, settings)) for e in registry.entries()]
+        widths = [max(len(r[i]) for r in rows + [("name", "arch", "sha256", "cache")]) for i in range(4)]
+        for row in [("name", "arch", "sha256", "cache")] + rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        return 0
+    if args.command == "info":
+        entry = registry.get(args.name)
+        data = entry.to_dict()
+        data["origin"] = entry.origin
+        data["cache"] = {"path": str(cached_path(entry, settings)), "present": cached_path(entry, settings).is_file()}
+        if not entry.example:
+            record = read_record(entry, settings)
+            if record:
+                data["cache"]["recorded_sha256"] = record["sha256"]
+                data["cache"]["recorded_how"] = record.get("how")
+        print(yaml.safe_dump(data, sort_keys=False).rstrip())
+        return 0
+    if args.command in ("download", "path"):
+        entry = registry.get(args.name)
+        path = download(entry, settings, force=getattr(args, "force", False))
+        print(path if args.command == "path" else f"{entry.name}: {path}")
+        return 0
+    if args.command == "verify":
+        entries = [registry.get(args.name)] if args.name else [
+            e for e in registry.entries() if not e.example and cached_path(e, settings).is_file()
+        ]
+        failures = 0
+        for entry in entries:
+            try:
+                result = verify_cached(entry, settings)
+            except GenesisError as exc:
+                if args.name:
+                    raise
+                failures += 1
+                print(f"FAILED {entry.name}: {exc}")
+                continue
+            print(f"ok     {entry.name}: sha256 {result.sha256} ({result.checked_against})")
+        if not entries:
+            print("no cached weights to verify")
+        return 1 if failures else 0
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
