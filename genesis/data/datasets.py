@@ -1,0 +1,199 @@
+"""Cubes for pretraining: a map-style dataset deterministic in (seed, key), and its loader.
+
+``CubeDataset[k]`` draws everything (which volume, where the cube is) from a numpy Generator seeded
+with ``(seed, k)``, for any ``k >= 0``. Epoch ``e`` uses keys ``e * len(ds) + i``: the same epoch
+gives the same cubes whatever the number of workers or processes, which is what exact resume and
+DDP sharding need (:func:`epoch_keys`, :func:`make_loader`).
+
+The volume is drawn uniformly per key, so consecutive keys rarely share a volume: each worker keeps
+a small LRU of loaded volumes, and a file source should use ``cache_dir`` so that a miss is only a
+memory map of the preprocessed ``.npy``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from genesis.data.sampler import SamplerConfig, SubVolumeSampler
+from genesis.data.sources import VolumeSource
+from genesis.errors import ConfigError
+from genesis.rng import numpy_generator
+
+#: Stream tags mixed into the seed so the dataset and the shuffle never share random numbers.
+_CUBE_STREAM, _SHUFFLE_STREAM = 0xC0BE, 0x5F1E
+
+
+class CubeDataset(Dataset):
+    """Map-style dataset of cubes (1, D, H, W) float32 in [0, 1].
+
+    Args:
+        source: where the volumes come from.
+        sampler_cfg: crop size and rejection rule (default :class:`SamplerConfig`).
+        cubes_per_epoch: ``len(ds)``; keys of epoch e are ``e * len(ds) .. (e + 1) * len(ds) - 1``.
+        seed: base seed; ``ds[k]`` depends only on (source, sampler_cfg, seed, k).
+        lru_volumes: loaded volumes kept per worker process.
+    """
+
+    def __init__(
+        self,
+        source: VolumeSource,
+        sampler_cfg: SamplerConfig | None = None,
+        cubes_per_epoch: int = 1024,
+        seed: int = 0,
+        lru_volumes: int = 8,
+    ) -> None:
+        if cubes_per_epoch < 1:
+            raise ConfigError(f"cubes_per_epoch must be >= 1, got {cubes_per_epoch}")
+        self.source = source
+        self.sampler = SubVolumeSampler(sampler_cfg)
+        self.cubes_per_epoch = int(cubes_per_epoch)
+        self.seed = int(seed)
+        self.lru_volumes = max(1, int(lru_volumes))
+        self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    def __getstate__(self) -> dict:
+        # Worker processes started with "spawn" get a pickled copy: send no loaded volumes.
+        state = self.__dict__.copy()
+        state["_lru"] = OrderedDict()
+        return state
+
+    @property
+    def is_synthetic(self) -> bool:
+        return bool(getattr(self.source, "is_synthetic", False))
+
+    def __len__(self) -> int:
+        return self.cubes_per_epoch
+
+    def volume(self, index: int) -> np.ndarray:
+        """Volume ``index`` of the source, through the per-process LRU."""
+        if index in self._lru:
+            self._lru.move_to_end(index)
+            return self._lru[index]
+        array = self.source.load(index)
+        self._lru[index] = array
+        while len(self._lru) > self.lru_volumes:
+            self._lru.popitem(last=False)
+        return array
+
+    def volume_index(self, key: int) -> int:
+        """Which source volume key ``key`` samples from."""
+        return int(self._rng(key).integers(len(self.source)))
+
+    def _rng(self, key: int) -> np.random.Generator:
+        return numpy_generator(_CUBE_STREAM, self.seed, key)
+
+    def __getitem__(self, key: int) -> torch.Tensor:
+        key = int(key)
+        if key < 0:
+            raise IndexError(f"CubeDataset keys are >= 0, got {key}")
+        rng = self._rng(key)
+        volume = self.volume(int(rng.integers(len(self.source))))
+        cube = self.sampler.sample(volume, 1, rng)
+        return torch.from_numpy(cube)  # (1, D, H, W)
+
+
+def epoch_keys(
+    n: int,
+    epoch: int,
+    shuffle_seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = True,
+    shuffle: bool = True,
+) -> list[int]:
+    """Keys of ``epoch`` for process ``rank`` of ``world_size``.
+
+    The ``n`` keys ``epoch * n + i`` are permuted with a generator seeded by (shuffle_seed, epoch),
+    then dealt round-robin to ranks. With ``drop_last`` the tail that does not divide evenly is
+    dropped; otherwise the list is padded by wrapping around (like ``DistributedSampler``), so every
+    rank gets the same number of keys.
+
+    Raises:
+        ConfigError: bad rank/world_size/epoch.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+    if epoch < 0 or n < 1:
+        raise ConfigError(f"need epoch >= 0 and n >= 1, got epoch={epoch}, n={n}")
+    order = np.arange(n, dtype=np.int64)
+    if shuffle:
+        order = numpy_generator(_SHUFFLE_STREAM, shuffle_seed, epoch).permutation(n)
+    keys = epoch * n + order
+    if drop_last:
+        keys = keys[: (n // world_size) * world_size]
+    elif n % world_size:
+        keys = np.concatenate([keys, keys[: world_size - n % world_size]])
+    return [int(k) for k in keys[rank::world_size]]
+
+
+class KeySampler(Sampler[int]):
+    """Yields a fixed list of dataset keys (one epoch's share of one rank)."""
+
+    def __init__(self, keys: Sequence[int]) -> None:
+        self.keys = list(keys)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def collate_cubes(items: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Stack (1, D, H, W) items into (B, 1, D, H, W) with numpy.
+
+    ``torch.stack`` (the default collate) runs on torch's intra-op thread pool, which on small,
+    busy machines was measured 30x slower than one ``np.stack`` (4 MB batch: 148 ms vs 5 ms).
+    """
+    return torch.from_numpy(np.stack([item.numpy() for item in items]))
+
+
+def make_loader(
+    ds: CubeDataset,
+    batch_size: int,
+    epoch: int,
+    workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    shuffle_seed: int = 0,
+    drop_last: bool = True,
+    pin_memory: bool = False,
+    multiprocessing_context: str | None = None,
+) -> DataLoader:
+    """A DataLoader over the keys of ``epoch`` for ``rank`` (see :func:`epoch_keys`).
+
+    Batches are (B, 1, D, H, W) float32. Results do not depend on ``workers``: every item is a
+    pure function of its key. Workers are not persistent; build one loader per epoch.
+
+    Args:
+        ds: the dataset.
+        batch_size: items per batch.
+        epoch: epoch number (>= 0).
+        workers: DataLoader worker processes (0: load in this process).
+        rank / world_size: this process's share in distributed training.
+        shuffle_seed: seed of the per-epoch key permutation.
+        drop_last: drop the incomplete last batch (and the keys that do not split evenly by rank).
+        pin_memory: pin batches (useful with CUDA).
+        multiprocessing_context: e.g. "spawn" or "forkserver" (None: the platform default).
+    Returns:
+        A ``torch.utils.data.DataLoader``.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    keys = epoch_keys(len(ds), epoch, shuffle_seed, rank, world_size, drop_last)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=KeySampler(keys),
+        num_workers=int(workers),
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        collate_fn=collate_cubes,
+        multiprocessing_context=multiprocessing_context if workers > 0 else None,
+    )

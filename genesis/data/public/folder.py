@@ -1,0 +1,66 @@
+"""A folder of CT volumes: every NIfTI/MetaImage/NRRD file and every DICOM series, recursively."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genesis.errors import DatasetLayoutError
+from genesis.io.dicom import dicom_files_in, list_dicom_series
+from genesis.io.readers import volume_suffix
+
+
+@dataclass(frozen=True)
+class VolumeRecord:
+    """One volume of a dataset.
+
+    Attributes:
+        path: a volume file or a DICOM series directory.
+        series_uid: which DICOM series of ``path`` (None: the only one / not DICOM).
+        split: e.g. "train"/"val"/"test" when a manifest gives it.
+        label: free-form label from a manifest.
+        extra: any other manifest columns.
+    """
+
+    path: Path
+    series_uid: str | None = None
+    split: str | None = None
+    label: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.path}#{self.series_uid}" if self.series_uid else str(self.path)
+
+
+def find_volumes(directory: str | Path) -> list[VolumeRecord]:
+    """All volumes under ``directory`` (recursive, sorted, hidden entries skipped).
+
+    Files with a volume ending (.nii, .nii.gz, .mhd, .mha, .nrrd, .nhdr) are one record each; a
+    folder holding DICOM files gives one record per series (with ``series_uid`` when it holds
+    several). Companion data files (.raw, .zraw) are not listed.
+
+    Raises:
+        DatasetLayoutError: ``directory`` is missing, not a directory, or holds no volume.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DatasetLayoutError("not a directory", directory)
+    records: list[VolumeRecord] = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        here = Path(root)
+        for name in sorted(files):
+            if not name.startswith(".") and volume_suffix(name) is not None:
+                records.append(VolumeRecord(here / name))
+        if dicom_files_in(here):
+            series = list_dicom_series(here)
+            for info in series:
+                records.append(VolumeRecord(here, info.uid if len(series) > 1 else None))
+    if not records:
+        raise DatasetLayoutError(
+            "no CT volumes found (looked for .nii/.nii.gz/.mhd/.mha/.nrrd/.nhdr files and DICOM series)", directory
+        )
+    return records

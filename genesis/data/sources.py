@@ -1,0 +1,214 @@
+"""Volume sources: an indexable set of preprocessed volumes ([0, 1] float32, (z, y, x)).
+
+A source is what :class:`~genesis.data.datasets.CubeDataset` samples from: files on disk
+(:class:`FileVolumeSource`, optionally cached), the synthetic generator
+(:class:`SyntheticVolumeSource`), or whatever a user passes on the command line
+(:func:`volume_source_from_arg`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from genesis.data.cache import VolumeCache
+from genesis.data.preprocess import PreprocessConfig, preprocess
+from genesis.data.public.folder import VolumeRecord, find_volumes
+from genesis.data.public.manifest import MANIFEST_SUFFIXES, read_manifest
+from genesis.errors import DatasetLayoutError, InputFileError
+from genesis.io.readers import load_volume, volume_suffix
+
+#: Number of synthetic volumes when no data is given.
+DEFAULT_SYNTHETIC_N = 8
+
+
+@runtime_checkable
+class VolumeSource(Protocol):
+    """An indexable collection of normalised volumes."""
+
+    is_synthetic: bool
+
+    def __len__(self) -> int: ...
+
+    def load(self, i: int) -> np.ndarray:
+        """Volume ``i`` as float32 [0, 1], (z, y, x)."""
+        ...
+
+    def name(self, i: int) -> str:
+        """A human-readable identifier of volume ``i`` (file path, synthetic seed)."""
+        ...
+
+
+def _config_dict(cfg: Any) -> Any:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+
+
+def _check_index(i: int, n: int) -> int:
+    if not 0 <= i < n:
+        raise IndexError(f"volume index {i} out of range for a source of {n} volumes")
+    return int(i)
+
+
+class FileVolumeSource:
+    """Volumes read from files or DICOM folders, preprocessed, optionally cached on disk.
+
+    Args:
+        paths: volume files / DICOM directories, or :class:`VolumeRecord` (to give a series uid).
+        preprocess_cfg: preprocessing settings (default :class:`PreprocessConfig`).
+        cache_dir: if given, preprocessed arrays are cached there (see :mod:`genesis.data.cache`)
+            and returned as read-only memory maps.
+    Raises:
+        DatasetLayoutError: ``paths`` is empty.
+    """
+
+    is_synthetic = False
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path | VolumeRecord],
+        preprocess_cfg: PreprocessConfig | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        self.records = [p if isinstance(p, VolumeRecord) else VolumeRecord(Path(p)) for p in paths]
+        if not self.records:
+            raise DatasetLayoutError("no volumes given")
+        self.preprocess_cfg = preprocess_cfg or PreprocessConfig()
+        self.cache = VolumeCache(cache_dir) if cache_dir is not None else None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def name(self, i: int) -> str:
+        return self.records[_check_index(i, len(self))].name
+
+    def _compute(self, record: VolumeRecord) -> np.ndarray:
+        return preprocess(load_volume(record.path, series_uid=record.series_uid), self.preprocess_cfg)
+
+    def load(self, i: int) -> np.ndarray:
+        """Read, preprocess (or fetch from the cache) volume ``i``.
+
+        Raises:
+            VolumeReadError / DicomSeriesError: the file cannot be used (see :func:`load_volume`).
+        """
+        record = self.records[_check_index(i, len(self))]
+        if self.cache is None:
+            return self._compute(record)
+        key = {
+            "kind": "file",
+            "source": self.cache.fingerprint(record.path),
+            "series_uid": record.series_uid,
+            "preprocess": _config_dict(self.preprocess_cfg),
+        }
+        return self.cache.get_or_compute(key, lambda: self._compute(record))
+
+
+def synthetic_seed(seed: int, index: int) -> int:
+    """The generator seed of synthetic volume ``index`` of a source seeded with ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint32)[0])
+
+
+class SyntheticVolumeSource:
+    """``n`` synthetic chest CTs from :func:`genesis.data.synthetic.generate_chest_ct`.
+
+    Volume ``i`` is generated with seed :func:`synthetic_seed` ``(seed, i)``, so any volume can be
+    regenerated alone. Data from this source is synthetic (``is_synthetic = True``), never real CT.
+
+    Args:
+        n: number of volumes.
+        seed: base seed.
+        preprocess_cfg: preprocessing settings.
+        synthetic_cfg: a ``SyntheticConfig`` (None: generator defaults).
+        cache_dir: optional on-disk cache of the preprocessed arrays.
+    """
+
+    is_synthetic = True
+
+    def __init__(
+        self,
+        n: int = DEFAULT_SYNTHETIC_N,
+        seed: int = 0,
+        preprocess_cfg: PreprocessConfig | None = None,
+        synthetic_cfg: Any = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        if n < 1:
+            raise DatasetLayoutError(f"a synthetic source needs at least 1 volume, got n={n}")
+        self.n, self.seed = int(n), int(seed)
+        self.preprocess_cfg = preprocess_cfg or PreprocessConfig()
+        self.synthetic_cfg = synthetic_cfg
+        self.cache = VolumeCache(cache_dir) if cache_dir is not None else None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def name(self, i: int) -> str:
+        return f"synthetic:{synthetic_seed(self.seed, _check_index(i, self.n))}"
+
+    def _compute(self, i: int) -> np.ndarray:
+        from genesis.data.synthetic import generate_chest_ct  # imported lazily: optional heavy module
+
+        ct = generate_chest_ct(seed=synthetic_seed(self.seed, i), config=self.synthetic_cfg)
+        return preprocess(ct.volume, self.preprocess_cfg)
+
+    def load(self, i: int) -> np.ndarray:
+        i = _check_index(i, self.n)
+        if self.cache is None:
+            return self._compute(i)
+        key = {
+            "kind": "synthetic",
+            "seed": synthetic_seed(self.seed, i),
+            "synthetic": _config_dict(self.synthetic_cfg),
+            "preprocess": _config_dict(self.preprocess_cfg),
+        }
+        return self.cache.get_or_compute(key, lambda: self._compute(i))
+
+
+def volume_source_from_arg(
+    data: str | Path | None,
+    preprocess_cfg: PreprocessConfig | None = None,
+    cache_dir: str | Path | None = None,
+    synthetic_n: int = DEFAULT_SYNTHETIC_N,
+    seed: int = 0,
+    synthetic_cfg: Any = None,
+    split: str | None = None,
+) -> VolumeSource:
+    """The source a ``--data`` argument means.
+
+    Args:
+        data: None -> synthetic volumes; a directory -> every volume in it (recursive, see
+            :func:`genesis.data.public.folder.find_volumes`); a ``.csv``/``.yaml``/``.yml``
+            manifest (see :func:`genesis.data.public.manifest.read_manifest`); a single volume file
+            (a directory holding exactly one DICOM series counts as a directory of one volume).
+        preprocess_cfg: preprocessing settings.
+        cache_dir: optional cache of preprocessed arrays.
+        synthetic_n: number of synthetic volumes when ``data`` is None.
+        seed: seed of the synthetic volumes.
+        synthetic_cfg: ``SyntheticConfig`` for synthetic volumes.
+        split: keep only this split of a manifest.
+    Returns:
+        A :class:`VolumeSource`.
+    Raises:
+        InputFileError: ``data`` does not exist or is not a known kind of file.
+        DatasetLayoutError: empty folder or bad manifest (message names it).
+    """
+    if data is None:
+        return SyntheticVolumeSource(synthetic_n, seed, preprocess_cfg, synthetic_cfg, cache_dir)
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise InputFileError("data path does not exist", path)
+    if path.is_dir():
+        records = find_volumes(path)
+    elif path.suffix.lower() in MANIFEST_SUFFIXES:
+        records = read_manifest(path, split=split)
+    elif volume_suffix(path) is not None or path.suffix.lower() == ".dcm":
+        records = [VolumeRecord(path)]
+    else:
+        raise InputFileError(
+            "unknown data argument: expected a folder, a .csv/.yaml manifest or a volume file "
+            "(.nii, .nii.gz, .mhd, .mha, .nrrd, .nhdr, or a DICOM folder)",
+            path,
+        )
+    return FileVolumeSource(records, preprocess_cfg, cache_dir)

@@ -1,0 +1,341 @@
+"""DICOM series: discovery (GDCM via SimpleITK), header checks (pydicom), reading and writing.
+
+Pixel data are read by SimpleITK's ``ImageSeriesReader`` (GDCM), which applies each slice's
+RescaleSlope/RescaleIntercept; we ask for float32 output so slices with different rescale values
+cannot be truncated. pydicom reads the headers only (``stop_before_pixels``) to check the series
+before any pixels are touched: one orientation, one in-plane grid, no duplicate positions, and
+evenly spaced slices (a gap means a missing or unreadable slice).
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from genesis.errors import DicomSeriesError
+from genesis.io.volume import Volume
+
+#: Relative tolerance on slice spacing: larger deviations from the median step are an error.
+SPACING_TOLERANCE = 0.1
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One DICOM series found in a directory.
+
+    Attributes:
+        uid: SeriesInstanceUID.
+        files: slice files as GDCM lists them (sorted by position).
+        description: SeriesDescription ("" when absent).
+        modality: Modality tag (None when absent).
+        series_number: SeriesNumber (None when absent).
+    """
+
+    uid: str
+    files: tuple[Path, ...]
+    description: str = ""
+    modality: str | None = None
+    series_number: int | None = None
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.files)
+
+    def __str__(self) -> str:
+        desc = f" '{self.description}'" if self.description else ""
+        return f"{self.uid} ({self.n_slices} slices{desc}, modality {self.modality or '?'})"
+
+
+def _header(path: Path) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types for bad files
+        raise DicomSeriesError(f"unreadable DICOM file ({type(exc).__name__}: {exc})", path) from exc
+
+
+def list_dicom_series(directory: str | Path) -> list[SeriesInfo]:
+    """List the DICOM series directly inside ``directory`` (not recursive).
+
+    Args:
+        directory: a folder of DICOM files.
+    Returns:
+        One :class:`SeriesInfo` per SeriesInstanceUID, ordered by series number then UID.
+        Empty if the folder holds no readable DICOM file.
+    Raises:
+        DicomSeriesError: ``directory`` is not a directory.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DicomSeriesError("not a directory of DICOM files", directory)
+    try:
+        uids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(directory))
+    except RuntimeError as exc:
+        raise DicomSeriesError(f"cannot scan for DICOM series ({exc})", directory) from exc
+    series = []
+    for uid in uids:
+        files = tuple(Path(f) for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(directory), uid))
+        if not files:
+            continue
+        head = _header(files[0])
+        number = head.get("SeriesNumber")
+        series.append(
+            SeriesInfo(
+                uid=str(uid),
+                files=files,
+                description=str(head.get("SeriesDescription", "") or ""),
+                modality=str(head.Modality) if head.get("Modality") else None,
+                series_number=int(number) if number not in (None, "") else None,
+            )
+        )
+    series.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30, s.uid))
+    return series
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """A .dcm/.ima file, or a file with the 'DICM' preamble marker."""
+    if path.suffix.lower() in (".dcm", ".ima", ".dicom"):
+        return True
+    if path.suffix:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_files_in(directory: Path) -> list[Path]:
+    """Files directly in ``directory`` that look like DICOM (by extension or preamble)."""
+    return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".") and _looks_like_dicom(p))
+
+
+def select_series(directory: str | Path, series_uid: str | None = None) -> SeriesInfo:
+    """The series to read from ``directory``: the one with ``series_uid``, or the only one.
+
+    Raises:
+        DicomSeriesError: no series; ``series_uid`` not found; several series and no uid given
+            (the message lists uid, slice count and description of each).
+    """
+    return _select(Path(directory), series_uid)[0]
+
+
+def _select(directory: Path, series_uid: str | None) -> tuple[SeriesInfo, int]:
+    series = list_dicom_series(directory)
+    if not series:
+        raise DicomSeriesError("no DICOM series found in this directory", directory)
+    listing = "; ".join(str(s) for s in series)
+    if series_uid is not None:
+        for info in series:
+            if info.uid == series_uid:
+                return info, len(series)
+        raise DicomSeriesError(f"no series with uid {series_uid}; found: {listing}", directory)
+    if len(series) > 1:
+        raise DicomSeriesError(f"{len(series)} DICOM series here, pass series_uid= to choose one: {listing}", directory)
+    return series[0], 1
+
+
+def _check_unlisted_files(directory: Path, info: SeriesInfo, n_series: int) -> list[Path]:
+    """Look at DICOM-looking files that GDCM left out of the series; return the suspicious ones.
+
+    Raises for a file pydicom cannot parse when the folder holds a single series (it must have
+    been one of its slices) and for a parsable file of the same SeriesInstanceUID. Files without
+    a SeriesInstanceUID (a DICOMDIR, or a slice truncated inside its header) are returned so a
+    later gap error can name them; other series and objects are ignored.
+    """
+    listed = {f.resolve() for f in info.files}
+    suspects = []
+    for path in dicom_files_in(directory):
+        if path.resolve() in listed:
+            continue
+        try:
+            uid = pydicom.dcmread(str(path), stop_before_pixels=True).get("SeriesInstanceUID")
+        except Exception:  # pydicom raises many types for damaged files
+            if n_series == 1:
+                raise DicomSeriesError(f"corrupt or unreadable DICOM file {path.name} in series {info.uid}", path)
+            suspects.append(path)
+            continue
+        if uid is None:
+            suspects.append(path)
+        elif str(uid) == info.uid:
+            raise DicomSeriesError(f"slice {path.name} of series {info.uid} could not be read (corrupt?)", path)
+    return suspects
+
+
+def check_series_geometry(info: SeriesInfo, directory: Path) -> tuple[list[Path], float]:
+    """Check slice headers and return the files sorted along the slice normal and the z step.
+
+    Raises:
+        DicomSeriesError: fewer than 2 slices, missing geometry tags, mixed orientation or
+            in-plane grid, duplicate positions, a gap (missing slice) or uneven spacing.
+    """
+    if info.n_slices == 1 and int(_header(info.files[0]).get("NumberOfFrames", 1) or 1) > 1:
+        raise DicomSeriesError(
+            "multi-frame (enhanced) DICOM is not supported; convert it to NIfTI first (e.g. with dcm2niix)",
+            info.files[0],
+        )
+    if info.n_slices < 2:
+        raise DicomSeriesError(
+            f"series {info.uid} has {info.n_slices} slice: a 2D image, a 3D volume is needed", directory
+        )
+    heads = [(path, _header(path)) for path in info.files]
+    first_path, first = heads[0]
+    try:
+        orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    except AttributeError as exc:
+        raise DicomSeriesError("slice has no ImageOrientationPatient", first_path) from exc
+    normal = np.cross(orientation[:3], orientation[3:])
+    grid = (first.get("Rows"), first.get("Columns"), tuple(float(v) for v in first.get("PixelSpacing", ())))
+    positions = []
+    for path, head in heads:
+        if "ImagePositionPatient" not in head:
+            raise DicomSeriesError("slice has no ImagePositionPatient", path)
+        if not np.allclose(np.asarray(head.get("ImageOrientationPatient", orientation), float), orientation, atol=1e-3):
+            raise DicomSeriesError(f"slice orientation differs from {first_path.name}", path)
+        this_grid = (head.get("Rows"), head.get("Columns"), tuple(float(v) for v in head.get("PixelSpacing", ())))
+        if this_grid != grid:
+            raise DicomSeriesError(
+                f"slice size/pixel spacing {this_grid} differs from {grid} of {first_path.name}", path
+            )
+        positions.append(float(np.dot(np.asarray(head.ImagePositionPatient, float), normal)))
+    order = np.argsort(positions, kind="stable")
+    pos = np.asarray(positions)[order]
+    files = [heads[i][0] for i in order]
+    steps = np.diff(pos)
+    if np.any(steps < 1e-4):
+        k = int(np.argmin(steps))
+        raise DicomSeriesError(
+            f"duplicate slice position {pos[k]:.3f} mm ({files[k].name}, {files[k + 1].name})", directory
+        )
+    step = float(np.median(steps))
+    bad = np.flatnonzero(np.abs(steps - step) > SPACING_TOLERANCE * step)
+    if bad.size:
+        k = int(bad[0])
+        ratio = steps[k] / step
+        if abs(ratio - round(ratio)) < SPACING_TOLERANCE and round(ratio) >= 2:
+            problem = f"gap of {steps[k]:.3f} mm: about {round(ratio) - 1} missing slice(s)"
+        else:
+            problem = f"inconsistent slice spacing {steps[k]:.3f} mm vs {step:.3f} mm elsewhere"
+        raise DicomSeriesError(f"{problem} between {files[k].name} and {files[k + 1].name}", directory)
+    return files, step
+
+
+def read_dicom_series(directory: str | Path, series_uid: str | None = None) -> Volume:
+    """Read one DICOM series from ``directory`` as a float32 HU :class:`Volume`.
+
+    Args:
+        directory: folder holding the slices.
+        series_uid: which series, when the folder holds several.
+    Returns:
+        The volume; ``modality`` from the DICOM header; metadata has ``format="dicom"``,
+        ``series_uid``, ``series_description``, ``n_slices``.
+    Raises:
+        DicomSeriesError: see :func:`select_series` and :func:`check_series_geometry`, or GDCM
+            could not decode the pixels.
+    """
+    directory = Path(directory)
+    info, n_series = _select(directory, series_uid)
+    suspects = _check_unlisted_files(directory, info, n_series)
+    try:
+        files, step = check_series_geometry(info, directory)
+    except DicomSeriesError as exc:
+        if not suspects:
+            raise
+        names = ", ".join(p.name for p in suspects)
+        message = str(exc.args[0]).removeprefix(f"{exc.path}: ")
+        raise DicomSeriesError(f"{message}; files here that could not be read as slices: {names}", exc.path) from exc
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f) for f in files])
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        reason = str(exc).strip().splitlines()[-1]
+        raise DicomSeriesError(f"cannot decode series {info.uid} ({reason})", directory) from exc
+    volume = Volume.from_sitk(
+        image,
+        path=directory,
+        modality=info.modality,
+        metadata={
+            "format": "dicom",
+            "series_uid": info.uid,
+            "series_description": info.description,
+            "n_slices": info.n_slices,
+        },
+    )
+    # ITK derives the z spacing from the first two slices; use the checked median step instead.
+    volume.spacing = (step, volume.spacing[1], volume.spacing[2])
+    return volume
+
+
+def write_dicom_series(
+    volume: Volume,
+    directory: str | Path,
+    *,
+    series_uid: str | None = None,
+    modality: str = "CT",
+    description: str = "genesis",
+    rescale_intercept: float = -1024.0,
+    prefix: str = "slice",
+) -> list[Path]:
+    """Write ``volume`` as a DICOM series (one file per z slice, int16 + rescale) with pydicom.
+
+    Meant for tests and exports; the HU values are rounded to integers. Stored value (int16) =
+    HU - ``rescale_intercept`` (slope 1), clipped to the int16 range.
+
+    Args:
+        volume: the volume to write.
+        directory: created if missing; files are named ``{prefix}0000.dcm``...
+        series_uid: SeriesInstanceUID (a new one by default).
+        modality: Modality tag.
+        description: SeriesDescription.
+        rescale_intercept: RescaleIntercept written in every slice.
+        prefix: file name prefix (use different ones to put several series in one folder).
+    Returns:
+        The written file paths, in z order.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid, frame_uid = generate_uid(), generate_uid()
+    d = volume.direction_matrix
+    orientation = [*d[:, 0], *d[:, 1]]
+    stored = np.clip(np.rint(volume.array - rescale_intercept), -32768, 32767).astype(np.int16)
+    today = datetime.date.today().strftime("%Y%m%d")
+    paths = []
+    for k in range(volume.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = directory / f"{prefix}{k:04d}.dcm"
+        ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.Modality = modality
+        ds.SeriesDescription = description
+        ds.SeriesNumber = 1
+        ds.InstanceNumber = k + 1
+        ds.PatientID = "genesis"
+        ds.StudyDate = today
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in volume.index_to_world((k, 0, 0))]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
+        ds.PixelSpacing = [f"{volume.spacing[1]:.6f}", f"{volume.spacing[2]:.6f}"]
+        ds.SliceThickness = f"{volume.spacing[0]:.6f}"
+        ds.Rows, ds.Columns = volume.shape[1], volume.shape[2]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept = f"{rescale_intercept:g}"
+        ds.RescaleSlope = "1"
+        ds.PixelData = stored[k].tobytes()
+        ds.save_as(str(path), enforce_file_format=True)
+        paths.append(path)
+    return paths

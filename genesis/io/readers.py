@@ -1,0 +1,236 @@
+"""Reading and writing CT volumes: NIfTI, MetaImage, NRRD (SimpleITK) and DICOM series.
+
+Every failure a user can cause becomes a :class:`~genesis.errors.VolumeReadError` (or
+:class:`~genesis.errors.DicomSeriesError`) naming the file; volumes that read fine but look
+suspicious (not CT, not Hounsfield units) raise a :class:`~genesis.errors.GenesisWarning`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from genesis.errors import GenesisWarning, VolumeReadError
+from genesis.io.dicom import _looks_like_dicom, read_dicom_series, write_dicom_series
+from genesis.io.volume import Volume
+
+#: File endings read/written through SimpleITK, with the ITK ImageIO used to write them.
+FILE_FORMATS: dict[str, str] = {
+    ".nii.gz": "NiftiImageIO",
+    ".nii": "NiftiImageIO",
+    ".mhd": "MetaImageIO",
+    ".mha": "MetaImageIO",
+    ".nrrd": "NrrdImageIO",
+    ".nhdr": "NrrdImageIO",
+}
+
+
+def volume_suffix(path: str | Path) -> str | None:
+    """The recognised volume file ending of ``path`` (``".nii.gz"``, ``".mhd"``...), or None."""
+    name = Path(path).name.lower()
+    for suffix in FILE_FORMATS:
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def _itk_message(exc: Exception) -> str:
+    """The useful last line of an ITK exception (they are long multi-line traces)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    errors = [line.split("): ", 1)[-1] for line in lines if "ERROR" in line]
+    return errors[-1] if errors else (lines[-1] if lines else type(exc).__name__)
+
+
+def _geometry(reader: sitk.ImageFileReader, ndim_keep: int = 3) -> dict:
+    """Spacing (z, y, x), origin, direction of the first three axes of a read image header."""
+    n = reader.GetDimension()
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(n, n)[:ndim_keep, :ndim_keep]
+    return {
+        "spacing": tuple(reader.GetSpacing()[:ndim_keep][::-1]),
+        "origin": tuple(reader.GetOrigin()[:ndim_keep]),
+        "direction": tuple(direction.ravel()),
+    }
+
+
+def _read_nifti_pixels(path: Path, shape_xyz: tuple[int, ...]) -> np.ndarray:
+    """NIfTI voxels through nibabel, as (z, y, x) float32 with scl_slope/scl_inter applied.
+
+    nibabel rather than ITK for the pixels because ITK silently zero-fills truncated NIfTI files
+    and turns NaN into 0, both of which must be reported. Both libraries keep the on-disk voxel
+    order, so transposing nibabel's (x, y, z) array gives ITK's (z, y, x) array.
+    """
+    import nibabel as nib
+
+    try:
+        data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel/zlib/gzip raise OSError, EOFError, zlib.error, ValueError...
+        reason = f"{type(exc).__name__}: {exc}"
+        raise VolumeReadError(f"cannot read the pixel data, truncated or corrupt? ({reason})", path) from exc
+    data = data.reshape(data.shape[:3]) if data.ndim == 4 else data
+    if data.shape != tuple(shape_xyz[:3]):
+        raise VolumeReadError(f"NIfTI data shape {data.shape} does not match its header {tuple(shape_xyz)}", path)
+    return np.ascontiguousarray(data.transpose(2, 1, 0))
+
+
+def _read_file(path: Path) -> Volume:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise VolumeReadError(f"not a readable image file ({_itk_message(exc)})", path) from exc
+    dim, ncomp = reader.GetDimension(), reader.GetNumberOfComponents()
+    size = reader.GetSize()
+    if ncomp != 1:
+        raise VolumeReadError(f"image has {ncomp} components per voxel; a scalar CT volume is needed", path)
+    if not (dim == 3 or (dim == 4 and size[3] == 1)):
+        raise VolumeReadError(f"image is {dim}D with size {tuple(size)}; a 3D volume is needed", path)
+    suffix = volume_suffix(path)
+    metadata = {"format": suffix}
+    if suffix in (".nii", ".nii.gz"):
+        array = _read_nifti_pixels(path, size)
+        volume = Volume(array=array, path=path, metadata=metadata, **_geometry(reader))
+    else:
+        if dim == 4:
+            reader.SetExtractIndex([0, 0, 0, 0])
+            reader.SetExtractSize([size[0], size[1], size[2], 0])  # 0 collapses the time axis
+        reader.SetOutputPixelType(sitk.sitkFloat32)
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            reason = _itk_message(exc)
+            raise VolumeReadError(f"cannot read the pixel data, truncated or corrupt? ({reason})", path) from exc
+        volume = Volume.from_sitk(image, path=path, metadata=metadata)
+    if reader.HasMetaDataKey("Modality"):  # MetaImage: MET_CT, MET_MR, MET_MOD_UNKNOWN...
+        modality = reader.GetMetaData("Modality").strip().upper().removeprefix("MET_")
+        volume.modality = None if modality in ("", "MOD_UNKNOWN", "UNKNOWN") else modality
+    return volume
+
+
+def check_volume(volume: Volume) -> Volume:
+    """Reject unusable volumes and warn about suspicious ones.
+
+    Raises:
+        VolumeReadError: empty; a single slice in some axis (2D); NaN or infinite values;
+            constant intensity; non-positive spacing.
+    Warns:
+        GenesisWarning: modality other than CT; intensities that do not look like HU
+            (all >= 0, e.g. 0..255 or 0..1 images).
+    """
+    path, array = volume.path, volume.array
+    if array.size == 0:
+        raise VolumeReadError("volume is empty (0 voxels)", path)
+    if array.ndim != 3:
+        raise VolumeReadError(f"array is {array.ndim}D; a 3D volume is needed", path)
+    if min(array.shape) < 2:
+        raise VolumeReadError(f"volume has shape {array.shape} (z, y, x): a 2D image, a 3D volume is needed", path)
+    if not all(np.isfinite(s) and s > 0 for s in volume.spacing):
+        raise VolumeReadError(f"invalid voxel spacing {volume.spacing}", path)
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = array.size - int(np.count_nonzero(finite))
+        raise VolumeReadError(f"volume contains {bad} NaN or infinite values", path)
+    lo, hi = float(array.min()), float(array.max())
+    if lo == hi:
+        raise VolumeReadError(f"volume is constant (every voxel = {lo:g}); nothing to learn from", path)
+    if volume.modality is not None and volume.modality.upper() != "CT":
+        message = f"{path}: modality is {volume.modality}, not CT; HU windows may not apply"
+        warnings.warn(message, GenesisWarning, stacklevel=3)
+    if lo >= 0.0:
+        if hi <= 1.0:
+            what = "values lie in [0, 1]: already normalised, not HU?"
+        elif hi <= 255.0:
+            what = "values lie in 0..255: an 8-bit image, not HU?"
+        else:
+            what = f"no negative values (range {lo:g}..{hi:g}): raw stored values without rescale intercept?"
+        warnings.warn(f"{path}: intensities do not look like Hounsfield units; {what}", GenesisWarning, stacklevel=3)
+    return volume
+
+
+def load_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
+    """Read a CT volume as float32 Hounsfield units, array (z, y, x).
+
+    Args:
+        path: a ``.nii``/``.nii.gz``/``.mhd``/``.mha``/``.nrrd``/``.nhdr`` file, a directory holding
+            a DICOM series, or one ``.dcm`` file (its whole series in that folder is read).
+        series_uid: SeriesInstanceUID to pick when a DICOM folder holds several series.
+    Returns:
+        The :class:`Volume` (geometry in the ITK/LPS convention, see :mod:`genesis.io.volume`).
+    Raises:
+        VolumeReadError: missing path, unknown or corrupt/truncated file, 2D image, NaN/inf,
+            empty or constant volume.
+        DicomSeriesError: no/several/broken DICOM series (missing slice, uneven spacing...).
+    Warns:
+        GenesisWarning: non-CT modality, intensities that do not look like HU.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeReadError("no such file or directory", path)
+    if path.is_dir():
+        volume = read_dicom_series(path, series_uid)
+    elif volume_suffix(path) is not None:
+        volume = _read_file(path)
+    elif _looks_like_dicom(path):
+        if series_uid is None:
+            series_uid = _series_uid_of(path)
+        volume = read_dicom_series(path.parent, series_uid)
+    else:
+        known = ", ".join(FILE_FORMATS)
+        raise VolumeReadError(f"unknown volume format (expected {known}, or a DICOM directory)", path)
+    return check_volume(volume)
+
+
+def _series_uid_of(path: Path) -> str:
+    import pydicom
+
+    try:
+        return str(pydicom.dcmread(str(path), stop_before_pixels=True).SeriesInstanceUID)
+    except Exception as exc:
+        raise VolumeReadError(f"not a readable DICOM file ({type(exc).__name__}: {exc})", path) from exc
+
+
+def save_volume(volume: Volume, path: str | Path) -> Path:
+    """Write ``volume`` (float32 HU and geometry) in the format given by the extension.
+
+    ``.nii``/``.nii.gz``/``.mhd`` (+ ``.raw``)/``.mha``/``.nrrd``/``.nhdr`` go through SimpleITK;
+    a path without extension is written as a DICOM series directory (int16 + rescale intercept,
+    HU rounded to integers; see :func:`genesis.io.dicom.write_dicom_series`). Single-file formats are
+    written atomically (temporary file in the same folder, then renamed).
+
+    Args:
+        volume: what to write.
+        path: destination.
+    Returns:
+        ``path``.
+    Raises:
+        VolumeReadError: unknown extension or the writer failed.
+    """
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if suffix is None:
+        if path.suffix:
+            raise VolumeReadError(f"cannot write format {path.suffix!r}; use one of {', '.join(FILE_FORMATS)}", path)
+        write_dicom_series(volume, path, modality=volume.modality or "CT")
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a private temp folder with the real name (ITK picks the writer and, for .mhd/.nhdr,
+    # the data file name from it), then move the files in place: data file first, header last.
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        try:
+            compress = suffix in (".nii.gz", ".nrrd", ".mha")
+            sitk.WriteImage(volume.to_sitk(), str(tmpdir / path.name), useCompression=compress)
+        except RuntimeError as exc:
+            raise VolumeReadError(f"cannot write volume ({_itk_message(exc)})", path) from exc
+        written = sorted(tmpdir.iterdir(), key=lambda p: p.name == path.name)
+        for item in written:
+            os.replace(item, path.parent / item.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path

@@ -1,0 +1,139 @@
+"""CubeDataset determinism in (seed, key), worker processes, epoch keys and DDP sharding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genesis.data.datasets import CubeDataset, epoch_keys, make_loader
+from genesis.data.sampler import SamplerConfig
+from genesis.errors import ConfigError
+
+
+class ArraySource:
+    """In-memory source of random [0, 1] volumes that counts its loads."""
+
+    is_synthetic = False
+
+    def __init__(self, n: int = 3) -> None:
+        rng = np.random.default_rng(0)
+        self.arrays = [rng.random((12 + i, 20, 22), dtype=np.float32) for i in range(n)]
+        self.loads = 0
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def load(self, i: int) -> np.ndarray:
+        self.loads += 1
+        return self.arrays[i]
+
+    def name(self, i: int) -> str:
+        return f"array{i}"
+
+
+CFG = SamplerConfig(crop=(4, 8, 8), reject_threshold=0.5, max_fraction_above=0.6, max_tries=5)
+
+
+def _ds(seed=0, n=16, **kw) -> CubeDataset:
+    return CubeDataset(ArraySource(), CFG, cubes_per_epoch=n, seed=seed, **kw)
+
+
+def test_items_deterministic_in_seed_and_key() -> None:
+    a, b = _ds(), _ds()
+    for key in [0, 5, 16, 17, 123_456_789_012]:
+        item = a[key]
+        assert item.shape == (1, 4, 8, 8) and item.dtype == torch.float32
+        torch.testing.assert_close(item, b[key], rtol=0, atol=0)
+    # order of access does not matter, other keys and seeds differ
+    torch.testing.assert_close(b[5], a[5], rtol=0, atol=0)
+    assert not torch.equal(a[0], a[1])
+    assert not torch.equal(a[0], _ds(seed=1)[0])
+    with pytest.raises(IndexError):
+        a[-1]
+
+
+def test_keys_spread_over_volumes_and_lru_bounds_loads() -> None:
+    ds = _ds(lru_volumes=3)
+    assert {ds.volume_index(k) for k in range(30)} == {0, 1, 2}
+    for k in range(30):
+        ds[k]
+    assert ds.source.loads == 3  # every volume loaded once, then served from the LRU
+    small = _ds(lru_volumes=1)
+    for k in range(30):
+        small[k]
+    assert small.source.loads > 3
+
+
+def test_epoch_keys_partition_and_shuffle() -> None:
+    keys = epoch_keys(10, epoch=2, shuffle_seed=1)
+    assert sorted(keys) == list(range(20, 30)) and keys != sorted(keys)
+    assert keys == epoch_keys(10, epoch=2, shuffle_seed=1)
+    assert keys != epoch_keys(10, epoch=2, shuffle_seed=2)
+    assert epoch_keys(10, 0, shuffle=False) == list(range(10))
+
+    shards = [epoch_keys(10, 2, 1, rank=r, world_size=3, drop_last=True) for r in range(3)]
+    assert all(len(s) == 3 for s in shards)
+    flat = [k for s in shards for k in s]
+    assert len(set(flat)) == 9 and set(flat) <= set(keys)  # disjoint, one key dropped
+
+    padded = [epoch_keys(10, 2, 1, rank=r, world_size=3, drop_last=False) for r in range(3)]
+    assert all(len(s) == 4 for s in padded)
+    assert set(k for s in padded for k in s) == set(keys)  # every key served
+    with pytest.raises(ConfigError):
+        epoch_keys(10, 0, rank=3, world_size=3)
+
+
+def _batches(loader) -> list[torch.Tensor]:
+    return [batch.clone() for batch in loader]
+
+
+def test_loader_shapes_epochs_and_workers_agree() -> None:
+    ds = _ds(n=12)
+    serial = _batches(make_loader(ds, batch_size=4, epoch=1, workers=0, shuffle_seed=3))
+    assert [b.shape for b in serial] == [torch.Size([4, 1, 4, 8, 8])] * 3
+    expected = torch.stack([ds[k] for k in epoch_keys(12, 1, 3)])
+    torch.testing.assert_close(torch.cat(serial), expected, rtol=0, atol=0)
+    parallel = _batches(make_loader(_ds(n=12), batch_size=4, epoch=1, workers=2, shuffle_seed=3))
+    for s, p in zip(serial, parallel, strict=True):
+        torch.testing.assert_close(s, p, rtol=0, atol=0)
+    other_epoch = _batches(make_loader(ds, batch_size=4, epoch=2, workers=0, shuffle_seed=3))
+    assert not torch.equal(torch.cat(serial), torch.cat(other_epoch))
+
+
+def test_sharded_loaders_cover_the_epoch_once() -> None:
+    ds = _ds(n=12)
+    shards = [torch.cat(_batches(make_loader(ds, 2, epoch=0, rank=r, world_size=2))) for r in range(2)]
+    whole = torch.cat(_batches(make_loader(ds, 2, epoch=0)))
+    assert sum(len(s) for s in shards) == len(whole) == 12
+    as_set = lambda t: {x.numpy().tobytes() for x in t}  # noqa: E731
+    assert as_set(shards[0]) | as_set(shards[1]) == as_set(whole)
+    assert not as_set(shards[0]) & as_set(shards[1])
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ConfigError):
+        CubeDataset(ArraySource(), CFG, cubes_per_epoch=0)
+    with pytest.raises(ConfigError):
+        make_loader(_ds(), batch_size=0, epoch=0)
+
+
+def test_real_nifti_end_to_end(test_data, tmp_path) -> None:
+    from genesis.data.preprocess import PreprocessConfig
+    from genesis.data.sources import volume_source_from_arg
+
+    source = volume_source_from_arg(test_data / "totalsegmentator", PreprocessConfig(), cache_dir=tmp_path)
+    ds = CubeDataset(source, SamplerConfig.models_genesis(crop=(16, 32, 32)), cubes_per_epoch=4, seed=0)
+    batch = next(iter(make_loader(ds, batch_size=4, epoch=0)))
+    assert batch.shape == (4, 1, 16, 32, 32) and 0 <= batch.min() and batch.max() <= 1
+
+
+def test_pickled_dataset_drops_loaded_volumes_and_matches() -> None:
+    import pickle
+
+    ds = _ds()
+    expected = ds[3]
+    assert len(ds._lru) == 1
+    clone = pickle.loads(pickle.dumps(ds))
+    assert len(clone._lru) == 0
+    torch.testing.assert_close(clone[3], expected, rtol=0, atol=0)
