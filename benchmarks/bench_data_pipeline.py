@@ -1,0 +1,325 @@
+"""Speed of the data pipeline: reading CT, preprocessing, cube sampling, the cache, loaders.
+
+Builds a chest-like HU phantom (body ellipse, two lungs, spine, noise) on disk as a DICOM series
+and a NIfTI file, then times, in one run and on the same machine:
+
+* ``load_volume`` of the DICOM series and of the ``.nii.gz`` file;
+* the HU window alone, and body crop + resampling to 1 mm (``preprocess``);
+* the Models Genesis sampler (rejection rule of Zhou et al. 2021) drawing 32 cubes;
+* ``FileVolumeSource`` with a cache: first load (read + hash + preprocess + write) vs a hit;
+* ``make_loader`` throughput in cubes/s with 0 and 2 worker processes;
+* ``genesis.data.synthetic.generate_chest_ct`` per default volume (when the module exists).
+
+Each number is the median of ``--repeats`` runs. Results are printed and written atomically to
+``<out>/data_pipeline.json`` and ``<out>/data_pipeline.md``.
+
+Run::
+
+    python benchmarks/bench_data_pipeline.py --quick     # 64x256x256 phantom, ~15 s on 2 busy cores
+    python benchmarks/bench_data_pipeline.py             # 200x512x512 phantom (a LUNA16-like scan)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from genesis.data import (
+    CubeDataset,
+    FileVolumeSource,
+    PreprocessConfig,
+    SamplerConfig,
+    SubVolumeSampler,
+    make_loader,
+    preprocess,
+    window_hu,
+)
+from genesis.fileio import atomic_write_text
+from genesis.io import Volume, load_volume, save_volume, write_dicom_series
+
+FULL_SHAPE = (200, 512, 512)
+QUICK_SHAPE = (64, 256, 256)
+#: Typical thin-slice chest CT voxel (z, y, x) mm, as in LUNA16.
+PHANTOM_SPACING = (1.25, 0.7, 0.7)
+SAMPLER_CUBES = 32
+BATCH_SIZE = 8
+
+
+@dataclass
+class Row:
+    """One measured stage."""
+
+    stage: str
+    input: str
+    median_s: float
+    runs_s: list[float]
+    rate: str = ""
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def median_time(fn: Callable[[int], object], repeats: int, setup: Callable[[int], None] | None = None) -> list[float]:
+    """Wall times of ``fn(i)`` for ``i < repeats`` (``setup(i)`` runs untimed before each)."""
+    runs = []
+    for i in range(repeats):
+        if setup is not None:
+            setup(i)
+        start = time.perf_counter()
+        fn(i)
+        runs.append(time.perf_counter() - start)
+    return runs
+
+
+def make_phantom(shape: tuple[int, int, int], seed: int = 0) -> Volume:
+    """A chest-like HU volume: air, soft-tissue body, two lungs, a spine column, scanner noise.
+
+    Anatomy is drawn relative to the in-plane size, so a smaller grid is a smaller field of view.
+    """
+    rng = np.random.default_rng(seed)
+    nz, ny, nx = shape
+    y, x = np.ogrid[:ny, :nx]
+    cy, cx = ny / 2, nx / 2
+    body = ((y - cy) / (0.39 * ny)) ** 2 + ((x - cx) / (0.47 * nx)) ** 2 < 1
+    lungs = (((y - cy) / (0.29 * ny)) ** 2 + ((x - 0.33 * nx) / (0.14 * nx)) ** 2 < 1) | (
+        ((y - cy) / (0.29 * ny)) ** 2 + ((x - 0.67 * nx) / (0.14 * nx)) ** 2 < 1
+    )
+    spine = ((y - 0.78 * ny) / (0.05 * ny)) ** 2 + ((x - cx) / (0.05 * nx)) ** 2 < 1
+    plane = np.full((ny, nx), -1000.0, np.float32)
+    plane[body] = 40.0
+    plane[lungs] = -850.0
+    plane[spine] = 700.0
+    hu = np.broadcast_to(plane, shape) + rng.normal(0.0, 20.0, shape).astype(np.float32)
+    return Volume(np.ascontiguousarray(hu, dtype=np.float32), PHANTOM_SPACING, modality="CT")
+
+
+def machine_info() -> dict:
+    """Cores, torch threads and versions: numbers from a busy 2-core box and a workstation differ."""
+    import SimpleITK as sitk
+
+    info = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "SimpleITK": sitk.Version.VersionString(),
+        "mp_start_method": multiprocessing.get_start_method(),  # how loader workers start
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+def shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def run(
+    shape: tuple[int, int, int], repeats: int, workdir: Path, cubes_per_epoch: int, log: Callable = print
+) -> tuple[list[Row], dict]:
+    """Run every stage; returns the rows and the setup timings."""
+    rows: list[Row] = []
+    setup: dict = {}
+    phantom = make_phantom(shape)
+    dicom_dir, nifti = workdir / "dicom", workdir / "phantom.nii.gz"
+    mvox = phantom.array.size / 1e6
+
+    t = time.perf_counter()
+    write_dicom_series(phantom, dicom_dir)
+    setup["write_dicom_series_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    save_volume(phantom, nifti)
+    setup["save_volume_nii_gz_s"] = time.perf_counter() - t
+    log(f"setup: phantom {shape_str(shape)} written as DICOM ({setup['write_dicom_series_s']:.2f} s) "
+        f"and .nii.gz ({setup['save_volume_nii_gz_s']:.2f} s)")
+
+    # --- reading ---------------------------------------------------------------------------------
+    runs = median_time(lambda i: load_volume(dicom_dir), repeats)
+    rows.append(Row("load_volume DICOM", f"{shape[0]} slices {shape[1]}x{shape[2]}", statistics.median(runs), runs,
+                    f"{mvox / statistics.median(runs):.0f} Mvox/s"))
+    runs = median_time(lambda i: load_volume(nifti), repeats)
+    rows.append(Row("load_volume NIfTI (.nii.gz)", shape_str(shape), statistics.median(runs), runs,
+                    f"{mvox / statistics.median(runs):.0f} Mvox/s"))
+    volume = load_volume(dicom_dir)
+
+    # --- preprocessing -------------------------------------------------------------------------
+    runs = median_time(lambda i: window_hu(volume.array), repeats)
+    rows.append(Row("window [-1000, 1000] HU -> [0, 1]", shape_str(shape), statistics.median(runs), runs,
+                    f"{mvox / statistics.median(runs):.0f} Mvox/s"))
+    crop_cfg = PreprocessConfig(spacing=(1.0, 1.0, 1.0), crop_body=True)
+    out_shape = preprocess(volume, crop_cfg).shape
+    runs = median_time(lambda i: preprocess(volume, crop_cfg), repeats)
+    rows.append(Row("body crop + resample 1 mm + window", f"{shape_str(shape)} -> {shape_str(out_shape)}",
+                    statistics.median(runs), runs, note="SimpleITK linear"))
+    volume01 = preprocess(volume)
+
+    # --- sampling ------------------------------------------------------------------------------
+    sampler = SubVolumeSampler(SamplerConfig.models_genesis())
+    runs = median_time(lambda i: sampler.sample(volume01, SAMPLER_CUBES, np.random.default_rng(i)), repeats)
+    rows.append(Row(f"Models Genesis sampler, {SAMPLER_CUBES} cubes 32x64x64", shape_str(shape),
+                    statistics.median(runs), runs, f"{SAMPLER_CUBES / statistics.median(runs):.0f} cubes/s",
+                    "rejection: <= 15% of voxels above 0.425"))
+    del volume, volume01
+
+    # --- cache: first load vs hit --------------------------------------------------------------
+    cache_dirs = [workdir / f"cache{i}" for i in range(repeats)]
+    first = median_time(lambda i: FileVolumeSource([dicom_dir], cache_dir=cache_dirs[i]).load(0), repeats)
+    hit = median_time(lambda i: FileVolumeSource([dicom_dir], cache_dir=cache_dirs[i]).load(0), repeats)
+    # A hit returns a memory map; reading every voxel once is what a consumer pays in the end.
+    hit_read = median_time(
+        lambda i: float(FileVolumeSource([dicom_dir], cache_dir=cache_dirs[i]).load(0).sum()), repeats
+    )
+    m_first, m_hit, m_read = (statistics.median(r) for r in (first, hit, hit_read))
+    rows.append(Row("cache: first load (read + hash + preprocess + write)", f"DICOM {shape_str(shape)}",
+                    m_first, first))
+    rows.append(Row("cache: hit (stat + index + memory map)", f"DICOM {shape_str(shape)}", m_hit, hit,
+                    f"{m_first / m_hit:.0f}x faster", extra={"speedup": m_first / m_hit}))
+    rows.append(Row("cache: hit + read every voxel once", f"DICOM {shape_str(shape)}", m_read, hit_read,
+                    f"{m_first / m_read:.1f}x faster", extra={"speedup": m_first / m_read}))
+
+    # --- loaders -------------------------------------------------------------------------------
+    ds = CubeDataset(FileVolumeSource([dicom_dir], cache_dir=cache_dirs[0]), SamplerConfig.models_genesis(),
+                     cubes_per_epoch=cubes_per_epoch, seed=0)
+    ds[0]  # the volume is cached on disk already; this fills the in-process LRU
+    for workers in (0, 2):
+        first_batch: list[float] = []
+        steady: list[float] = []
+
+        def epoch(i: int, workers: int = workers) -> None:
+            # Time to the first batch (worker start-up) is kept apart from the steady rate after it.
+            start = time.perf_counter()
+            n = 0
+            for batch in make_loader(ds, BATCH_SIZE, epoch=i, workers=workers):
+                if n == 0:
+                    t_first = time.perf_counter()
+                    first_batch.append(t_first - start)
+                n += batch.shape[0]
+            if n != cubes_per_epoch:
+                raise RuntimeError(f"loader gave {n} cubes, expected {cubes_per_epoch}")
+            steady.append((n - BATCH_SIZE) / max(time.perf_counter() - t_first, 1e-9))
+
+        runs = median_time(epoch, repeats)
+        rate = cubes_per_epoch / statistics.median(runs)
+        m_first, m_steady = statistics.median(first_batch), statistics.median(steady)
+        rows.append(Row(f"make_loader, workers={workers}", f"{cubes_per_epoch} cubes, batch {BATCH_SIZE}",
+                        statistics.median(runs), runs, f"{rate:.0f} cubes/s",
+                        f"first batch {format_seconds(m_first)}, then {m_steady:.0f} cubes/s",
+                        extra={"cubes_per_s": rate, "first_batch_s": m_first, "steady_cubes_per_s": m_steady}))
+
+    # --- synthetic generator -------------------------------------------------------------------
+    try:
+        from genesis.data.synthetic import SyntheticConfig, generate_chest_ct
+    except ImportError:
+        log("genesis.data.synthetic.generate_chest_ct not available: skipped")
+    else:
+        cfg = SyntheticConfig()
+        runs = median_time(lambda i: generate_chest_ct(i), repeats)
+        rows.append(Row("synthetic generate_chest_ct (default config)", f"{shape_str(cfg.shape)} @ {cfg.spacing} mm",
+                        statistics.median(runs), runs, f"{60 / statistics.median(runs):.0f} volumes/min",
+                        "SYNTHETIC phantom, seeds 0..n-1"))
+    return rows, setup
+
+
+def format_seconds(s: float) -> str:
+    return f"{s * 1e3:.2f} ms" if s < 0.1 else f"{s:.2f} s"
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# Data pipeline benchmark",
+        "",
+        f"{report['date']} - {'quick' if report['quick'] else 'full'} run, phantom {report['phantom_shape']} "
+        f"@ {report['phantom_spacing']} mm (synthetic), median of {report['repeats']} runs.",
+        f"Machine: {m['cpus_usable']} usable CPUs (of {m['cpu_count']}), torch threads {m['torch_threads']}, "
+        f"load average {m.get('load_avg_1min', '?')} at start; Python {m['python']}, torch {m['torch']}, "
+        f"numpy {m['numpy']}, SimpleITK {m['SimpleITK']}.",
+        "",
+        "| Stage | Input | Median | Rate | Runs (s) | Note |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for r in report["results"]:
+        runs = ", ".join(f"{x:.3g}" for x in r["runs_s"])
+        cells = [r["stage"], r["input"], format_seconds(r["median_s"]), r["rate"], runs, r["note"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    s = report["setup"]
+    lines += ["", f"Setup (once, not in the table): write_dicom_series {s['write_dicom_series_s']:.2f} s, "
+              f"save_volume .nii.gz {s['save_volume_nii_gz_s']:.2f} s; total run {report['total_s']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def print_table(rows: list[Row]) -> None:
+    width = max(len(r.stage) for r in rows)
+    in_width = max(len(r.input) for r in rows)
+    print(f"\n{'stage':<{width}}  {'input':<{in_width}}  {'median':>10}  {'rate':<16}  note")
+    for r in rows:
+        print(f"{r.stage:<{width}}  {r.input:<{in_width}}  {format_seconds(r.median_s):>10}  {r.rate:<16}  {r.note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help=f"phantom {shape_str(QUICK_SHAPE)} instead of {shape_str(FULL_SHAPE)}"
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results",
+                        help="folder for data_pipeline.json/.md (default: benchmarks/results)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per stage (the median is reported)")
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="phantom size override")
+    parser.add_argument("--cubes", type=int, help="cubes per loader epoch (default 128 quick, 256 full)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+
+    shape = tuple(args.shape) if args.shape else (QUICK_SHAPE if args.quick else FULL_SHAPE)
+    cubes = args.cubes or (128 if args.quick else 256)
+    info = machine_info()
+    print(f"machine: {info['cpus_usable']} CPUs, torch threads {info['torch_threads']}, "
+          f"load {info.get('load_avg_1min', '?')}, {info['platform']}")
+    start = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="genesis-bench-data-"))
+    try:
+        rows, setup = run(shape, args.repeats, workdir, cubes)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    total = time.perf_counter() - start
+    print_table(rows)
+
+    report = {
+        "benchmark": "data_pipeline",
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": bool(args.quick),
+        "phantom_shape": shape_str(shape),
+        "phantom_spacing": list(PHANTOM_SPACING),
+        "repeats": args.repeats,
+        "cubes_per_epoch": cubes,
+        "batch_size": BATCH_SIZE,
+        "machine": info,
+        "setup": setup,
+        "total_s": total,
+        "results": [asdict(r) for r in rows],
+    }
+    atomic_write_text(args.out / "data_pipeline.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out / "data_pipeline.md", markdown(report))
+    print(f"\ntotal {total:.0f} s; wrote {args.out / 'data_pipeline.json'} and {args.out / 'data_pipeline.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
