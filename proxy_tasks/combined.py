@@ -1,0 +1,162 @@
+"""The combined Models Genesis scheme (``--task combined``, the default pretraining task).
+
+Zhou et al. 2021 (Models Genesis, MedIA), section 2.5 and the reference ``generate_pair``: per
+sample, in this order,
+
+1. flip input and target together (augmentation, not a proxy task): while fewer than
+   ``max_flips`` flips and ``random() < flip_prob``, flip a random axis;
+2. local pixel shuffling with probability ``local_shuffle_prob`` (0.5);
+3. non-linear intensity mapping with probability ``nonlinear_prob`` (0.9);
+4. with probability ``paint_prob`` (0.9) a cut-out: inner (in-painting) with probability
+   ``inner_prob`` (0.2), else outer (out-painting) -- never both.
+
+A sample can thus undergo up to three transforms, or none (identity). The target is the flipped
+original. Each transform is the registered task of that name, applied to the samples that drew it.
+
+Reference quirk: the reference draws the flip axis from {0, 1, 2} of a (C, rows, cols, deps)
+array, so a third of the draws flip the channel axis (a no-op) and the depth axis is never
+flipped. By default we flip the three spatial axes; ``flip_axes=(None, 1, 2)`` reproduces the
+reference exactly (``None`` = a draw that flips nothing; 0, 1, 2 = D, H, W).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+
+from proxy_tasks._genesis_common import bernoulli, check_prob, restoration_pair
+from proxy_tasks.base import TASKS, ProxyPair, ProxyTask, check_batch, register_task
+
+#: the transforms in the order the reference applies them
+STEPS = ("local_shuffle", "nonlinear", "inner_cutout", "outer_cutout")
+
+
+@register_task("combined")
+class Combined(ProxyTask):
+    """All Models Genesis transforms with the reference probabilities.
+
+    Args:
+        local_shuffle_prob: probability of local pixel shuffling (reference ``local_rate``).
+        nonlinear_prob: probability of the non-linear mapping (reference ``nonlinear_rate``).
+        paint_prob: probability of a cut-out (reference ``paint_rate``).
+        inner_prob: share of cut-outs that are inner (reference ``inpaint_rate`` = 1 - ``outpaint_rate`` 0.8).
+        flip_prob: probability of each further flip (reference ``flip_rate``).
+        max_flips: most flips per sample (reference 3).
+        flip_axes: axes a flip draws from: spatial indices 0, 1, 2 (D, H, W), or None for a no-op.
+        local_shuffle, nonlinear, inner_cutout, outer_cutout: extra parameters of each transform
+            (e.g. ``{"num_windows": 1000}``, the paper's count); their own ``prob`` is ignored.
+        prob: probability that a sample is flipped/transformed at all (1.0; 0 gives the identity).
+    """
+
+    kind = "restoration"
+    loss_region = "all"
+    spatial_dims = 3
+
+    def __init__(
+        self,
+        local_shuffle_prob: float = 0.5,
+        nonlinear_prob: float = 0.9,
+        paint_prob: float = 0.9,
+        inner_prob: float = 0.2,
+        flip_prob: float = 0.4,
+        max_flips: int = 3,
+        flip_axes: Sequence[int | None] = (0, 1, 2),
+        local_shuffle: dict[str, Any] | None = None,
+        nonlinear: dict[str, Any] | None = None,
+        inner_cutout: dict[str, Any] | None = None,
+        outer_cutout: dict[str, Any] | None = None,
+        prob: float = 1.0,
+    ) -> None:
+        # ``prob``: probability that a sample gets any flip or transform at all (0 = identity)
+        self.local_shuffle_prob = check_prob(local_shuffle_prob, "local_shuffle_prob", "combined")
+        self.nonlinear_prob = check_prob(nonlinear_prob, "nonlinear_prob", "combined")
+        self.paint_prob = check_prob(paint_prob, "paint_prob", "combined")
+        self.inner_prob = check_prob(inner_prob, "inner_prob", "combined")
+        self.flip_prob = check_prob(flip_prob, "flip_prob", "combined")
+        self.prob = check_prob(prob, "prob", "combined")
+        if max_flips < 0 or not flip_axes or any(a not in (None, 0, 1, 2) for a in flip_axes):
+            raise ValueError(
+                f"combined: need max_flips >= 0 and flip_axes from (None, 0, 1, 2), got {max_flips}, {flip_axes}"
+            )
+        self.max_flips = int(max_flips)
+        self.flip_axes = tuple(flip_axes)
+        params = dict(local_shuffle=local_shuffle, nonlinear=nonlinear, inner_cutout=inner_cutout, outer_cutout=outer_cutout)
+        self._tasks = {name: TASKS.get(name)(**{**(params[name] or {}), "prob": 1.0}) for name in STEPS}
+
+    def extra_repr(self) -> str:
+        keys = ("local_shuffle_prob", "nonlinear_prob", "paint_prob", "inner_prob", "flip_prob", "max_flips", "flip_axes")
+        return ", ".join(f"{k}={getattr(self, k)!r}" for k in keys)
+
+    def draw(self, n: int, generator: torch.Generator | None, device: torch.device) -> dict[str, torch.Tensor]:
+        """Draw which sample gets which transform.
+
+        Returns:
+            (n,) bool tensors: ``flip_d``, ``flip_h``, ``flip_w`` (odd number of flips of that axis),
+            and one per transform in :data:`STEPS` (``inner_cutout`` and ``outer_cutout`` exclusive).
+        """
+        keep = bernoulli(n, self.prob, generator, device)
+        flips = torch.rand(n, self.max_flips, generator=generator, device=device, dtype=torch.float64) < self.flip_prob
+        flips = flips.cumprod(1).bool() & keep[:, None]  # the reference loop stops at the first failed coin
+        axis = torch.randint(len(self.flip_axes), (n, self.max_flips), generator=generator, device=device)
+        draws = {}
+        for name, spatial_axis in zip(("flip_d", "flip_h", "flip_w"), (0, 1, 2)):
+            hits = [k for k, a in enumerate(self.flip_axes) if a == spatial_axis]
+            count = torch.zeros(n, device=device, dtype=torch.long)
+            for k in hits:
+                count += ((axis == k) & flips).sum(1)
+            draws[name] = count % 2 == 1
+        draws["local_shuffle"] = bernoulli(n, self.local_shuffle_prob, generator, device) & keep
+        draws["nonlinear"] = bernoulli(n, self.nonlinear_prob, generator, device) & keep
+        paint = bernoulli(n, self.paint_prob, generator, device) & keep
+        inner = bernoulli(n, self.inner_prob, generator, device)
+        draws["inner_cutout"] = paint & inner
+        draws["outer_cutout"] = paint & ~inner
+        return draws
+
+    def apply(self, batch: torch.Tensor, draws: dict[str, torch.Tensor], generator: torch.Generator | None) -> ProxyPair:
+        """Apply the drawn flips and transforms to ``batch`` (B, C, D, H, W)."""
+        target = _flip(batch, draws)
+        out, owned = target, False  # ``target`` is returned too: never write into it
+        for name in STEPS:
+            task = self._tasks[name]
+            new = _update_chosen(out, draws[name], lambda sub, task=task: task.transform(sub, generator), owned)
+            owned = owned or new is not out
+            out = new
+        return restoration_pair(out, target)
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:
+        """Draw and apply; the draws of the last call stay in ``self.last_draws`` (for inspection)."""
+        check_batch(batch, "combined", spatial_dims=3)
+        draws = self.draw(batch.shape[0], generator, batch.device)
+        self.last_draws = draws
+        return self.apply(batch, draws, generator)
+
+
+def _update_chosen(
+    x: torch.Tensor, chosen: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], owned: bool
+) -> torch.Tensor:
+    """``fn`` applied to the chosen samples of ``x``; writes in place when ``x`` is ours (``owned``)."""
+    if not bool(chosen.any()):
+        return x
+    if bool(chosen.all()):
+        return fn(x)
+    if not owned:
+        x = x.clone()
+    idx = chosen.nonzero().flatten()
+    return x.index_copy_(0, idx, fn(x.index_select(0, idx)))
+
+
+def _flip(batch: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Flip each sample along its drawn axes: one copy per sample, grouped by flip pattern (<= 7 groups)."""
+    flags = torch.stack([draws["flip_d"], draws["flip_h"], draws["flip_w"]], 1)
+    if not bool(flags.any()):
+        return batch
+    code = (flags.long() * torch.tensor([1, 2, 4], device=batch.device)).sum(1)
+    target = batch.clone()
+    for pattern in code.unique().tolist():
+        if pattern:
+            idx = (code == pattern).nonzero().flatten()
+            dims = [2 + a for a in range(3) if pattern >> a & 1]
+            target.index_copy_(0, idx, batch.index_select(0, idx).flip(dims))
+    return target

@@ -1,0 +1,76 @@
+"""Inner cut-out (in-painting) of Models Genesis: boxes inside the cube are replaced by noise.
+
+Zhou et al. 2021 (Models Genesis, MedIA), section 2.4: the network restores the whole cube, so it
+must infer the content of the holes from their surroundings (context, interpolation). Reference
+``image_in_painting``: while fewer than 5 boxes and ``random() < 0.95``, a box of sides
+``randint(dim//6, dim//3)`` per axis, at least 3 voxels from the border, is filled with uniform noise
+(16-bit resolution, see ``uniform_noise``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from proxy_tasks._boxes import chained_counts, sample_boxes, union_of_boxes
+from proxy_tasks._genesis_common import check_prob, run_with_prob, uniform_noise
+from proxy_tasks.base import ProxyPair, ProxyTask, register_task
+
+
+@register_task("inner_cutout")
+class InnerCutout(ProxyTask):
+    """Fill up to ``max_boxes`` random boxes with uniform noise in [0, 1).
+
+    Args:
+        prob: probability that a sample is transformed (reference ``paint_rate`` 0.9).
+        max_boxes: most boxes per sample (reference 5).
+        box_prob: probability of drawing each further box (reference 0.95, so 0 boxes happens 5%).
+        size_fraction: (low, high) divisors of each side: sides ``randint(dim//low, dim//high)``
+            (reference (6, 3): between a sixth and a third of the side).
+        border: voxels kept free at each face (reference 3).
+    """
+
+    kind = "restoration"
+    loss_region = "all"
+    spatial_dims = 3
+
+    def __init__(
+        self,
+        prob: float = 0.9,
+        max_boxes: int = 5,
+        box_prob: float = 0.95,
+        size_fraction: tuple[int, int] = (6, 3),
+        border: int = 3,
+    ) -> None:
+        self.prob = check_prob(prob, "prob", "inner_cutout")
+        self.box_prob = check_prob(box_prob, "box_prob", "inner_cutout")
+        if max_boxes < 0 or border < 0 or min(size_fraction) < 1:
+            raise ValueError(
+                f"inner_cutout: invalid max_boxes={max_boxes}, border={border} or size_fraction={size_fraction}"
+            )
+        self.max_boxes = int(max_boxes)
+        self.size_fraction = (int(size_fraction[0]), int(size_fraction[1]))
+        self.border = int(border)
+
+    def holes(
+        self,
+        n: int,
+        spatial: tuple[int, ...],
+        generator: torch.Generator | None,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """(n, *spatial) 0/1 mask: union of the boxes drawn for ``n`` samples."""
+        active = chained_counts(n, self.max_boxes, self.box_prob, generator, device)
+        low = [d // self.size_fraction[0] for d in spatial]
+        high = [d // self.size_fraction[1] for d in spatial]
+        start, size = sample_boxes(n, spatial, low, high, self.border, generator, device, count=self.max_boxes)
+        return union_of_boxes(start, size, active, spatial, dtype)
+
+    def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Apply the cut-out to every sample of ``batch`` (B, C, D, H, W)."""
+        holes = self.holes(batch.shape[0], tuple(batch.shape[2:]), generator, batch.device, batch.dtype).unsqueeze(1)
+        noise = uniform_noise(tuple(batch.shape), generator, batch.device, batch.dtype)
+        return torch.lerp(batch, noise, holes, out=noise)
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:
+        return run_with_prob("inner_cutout", batch, self.prob, generator, self.transform)

@@ -1,0 +1,78 @@
+"""Outer cut-out (out-painting) of Models Genesis: only a few boxes of the cube survive.
+
+Zhou et al. 2021 (Models Genesis, MedIA), section 2.4: the cube is replaced by noise except for
+boxes of the original, and the network extrapolates the rest. Reference ``image_out_painting``:
+one box is always kept, then while fewer than 4 more and ``random() < 0.95`` another one; each
+side is ``dim - randint(3*dim//7, 4*dim//7)`` and the box starts at least 3 voxels from the border.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from proxy_tasks._boxes import chained_counts, sample_boxes, union_of_boxes
+from proxy_tasks._genesis_common import check_prob, run_with_prob, uniform_noise
+from proxy_tasks.base import ProxyPair, ProxyTask, register_task
+
+
+@register_task("outer_cutout")
+class OuterCutout(ProxyTask):
+    """Replace the cube by uniform noise in [0, 1) except up to ``max_boxes`` kept boxes.
+
+    Args:
+        prob: probability that a sample is transformed (reference ``paint_rate`` 0.9).
+        max_boxes: most kept boxes (reference 1 + 4).
+        box_prob: probability of each box after the first (reference 0.95).
+        cut_fraction: (low, high) fractions: a side is ``dim - randint(low*dim//1, high*dim//1)`` with
+            the reference's integer arithmetic ``3*dim//7`` and ``4*dim//7`` for (3/7, 4/7).
+        border: voxels kept free at each face (reference 3).
+    """
+
+    kind = "restoration"
+    loss_region = "all"
+    spatial_dims = 3
+
+    def __init__(
+        self,
+        prob: float = 0.9,
+        max_boxes: int = 5,
+        box_prob: float = 0.95,
+        cut_fraction: tuple[tuple[int, int], tuple[int, int]] = ((3, 7), (4, 7)),
+        border: int = 3,
+    ) -> None:
+        self.prob = check_prob(prob, "prob", "outer_cutout")
+        self.box_prob = check_prob(box_prob, "box_prob", "outer_cutout")
+        if max_boxes < 1 or border < 0:
+            raise ValueError(f"outer_cutout: need max_boxes >= 1 and border >= 0, got {max_boxes}, {border}")
+        (a, b), (c, d) = cut_fraction
+        if b <= 0 or d <= 0 or not 0 <= a / b <= c / d <= 1:
+            raise ValueError(f"outer_cutout: cut_fraction must be fractions 0 <= low <= high <= 1, got {cut_fraction}")
+        self.max_boxes = int(max_boxes)
+        self.cut_fraction = ((int(a), int(b)), (int(c), int(d)))
+        self.border = int(border)
+
+    def kept(
+        self,
+        n: int,
+        spatial: tuple[int, ...],
+        generator: torch.Generator | None,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """(n, *spatial) 0/1 mask: union of the boxes of the original that are kept."""
+        (a, b), (c, d) = self.cut_fraction
+        active = chained_counts(n, self.max_boxes, self.box_prob, generator, device, first_always=True)
+        # side = dim - randint(a*dim//b, c*dim//d): the larger cut gives the smaller box
+        low = [dim - c * dim // d for dim in spatial]
+        high = [dim - a * dim // b for dim in spatial]
+        start, size = sample_boxes(n, spatial, low, high, self.border, generator, device, count=self.max_boxes)
+        return union_of_boxes(start, size, active, spatial, dtype)
+
+    def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Apply the out-painting to every sample of ``batch`` (B, C, D, H, W)."""
+        kept = self.kept(batch.shape[0], tuple(batch.shape[2:]), generator, batch.device, batch.dtype).unsqueeze(1)
+        noise = uniform_noise(tuple(batch.shape), generator, batch.device, batch.dtype)
+        return torch.lerp(noise, batch, kept, out=noise)
+
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:
+        return run_with_prob("outer_cutout", batch, self.prob, generator, self.transform)
