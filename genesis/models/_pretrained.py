@@ -1,0 +1,104 @@
+"""Shared base of the networks rebuilt to load upstream (torchvision) checkpoints.
+
+The video ResNets (:mod:`genesis.models.video`) and the 2D ResNets/ResNeXts
+(:mod:`genesis.models.resnet2d`) keep torchvision's parameter names so the released state dicts
+load as they are. This base adds what our pipeline needs on top, uniformly:
+
+* grey CT input: with ``in_channels=1`` the single channel is repeated to RGB (Ke et al., 2023) so
+  the pretrained first convolution is used as released;
+* ``normalize=True``: the checkpoint's mean/std applied to inputs in [0, 1], stored as
+  non-persistent buffers so state dicts stay torchvision-compatible;
+* ``forward_features(x)`` (last-stage feature map), ``feature_dim``, ``replace_head(n)``,
+  ``encoder_only()`` and ``encoder_state_prefixes`` (what ``load_weights(part="encoder")`` loads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from genesis.models._blocks import InputShapeError
+
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_AXES = {4: "(B, C, H, W)", 5: "(B, C, D, H, W)"}
+
+
+class PretrainedBackbone(nn.Module):
+    """Grey-to-RGB input handling, normalisation, features/head API shared by the baselines.
+
+    Subclasses set ``spatial_dims``, ``feature_dim``, ``encoder_state_prefixes``, build ``fc`` and
+    implement ``forward_features``; ``input_ranks`` lists the tensor ranks they accept (2D nets
+    also take a (B, C, D, H, W) window of slices).
+    """
+
+    spatial_dims: int
+    feature_dim: int = 512
+    encoder_state_prefixes: tuple[str, ...]
+    input_ranks: tuple[int, ...] = ()
+
+    def _init_input(self, in_channels: int, normalize: bool, mean: Sequence[float], std: Sequence[float]) -> None:
+        if in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 (grey, repeated to RGB) or 3, got {in_channels}")
+        self.in_channels = in_channels
+        self.normalize = normalize
+        view = (1, 3) + (1,) * self.spatial_dims
+        self.register_buffer("input_mean", torch.tensor(mean).view(view), persistent=False)
+        self.register_buffer("input_std", torch.tensor(std).view(view), persistent=False)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        ranks = self.input_ranks or (self.spatial_dims + 2,)
+        if x.dim() not in ranks or x.shape[1] != self.in_channels:
+            axes = " or ".join(_AXES.get(r, f"{r}D") for r in ranks)
+            raise InputShapeError(
+                f"{type(self).__name__} expects {axes} with C={self.in_channels}, got shape {tuple(x.shape)}"
+            )
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Check the shape, repeat grey to RGB and normalise; ``x`` has rank ``spatial_dims + 2``."""
+        self._check_input(x)
+        if self.in_channels == 1:
+            x = x.expand(-1, 3, *x.shape[2:])
+        if self.normalize:
+            x = (x - self.input_mean) / self.input_std
+        return x
+
+    def _init_weights(self) -> None:
+        # torchvision's initialisation, so a model trained from scratch matches the baseline
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, num_classes): the head on globally averaged features."""
+        fc = getattr(self, "fc", None)
+        if fc is None:
+            raise RuntimeError(f"{type(self).__name__} was made encoder-only; it has no classifier")
+        return fc(self.forward_features(x).flatten(2).mean(2))
+
+    def replace_head(self, num_classes: int) -> PretrainedBackbone:
+        """New (freshly initialised) final linear layer, e.g. 1 logit for PE vs no PE."""
+        device = next(self.parameters()).device
+        self.fc = nn.Linear(self.feature_dim, num_classes).to(device)
+        self.num_classes = num_classes
+        return self
+
+    def encoder_only(self) -> PretrainedBackbone:
+        """Drop ``fc`` (the network then serves as the backbone of ``encoder_classifier`` or ``lrcn``)."""
+        if "fc" in self._modules:
+            del self.fc  # deleted, not set to None, so loading a full checkpoint reports fc.* as unexpected
+        return self
