@@ -1,0 +1,361 @@
+"""Fine-tuning loop, evaluation and the experiment driver :func:`run_finetune`.
+
+One *run* = one label fraction x one seed: build the network (transfer or random init), train with
+Adam on seeded random batches (crops around lesions for segmentation, class-balanced cubes for
+classification), validate every epoch, stop early when the validation metric has not improved for
+``patience`` epochs, then evaluate the best checkpoint on the test split:
+
+* segmentation: whole test volumes / regions (larger than the training crop) through MONAI's
+  ``sliding_window_inference`` with Gaussian blending; per-case Dice and IoU at probability 0.5 and
+  the IoU averaged over thresholds 0.5..0.95 (:func:`finetune.stats.iou_over_thresholds`);
+* classification: AUC over test samples, or over studies after max-aggregation (``pe``).
+
+Runs are resumable: ``last.pt`` (model, optimiser, epoch, early-stopping state) is written
+atomically after every epoch, ``result.json`` when a run is done. Batches and augmentation are
+drawn from generators seeded by (seed, epoch, step), so a resumed run sees the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+
+from finetune import get_target
+from finetune.augment import Augmenter
+from finetune.config import FinetuneConfig
+from finetune.data import TargetData, random_crop, subset_fraction
+from finetune.stats import auroc, bootstrap_ci, dice, iou, iou_over_thresholds
+from finetune.targets import Target
+from finetune.transfer import build_model, frozen_batchnorm_eval
+from genesis.config import config_to_dict, save_config
+from genesis.device import autocast, needs_grad_scaler, resolve_device
+from genesis.errors import CheckpointError, DatasetLayoutError
+from genesis.fileio import atomic_write_text
+from genesis.models import unpack_output
+from genesis.rng import numpy_generator
+from genesis.training.checkpoint import load_checkpoint, save_checkpoint
+
+Log = Callable[[str], None]
+
+SYNTHETIC_BANNER = "*** SYNTHETIC DATA: embedded synthetic chest CT, not patients; numbers are a demo only ***"
+
+
+# ------------------------------------------------------------------------------------- batches
+def sample_batch(
+    task: str,
+    train: list,
+    crop: tuple[int, int, int],
+    batch_size: int,
+    rng: np.random.Generator,
+    balance: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch: (B, 1, D, H, W) images and (B, 1, D, H, W) masks or (B, 1) labels."""
+    if task == "segmentation":
+        pairs = [random_crop(train[int(rng.integers(len(train)))], crop, rng) for _ in range(batch_size)]
+        images = np.stack([p[0] for p in pairs])[:, None]
+        masks = np.stack([p[1] for p in pairs])[:, None]
+        return torch.from_numpy(images.astype(np.float32)), torch.from_numpy(masks.astype(np.float32))
+    labels = np.array([s.label for s in train])
+    by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
+    picks = []
+    for _ in range(batch_size):
+        if balance and all(idx.size for idx in by_class):
+            idx = by_class[int(rng.integers(2))]  # positives are rare: draw both classes equally
+            picks.append(int(idx[rng.integers(idx.size)]))
+        else:
+            picks.append(int(rng.integers(len(train))))
+    images = np.stack([train[i].image for i in picks])[:, None].astype(np.float32)
+    y = np.array([[train[i].label] for i in picks], dtype=np.float32)
+    return torch.from_numpy(images), torch.from_numpy(y)
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy + soft Dice (1 - Dice over the batch), both on the sigmoid output."""
+    logits = logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, masks)
+    prob = torch.sigmoid(logits)
+    inter = (prob * masks).sum()
+    soft_dice = (2 * inter + 1.0) / (prob.sum() + masks.sum() + 1.0)
+    return bce + (1.0 - soft_dice)
+
+
+# ---------------------------------------------------------------------------------- evaluation
+def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return unpack_output(model(x)).output
+
+
+@torch.no_grad()
+def predict_volume(
+    model: torch.nn.Module, image: np.ndarray, crop: tuple[int, int, int], cfg: FinetuneConfig, device: torch.device
+) -> np.ndarray:
+    """Foreground probability of a whole (z, y, x) volume by sliding-window inference."""
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    with autocast(device, cfg.amp):
+        logits = sliding_window_inference(
+            x,
+            roi_size=crop,
+            sw_batch_size=cfg.evaluation.sw_batch_size,
+            predictor=lambda t: _forward(model, t),
+            overlap=cfg.evaluation.sw_overlap,
+            mode=cfg.evaluation.sw_mode,
+        )
+    return torch.sigmoid(torch.as_tensor(logits).float())[0, 0].cpu().numpy()
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    target: Target,
+    samples: list,
+    crop: tuple[int, int, int],
+    cfg: FinetuneConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Per-unit test values: a unit is a case (segmentation), a sample, or a study (aggregated).
+
+    Returns:
+        Segmentation: ``{"names", "dice", "iou", "iou_mean_thresholds"}`` (one value per case).
+        Classification: ``{"names", "labels", "scores"}`` (one per sample or per group).
+    """
+    model.eval()
+    if target.task == "segmentation":
+        out: dict[str, Any] = {"names": [], "dice": [], "iou": [], "iou_mean_thresholds": []}
+        for case in samples:
+            prob = predict_volume(model, case.image, crop, cfg, device)
+            pred = prob > 0.5
+            out["names"].append(case.name)
+            out["dice"].append(dice(pred, case.mask))
+            out["iou"].append(iou(pred, case.mask))
+            out["iou_mean_thresholds"].append(iou_over_thresholds(prob, case.mask))
+        return out
+    scores: list[float] = []
+    batch = max(1, cfg.batch_size)
+    for start in range(0, len(samples), batch):
+        chunk = samples[start:start + batch]
+        x = torch.from_numpy(np.stack([s.image for s in chunk])[:, None].astype(np.float32)).to(device)
+        with autocast(device, cfg.amp):
+            logits = _forward(model, x)
+        scores.extend(torch.sigmoid(logits.float()).reshape(len(chunk), -1)[:, 0].cpu().tolist())
+    labels = [int(s.label) for s in samples]
+    names = [s.name for s in samples]
+    if target.aggregate == "max":  # study-level prediction = max over its windows (Ke et al. 2023)
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(samples):
+            groups.setdefault(s.group, []).append(i)
+        names = sorted(groups)
+        labels = [max(labels[i] for i in groups[g]) for g in names]
+        scores = [max(scores[i] for i in groups[g]) for g in names]
+    return {"names": names, "labels": labels, "scores": scores}
+
+
+def unit_statistic(task: str, values: dict[str, Any], metric: str) -> Callable[[np.ndarray], float]:
+    """The metric recomputed on a set of unit indices (for the bootstrap)."""
+    if task == "segmentation":
+        arr = np.asarray(values[metric], dtype=np.float64)
+        return lambda idx: float(arr[idx].mean())
+    labels = np.asarray(values["labels"])
+    scores = np.asarray(values["scores"], dtype=np.float64)
+    return lambda idx: auroc(labels[idx], scores[idx])
+
+
+def n_units(values: dict[str, Any]) -> int:
+    return len(values["names"])
+
+
+def metric_values(task: str, values: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, float]:
+    """Point estimates of every metric on all units."""
+    idx = np.arange(n_units(values))
+    return {m: unit_statistic(task, values, m)(idx) if idx.size else float("nan") for m in metrics}
+
+
+# -------------------------------------------------------------------------------------- one run
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON with NaN/inf written as null (strict JSON)."""
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+
+
+def train_run(
+    target: Target,
+    data: TargetData,
+    train: list,
+    cfg: FinetuneConfig,
+    seed: int,
+    run_dir: Path,
+    device: torch.device,
+    log: Log = print,
+) -> dict[str, Any]:
+    """Train one run and evaluate its best checkpoint on the test split; returns ``result.json``."""
+    result_path = run_dir / "result.json"
+    if cfg.resume and result_path.is_file():
+        log(f"  {run_dir}: finished earlier, reusing result.json")
+        return json.loads(result_path.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    crop = target.crop(cfg)
+    with torch.random.fork_rng(devices=[]):  # seeds the layer init of this run only, not the caller's RNG
+        torch.manual_seed(seed)
+        model, model_name, model_kwargs, transfer_info = build_model(target.task, cfg)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+                                 weight_decay=cfg.optim.weight_decay)
+    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, cfg.amp) else None
+    augmenter = Augmenter(cfg.augment, crop, with_mask=target.task == "segmentation")
+
+    state: dict[str, Any] = {"epoch": 0, "best_metric": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if cfg.resume and last_path.is_file():
+        ckpt = load_checkpoint(last_path, map_location=device)
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"cannot resume: checkpoint does not fit this configuration ({exc})", last_path) from None
+        state = {k: ckpt[k] for k in state}
+        log(f"  resuming {run_dir} after epoch {state['epoch']}")
+
+    extra = {"model_name": model_name, "model_kwargs": model_kwargs, "target": target.name,
+             "config": config_to_dict(cfg), "seed": seed}
+    started = time.perf_counter()
+    for epoch in range(state["epoch"], cfg.epochs):
+        if state["bad_epochs"] >= cfg.patience:
+            break
+        model.train()
+        frozen_batchnorm_eval(model)
+        losses = []
+        for step in range(cfg.steps_per_epoch):
+            rng = numpy_generator(seed, epoch, step)
+            images, targets = sample_batch(target.task, train, crop, cfg.batch_size, rng, cfg.balance)
+            masks = targets if target.task == "segmentation" else None
+            images, masks = augmenter.batch(images, masks, rng.integers(0, 2**31, images.shape[0]))
+            images = images.to(device)
+            targets = (masks if masks is not None else targets).to(device)
+            with autocast(device, cfg.amp):
+                out = unpack_output(model(images))
+            logits = out.output.float()
+            if target.task == "segmentation":
+                loss = segmentation_loss(logits, targets)
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits.reshape(targets.shape), targets)
+            if out.aux_loss is not None:
+                loss = loss + out.aux_loss.float()
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            losses.append(float(loss.detach()))
+        val_values = evaluate(model, target, data.val, crop, cfg, device)
+        val = metric_values(target.task, val_values, (target.val_metric,))[target.val_metric]
+        train_loss = float(np.mean(losses))
+        # An undefined validation metric (e.g. AUC of a one-class validation set) falls back to
+        # the training loss so early stopping still has something to watch.
+        score = val if not math.isnan(val) else -train_loss
+        state["history"].append({"epoch": epoch + 1, "train_loss": train_loss, f"val_{target.val_metric}": val})
+        state["epoch"] = epoch + 1
+        if score > state["best_metric"]:
+            state.update(best_metric=score, best_epoch=epoch + 1, bad_epochs=0)
+            save_checkpoint({"model": model.state_dict(), "epoch": epoch + 1, "metric": score, **extra}, best_path)
+        else:
+            state["bad_epochs"] += 1
+        # no RNG state to save: batches, augmentation and init are seeded by (seed, epoch, step)
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state, **extra}, last_path)
+        log(f"  epoch {epoch + 1}/{cfg.epochs}  loss {train_loss:.4f}  val {target.val_metric} {val:.4f}")
+
+    if best_path.is_file():
+        model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
+    test_values = evaluate(model, target, data.test, crop, cfg, device)
+    metrics = metric_values(target.task, test_values, target.metrics)
+    ci = {m: bootstrap_ci(unit_statistic(target.task, test_values, m), n_units(test_values),
+                          n_resamples=cfg.evaluation.bootstrap_resamples,
+                          confidence=cfg.evaluation.confidence, seed=cfg.seed)
+          for m in target.metrics}
+    result = {
+        "seed": seed,
+        "n_train": len(train),
+        "epochs_run": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "metrics": metrics,
+        "ci": ci,
+        "transfer": transfer_info,
+        "history": state["history"],
+        "test_units": test_values,
+    }
+    write_json(result_path, result)
+    return json.loads(result_path.read_text())
+
+
+# ------------------------------------------------------------------------------ the experiment
+def _check_splits(data: TargetData, target: Target) -> None:
+    for split in ("train", "val", "test"):
+        if not getattr(data, split):
+            raise DatasetLayoutError(f"target {target.name!r}: the {split} split is empty ({data.source})")
+    if target.task == "classification":
+        labels = {s.label for s in data.train}
+        if labels != {0, 1}:
+            raise DatasetLayoutError(
+                f"target {target.name!r}: the training split needs positives and negatives, has labels {sorted(labels)} ({data.source})"
+            )
+
+
+def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
+    """Run every (label fraction, seed) of ``cfg`` and write ``OUT/metrics.json``, ``.md`` and ``.png``.
+
+    Returns:
+        The content of ``metrics.json`` (see :func:`finetune.report.build_metrics`).
+
+    Raises:
+        GenesisError: bad configuration, dataset layout or checkpoint (message names the file).
+    """
+    from finetune.report import build_metrics, write_reports
+
+    cfg.validate()
+    target = get_target(cfg.target)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    data = target.load(cfg)
+    _check_splits(data, target)
+    if data.synthetic:
+        log(SYNTHETIC_BANNER)
+    log(f"target {target.name} ({target.title}); data: {data.source}; "
+        f"train/val/test = {len(data.train)}/{len(data.val)}/{len(data.test)}; device {device}")
+    runs: dict[float, list[dict[str, Any]]] = {}
+    for fraction in cfg.label_fractions:
+        runs[fraction] = []
+        for r in range(cfg.repeats):
+            seed = cfg.seed + r
+            train = subset_fraction(data.train, fraction, seed, by_group=target.fraction_by_group)
+            run_dir = out / f"fraction-{fraction:g}" / f"seed-{seed}"
+            log(f"run: label fraction {fraction:g} ({len(train)} training units), seed {seed}")
+            result = train_run(target, data, train, cfg, seed, run_dir, device, log)
+            runs[fraction].append(result)
+            shown = ", ".join(f"{m} {v:.4f}" for m, v in result["metrics"].items() if v is not None)
+            log(f"  test: {shown}")
+    metrics = build_metrics(cfg, target, data, runs)
+    write_reports(metrics, out, target, compare=cfg.compare)
+    return json.loads((out / "metrics.json").read_text())

@@ -1,0 +1,89 @@
+"""NCS: lung nodule segmentation (LIDC-IDRI; Zhou et al. 2021 sec. 3.2.2).
+
+Volumes are resampled to 1 x 1 x 1 mm and windowed to [-1000, 1000] HU. Training crops are
+64 x 64 x 32 (``crop=(32, 64, 64)``) drawn around each nodule with random shifts of up to a quarter
+of the crop. Evaluation is *not* on the training crops: every test nodule contributes a region
+``evaluation.region_scale`` (default 2) times the crop, clipped to the volume, segmented by
+sliding-window inference; Dice and IoU at probability 0.5 and the IoU averaged over the
+thresholds 0.5..0.95 (the paper's NCS metric, thresholding the probability map) are computed per
+region and averaged over regions.
+
+Real layout (``--data``): LIDC-IDRI as distributed by TCIA, i.e. DICOM series folders each with
+its reader XML (``LIDC-IDRI-0001/<study>/<series>/*.dcm`` + ``*.xml``), read with
+:mod:`genesis.data.public.lidc`. A nodule mask is the union of the readers' contours of nodules
+>= 3 mm (readers' ``roi`` polygons filled per slice); nodules marked by several readers are
+merged by centre distance. Patients are split train/val/test by a hash of the patient id.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from finetune import register_target
+from finetune.data import SegCase, TargetData, clipped_box
+from finetune.targets import SEGMENTATION_METRICS, Target
+from finetune.targets._common import SYNTHETIC_NOTE, resample_pair, scale_to_mm, synthetic_cases, to_unit
+
+if TYPE_CHECKING:
+    from finetune.config import FinetuneConfig
+
+
+def nodule_cases(
+    image01: np.ndarray,
+    mask: np.ndarray,
+    centers: list[tuple[float, float, float]],
+    name: str,
+    split: str,
+    crop: tuple[int, int, int],
+    region_scale: float,
+) -> list[SegCase]:
+    """One case per nodule: a 2x-crop training region, or an evaluation region of ``region_scale`` x crop."""
+    scale = 2.0 if split == "train" else region_scale
+    size = tuple(int(round(c * scale)) for c in crop)
+    cases = []
+    for k, c in enumerate(centers):
+        box = clipped_box(image01.shape, c, size)
+        local = [int(round(ci)) - b.start for ci, b in zip(c, box)]
+        cases.append(SegCase(image=np.ascontiguousarray(image01[box]), mask=np.ascontiguousarray(mask[box]),
+                             name=f"{name}/nodule-{k}", centers=[tuple(local)]))
+    return cases
+
+
+@register_target("ncs")
+class NoduleSegmentation(Target):
+    name = "ncs"
+    title = "lung nodule segmentation (LIDC-IDRI)"
+    task = "segmentation"
+    metrics = SEGMENTATION_METRICS
+    primary_metric = "iou_mean_thresholds"
+    val_metric = "dice"
+    default_crop = (32, 64, 64)
+    quick_crop = (16, 32, 32)
+    window = (-1000.0, 1000.0)
+    spacing = (1.0, 1.0, 1.0)
+    synthetic_shape = (96, 128, 128)
+    real_layout = "LIDC-IDRI: <patient>/<study>/<series>/*.dcm with the reader XML (TCIA layout)"
+
+    def load_synthetic(self, cfg: "FinetuneConfig") -> TargetData:
+        crop, window = self.crop(cfg), self.hu_window(cfg)
+        splits: dict[str, list] = {"train": [], "val": [], "test": []}
+        for split, i, ct in synthetic_cases(cfg, self.synthetic_shape, self.spacing):
+            centers = [f.center_zyx for f in ct.findings if f.kind == "nodule" and f.label == 1]
+            splits[split] += nodule_cases(to_unit(ct.volume, window), ct.masks["nodules"], centers,
+                                          f"synthetic-{split}-{i}", split, crop, cfg.evaluation.region_scale)
+        return TargetData(**splits, synthetic=True, source=f"{SYNTHETIC_NOTE}: nodules at 1 mm")
+
+    def load_real(self, root: Path, cfg: "FinetuneConfig") -> TargetData:
+        from finetune.targets._lidc import lidc_nodule_volumes
+
+        crop, window = self.crop(cfg), self.hu_window(cfg)
+        splits: dict[str, list] = {"train": [], "val": [], "test": []}
+        for patient, split, volume, mask, centers in lidc_nodule_volumes(root):
+            vol, masks = resample_pair(volume, {"nodules": mask}, self.spacing)
+            centers = [scale_to_mm(c, volume.spacing, vol.spacing) for c in centers]
+            splits[split] += nodule_cases(to_unit(vol, window), masks["nodules"], centers, patient, split,
+                                          crop, cfg.evaluation.region_scale)
+        return TargetData(**splits, synthetic=False, source=f"LIDC-IDRI at {root}")

@@ -1,0 +1,205 @@
+"""Build the target network and transfer pretrained weights into it.
+
+Zhou et al. 2021 (sec. 3.2, methods digest sections 4 and 6):
+
+* classification targets: the pretrained *encoder* + global average pooling + Linear(512, 1024) ->
+  ReLU -> Linear(1024, n) (``encoder_classifier``); ``--linear-probe`` uses a single Linear on frozen
+  features instead;
+* segmentation targets: the whole pretrained encoder-decoder, its last layer replaced by a new
+  1x1x1 convolution;
+* random baselines: ``uniform`` (U(-0.05, 0.05), the Keras default), ``xavier`` (Glorot uniform),
+  ``msra`` (He uniform, bound sqrt(6 / fan_in)) on every conv/linear weight (biases zero), or
+  ``scratch`` for PyTorch's own defaults. With ``--weights`` the chosen scheme only initialises the
+  layers that are new (output conv, classification head).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from genesis.errors import CheckpointError, ConfigError
+from genesis.models import create_model
+from genesis.training.checkpoint import load_checkpoint
+
+_INIT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+
+
+def apply_init(module: nn.Module, scheme: str) -> None:
+    """Re-initialise conv/linear weights of ``module`` in place (``scratch`` leaves them)."""
+    if scheme == "scratch":
+        return
+    for m in module.modules():
+        if not isinstance(m, _INIT_LAYERS):
+            continue
+        if scheme == "uniform":
+            nn.init.uniform_(m.weight, -0.05, 0.05)
+        elif scheme == "xavier":
+            nn.init.xavier_uniform_(m.weight)
+        elif scheme == "msra":
+            nn.init.kaiming_uniform_(m.weight, a=0.0, mode="fan_in", nonlinearity="relu")
+        else:
+            raise ValueError(f"unknown init scheme {scheme!r}")
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def checkpoint_model_kwargs(weights: str | None, task: str = "segmentation") -> dict[str, Any]:
+    """Backbone ``model_kwargs`` stored in one of our checkpoints (genesis-pretrain's best.pt), else ``{}``.
+
+    Lets ``--weights runs/demo/pretrain/best.pt`` rebuild the backbone at the width it was
+    pretrained with, without the user repeating ``--width``. A checkpoint of a label proxy task
+    (``encoder_classifier`` around a ``unet3d``) has an encoder only, so it serves classification
+    targets only.
+
+    Raises:
+        CheckpointError: the checkpoint holds a network that cannot be transferred to ``task``.
+    """
+    if weights is None or not Path(weights).is_file() or Path(weights).suffix not in (".pt", ".pth"):
+        return {}
+    ckpt = load_checkpoint(weights)
+    kwargs = dict(ckpt.get("model_kwargs") or {})
+    name = ckpt.get("model_name")
+    if name == "encoder_classifier":
+        encoder = kwargs.get("encoder", "unet3d")
+        if encoder != "unet3d":
+            raise CheckpointError(f"fine-tuning transfers a 'unet3d' encoder, this classifier wraps {encoder!r}", weights)
+        if task == "segmentation":
+            raise CheckpointError(
+                "this checkpoint holds an encoder-only classifier (a label proxy task); segmentation "
+                "targets need an encoder-decoder: pretrain a restoration task, or fine-tune a "
+                "classification target (ncc, ecc, pe)", weights)
+        kwargs = {**dict(kwargs.get("encoder_kwargs") or {}), **{k: v for k, v in kwargs.items() if k == "base_width"}}
+    elif name not in (None, "unet3d"):
+        raise CheckpointError(f"fine-tuning transfers a 'unet3d' backbone, but this checkpoint holds {name!r}", weights)
+    return {k: kwargs[k] for k in ("base_width", "up_mode") if k in kwargs}
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        for prefix in ("module.", "backbone."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def _load_own_checkpoint(dest: nn.Module, path: str, part: str) -> dict[str, Any]:
+    """Fallback loader for our own checkpoints when :mod:`genesis.weights` is unavailable."""
+    ckpt = load_checkpoint(path)
+    state = ckpt.get("model", ckpt.get("state_dict", ckpt))
+    if not isinstance(state, dict):
+        raise CheckpointError("no state dict under 'model' or 'state_dict'", path)
+    state = _strip_prefixes({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+    dest = getattr(dest, "backbone", dest)  # encoder weights go into the wrapped backbone
+    own = dest.state_dict()
+    if part == "encoder":
+        prefixes = tuple(getattr(dest, "encoder_state_prefixes", ()))
+        state = {k: v for k, v in state.items() if k.startswith(prefixes)}
+    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(
+            f"{len(bad)} tensors do not fit the network (e.g. {bad[0]}: checkpoint "
+            f"{tuple(state[bad[0]].shape)} vs network {tuple(own[bad[0]].shape)}); is --width right?",
+            path,
+        )
+    matched = [k for k in state if k in own]
+    if not matched:
+        raise CheckpointError("no parameter names match the network", path)
+    dest.load_state_dict({k: state[k] for k in matched}, strict=False)
+    return {"loaded": len(matched), "skipped": len(state) - len(matched)}
+
+
+def load_pretrained(dest: nn.Module, weights: str, part: str) -> dict[str, Any]:
+    """Load ``weights`` (path or released name) into ``dest`` via :func:`genesis.weights.load_weights`.
+
+    Falls back to reading our own checkpoint format when the weights package is not available.
+    """
+    if Path(weights).is_file() and Path(weights).suffix in (".pt", ".pth"):
+        if load_checkpoint(weights).get("model_name") == "encoder_classifier":
+            # a label-proxy-task classifier: its encoder keys carry a "backbone." prefix, which
+            # genesis.weights.load_weights(part="encoder") does not map onto our backbone
+            return _load_own_checkpoint(dest, weights, "encoder")
+    try:
+        from genesis.weights import load_weights  # released names, Keras .h5, checksums
+    except ImportError:
+        if not Path(weights).is_file():
+            raise CheckpointError("weights file not found (genesis.weights is unavailable for names)", weights)
+        return _load_own_checkpoint(dest, weights, part)
+    report = load_weights(dest, weights, part=part)
+    if report.mismatched:
+        key, got, want = report.mismatched[0]
+        raise CheckpointError(
+            f"{len(report.mismatched)} tensors do not fit the network (e.g. {key}: weights {got} vs "
+            f"network {want}); is --width right?", weights)
+    if not report.loaded:
+        raise CheckpointError("no parameter names match the network", weights)
+    return {"weights_source": str(report.source), "loaded": len(report.loaded),
+            "missing": len(report.missing), "unexpected": len(report.unexpected)}
+
+
+def build_model(task: str, cfg: Any) -> tuple[nn.Module, str, dict[str, Any], dict[str, Any]]:
+    """The network of a target, with pretrained weights and initialisation applied.
+
+    Args:
+        task: ``"segmentation"`` or ``"classification"``.
+        cfg: a :class:`finetune.config.FinetuneConfig`.
+
+    Returns:
+        ``(model, model_name, model_kwargs, transfer_info)``; name and kwargs rebuild the model
+        with :func:`genesis.models.create_model` (stored in our checkpoints).
+    """
+    backbone_kwargs: dict[str, Any] = {"base_width": cfg.width}
+    backbone_kwargs.update(checkpoint_model_kwargs(cfg.weights, task))
+    info: dict[str, Any] = {"weights": cfg.weights, "init": cfg.init, "freeze": cfg.freeze,
+                            "linear_probe": cfg.linear_probe, "base_width": backbone_kwargs["base_width"]}
+    if task == "segmentation":
+        if cfg.linear_probe:
+            raise ConfigError("--linear-probe is for classification targets (ncc, ecc, pe); "
+                              "for segmentation use --freeze encoder")
+        name = "unet3d"
+        kwargs = {"in_channels": 1, "out_channels": 1, **backbone_kwargs}
+        model = create_model(name, **kwargs)
+        if cfg.weights:
+            info.update(load_pretrained(model, cfg.weights, part="full"))
+            model.replace_output(1)  # a new 1x1x1 output layer for the target
+            apply_init(model.out_tr, cfg.init)
+        else:
+            apply_init(model, cfg.init)
+        if cfg.freeze == "encoder":
+            prefixes = tuple(model.encoder_state_prefixes)
+            for pname, p in model.named_parameters():
+                if pname.startswith(prefixes):
+                    p.requires_grad_(False)
+        return model, name, kwargs, info
+
+    name = "encoder_classifier"
+    kwargs = {"encoder": "unet3d", "num_classes": 1,
+              "hidden": None if cfg.linear_probe else cfg.head_hidden, **backbone_kwargs}
+    model = create_model(name, **kwargs)
+    if cfg.weights:
+        info.update(load_pretrained(model, cfg.weights, part="encoder"))
+        for child_name, child in model.named_children():
+            if child_name != "backbone":
+                apply_init(child, cfg.init)
+    else:
+        apply_init(model, cfg.init)
+    if cfg.freeze == "encoder" or cfg.linear_probe:
+        model.freeze_backbone()
+    return model, name, kwargs, info
+
+
+def frozen_batchnorm_eval(model: nn.Module) -> None:
+    """Put batch-norm layers whose parameters are frozen in eval mode (keep their statistics).
+
+    Call after ``model.train()``: a frozen encoder must not drift through running statistics.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            params = list(m.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                m.eval()
