@@ -175,7 +175,9 @@ def load_weights(
     """Load weights from a file or a registered name into ``model``.
 
     A model with a ``.backbone`` (a classifier around a U-Net encoder) receives encoder weights in
-    its backbone, unless the source itself has ``backbone.`` keys (a saved classifier).
+    its backbone, unless the source itself has ``backbone.`` keys (a saved classifier) and
+    ``part="full"``. The encoder of a saved classifier loads into a plain U-Net (or another
+    classifier's backbone) with the ``backbone.`` prefix stripped.
     ``part="encoder"`` loads only ``model.encoder_state_prefixes`` (``down_tr64`` ... ``down_tr512``).
 
     Args:
@@ -200,7 +202,14 @@ def load_weights(
     backbone = getattr(model, "backbone", None)
     source = read_state(file, fmt=fmt, layout=layout, bn_eps=_first_bn_eps(model))
     state = source.state
-    if isinstance(backbone, nn.Module) and not any(k.startswith("backbone.") for k in state):
+    has_backbone_keys = any(k.startswith("backbone.") for k in state)
+    if has_backbone_keys and (part == "encoder" or not isinstance(backbone, nn.Module)):
+        # A saved classifier (e.g. a rotation/flip pretraining run): its encoder is under backbone.
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        part = "encoder"
+        if isinstance(backbone, nn.Module):
+            target, target_name = backbone, "model.backbone"
+    elif isinstance(backbone, nn.Module) and not has_backbone_keys:
         target, target_name, part = backbone, "model.backbone", "encoder"
     if part == "encoder":
         prefixes = tuple(getattr(target, "encoder_state_prefixes", DEFAULT_ENCODER_PREFIXES))
