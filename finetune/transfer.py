@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from genesis.errors import CheckpointError, ConfigError
@@ -78,58 +77,14 @@ def checkpoint_model_kwargs(weights: str | None, task: str = "segmentation") -> 
     return {k: kwargs[k] for k in ("base_width", "up_mode") if k in kwargs}
 
 
-def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in state.items():
-        for prefix in ("module.", "backbone."):
-            if k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
-
-
-def _load_own_checkpoint(dest: nn.Module, path: str, part: str) -> dict[str, Any]:
-    """Fallback loader for our own checkpoints when :mod:`genesis.weights` is unavailable."""
-    ckpt = load_checkpoint(path)
-    state = ckpt.get("model", ckpt.get("state_dict", ckpt))
-    if not isinstance(state, dict):
-        raise CheckpointError("no state dict under 'model' or 'state_dict'", path)
-    state = _strip_prefixes({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
-    dest = getattr(dest, "backbone", dest)  # encoder weights go into the wrapped backbone
-    own = dest.state_dict()
-    if part == "encoder":
-        prefixes = tuple(getattr(dest, "encoder_state_prefixes", ()))
-        state = {k: v for k, v in state.items() if k.startswith(prefixes)}
-    bad = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if bad:
-        raise CheckpointError(
-            f"{len(bad)} tensors do not fit the network (e.g. {bad[0]}: checkpoint "
-            f"{tuple(state[bad[0]].shape)} vs network {tuple(own[bad[0]].shape)}); is --width right?",
-            path,
-        )
-    matched = [k for k in state if k in own]
-    if not matched:
-        raise CheckpointError("no parameter names match the network", path)
-    dest.load_state_dict({k: state[k] for k in matched}, strict=False)
-    return {"loaded": len(matched), "skipped": len(state) - len(matched)}
-
-
 def load_pretrained(dest: nn.Module, weights: str, part: str) -> dict[str, Any]:
-    """Load ``weights`` (path or released name) into ``dest`` via :func:`genesis.weights.load_weights`.
+    """Load ``weights`` (a checkpoint path or a released name) into ``dest``.
 
-    Falls back to reading our own checkpoint format when the weights package is not available.
+    :func:`genesis.weights.load_weights` handles our checkpoints (U-Nets and saved classifiers),
+    the official Models Genesis releases, checksums and the cache.
     """
-    if Path(weights).is_file() and Path(weights).suffix in (".pt", ".pth"):
-        if load_checkpoint(weights).get("model_name") == "encoder_classifier":
-            # a label-proxy-task classifier: its encoder keys carry a "backbone." prefix, which
-            # genesis.weights.load_weights(part="encoder") does not map onto our backbone
-            return _load_own_checkpoint(dest, weights, "encoder")
-    try:
-        from genesis.weights import load_weights  # released names, Keras .h5, checksums
-    except ImportError:
-        if not Path(weights).is_file():
-            raise CheckpointError("weights file not found (genesis.weights is unavailable for names)", weights)
-        return _load_own_checkpoint(dest, weights, part)
+    from genesis.weights import load_weights
+
     report = load_weights(dest, weights, part=part)
     if report.mismatched:
         key, got, want = report.mismatched[0]
