@@ -123,7 +123,7 @@ def generate_target_case(
 
 
 def _liver(grid: Grid, rng: np.random.Generator, n_lesions: int | None, noise: float):
-    Z, Y, X = grid.z, grid.y, grid.x
+    Y, X = grid.y, grid.x
     vox = grid.voxel_mm
     s = rng.uniform(0.9, 1.05)
     ax, ay = 150.0 * s, 110.0 * s
