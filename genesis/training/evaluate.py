@@ -1,0 +1,251 @@
+"""Evaluate a pretrained proxy model on held-out volumes (``genesis-pretrain --evaluate CKPT``).
+
+Restoration models: MSE, SSIM (MONAI, via :func:`genesis.training.losses.ssim`) and the MSE on the
+changed (or masked) region, for the model's own task and, for image-to-image models, for each
+Models Genesis transform forced on (``prob=1.0``), so one sees which kind of damage the model
+learned to undo. Label models: cross-entropy, accuracy and one-vs-rest AUROC, as in Table II of
+Tariq et al. (2023). Results go to ``eval.json``; ``eval.png`` shows input, output and difference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from genesis.config import load_config
+from genesis.device import resolve_device
+from genesis.errors import CheckpointError
+from genesis.fileio import atomic_write_text
+from genesis.models import create_model, unpack_output
+from genesis.training.checkpoint import load_checkpoint
+from genesis.training.config import PretrainConfig
+from genesis.training.engine import EpochContext, make_generator, prepare_pair, step_seed
+
+#: The Models Genesis transforms evaluated one at a time (those that are registered).
+GENESIS_TRANSFORMS: tuple[str, ...] = ("nonlinear", "local_shuffle", "inner_cutout", "outer_cutout", "identity")
+
+_SECTIONS = ("data", "optim", "schedule", "early_stop", "log")
+
+
+def config_from_checkpoint(ckpt: dict[str, Any], path: Path) -> PretrainConfig:
+    """The :class:`PretrainConfig` a checkpoint was trained with."""
+    saved = ckpt.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError("not a genesis-pretrain checkpoint (no 'config')", path)
+    overrides: dict[str, Any] = {}
+    for key, value in saved.items():
+        if key in _SECTIONS and isinstance(value, dict):
+            overrides.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            overrides[key] = value
+    return load_config(PretrainConfig, None, overrides)
+
+
+def roc_auc_ovr(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Macro one-vs-rest AUROC from rank statistics (Mann-Whitney U), ties averaged.
+
+    Written here because scikit-learn is only a development dependency; classes absent from
+    ``labels`` (or present alone) are skipped; NaN if no class can be scored.
+    """
+    from scipy.stats import rankdata
+
+    aucs = []
+    for c in range(probs.shape[1]):
+        positive = labels == c
+        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+        if n_pos == 0 or n_neg == 0:
+            continue
+        ranks = rankdata(probs[:, c])
+        aucs.append((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def _build_transform(name: str) -> Any:
+    import proxy_tasks
+
+    try:
+        return proxy_tasks.build(name, prob=1.0)
+    except TypeError:
+        return proxy_tasks.build(name)
+
+
+@torch.no_grad()
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | None = None,
+    out_dir: str | Path | None = None,
+    device: str = "auto",
+    n_cubes: int | None = None,
+    seed: int | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate a ``genesis-pretrain`` checkpoint on held-out cubes.
+
+    Args:
+        checkpoint: ``best.pt`` / ``last.pt`` of a pretraining run.
+        data: scans to evaluate on (all of them are held out); None uses the run's own validation
+            volumes (the synthetic default is regenerated from its seed).
+        out_dir: where ``eval.json`` and ``eval.png`` go (None: nothing is written).
+        device: ``auto``, ``cpu`` or ``cuda[:n]``.
+        n_cubes: number of held-out cubes (default 32).
+        seed: seed of the cubes and transforms (default: the run's seed).
+        batch_size: evaluation batch size (default: the run's).
+    Returns:
+        ``{"checkpoint", "task", "kind", "synthetic", "n_cubes", "results": {name: metrics}}``.
+    Raises:
+        CheckpointError: unreadable or foreign checkpoint.
+    """
+    from genesis.training import losses
+    from genesis.training.pretrain import (SubsetSource, build_source, build_task, load_val_cubes, primary_label,
+                                           split_volumes, task_kind)
+
+    path = Path(checkpoint)
+    ckpt = load_checkpoint(path)
+    for key in ("model", "model_name", "model_kwargs"):
+        if key not in ckpt:
+            raise CheckpointError(f"not a genesis-pretrain checkpoint (no {key!r})", path)
+    cfg = config_from_checkpoint(ckpt, path)
+    dev = resolve_device(device)
+    seed = cfg.seed if seed is None else int(seed)
+    n = int(n_cubes or 32)
+    bs = int(batch_size or cfg.batch_size)
+
+    if data is not None:
+        cfg.data.data = str(data)
+        source = build_source(cfg)
+        held_out = SubsetSource(source, list(range(len(source))))
+    else:
+        source = build_source(cfg)
+        _, val_idx = split_volumes(len(source), cfg.data.val_fraction)
+        held_out = SubsetSource(source, val_idx)
+    cubes = load_val_cubes(held_out, cfg, n)
+
+    model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights do not fit {ckpt['model_name']}: {exc}", path) from None
+    model.to(dev).eval()
+
+    task = build_task(cfg)
+    stages = getattr(task, "stages", None)
+    if stages:
+        task = stages[int(ckpt.get("stage", len(stages) - 1))]
+    kind = task_kind(task)
+
+    def run(t: Any, name: str, salt: int) -> tuple[dict[str, float], tuple[Any, Any] | None]:
+        sums: dict[str, float] = {}
+        count = 0
+        first = None
+        probs, labels = [], []
+        for i in range(0, n, bs):
+            batch = cubes[i:i + bs].to(dev)
+            gen = make_generator(step_seed(seed, salt, i), dev)
+            pair = prepare_pair(t, batch, gen, cfg.dims)
+            out = unpack_output(model(pair.input))
+            logits = out.output.float()
+            b = int(pair.input.shape[0])
+            if kind == "classification":
+                logits, label = primary_label(t, logits, pair.label, pair.input.dim() - 2)
+                ce = float(F.cross_entropy(logits, label, reduction="sum"))
+                sums["cross_entropy"] = sums.get("cross_entropy", 0.0) + ce
+                sums["accuracy"] = sums.get("accuracy", 0.0) + float((logits.argmax(1) == label).sum())
+                probs.append(torch.softmax(logits, 1).cpu())
+                labels.append(label.cpu())
+            else:
+                pred = torch.sigmoid(logits)
+                target = pair.target.float()
+                err = (pred - target) ** 2
+                sums["mse"] = sums.get("mse", 0.0) + float(err.flatten(1).mean(1).sum())
+                sums["ssim"] = sums.get("ssim", 0.0) + float(losses.ssim(pred, target)) * b
+                if pair.mask is not None:
+                    mask = pair.mask.expand_as(err).float()
+                    # pooled over voxels: samples the transform left untouched add nothing
+                    sums["_changed_err"] = sums.get("_changed_err", 0.0) + float((err * mask).sum())
+                    sums["_changed_n"] = sums.get("_changed_n", 0.0) + float(mask.sum())
+            count += b
+            if first is None:
+                first = (pair, out)
+        metrics = {k: v / max(count, 1) for k, v in sums.items() if not k.startswith("_")}
+        if sums.get("_changed_n", 0.0) > 0:
+            # the changed region of a Genesis transform is the masked region of a Tariq task
+            metrics["changed_mse"] = sums["_changed_err"] / sums["_changed_n"]
+        if kind == "classification" and probs:
+            metrics["auroc"] = roc_auc_ovr(torch.cat(probs).numpy(), torch.cat(labels).numpy())
+        return metrics, first
+
+    if hasattr(task, "on_epoch_start") and getattr(task, "kind", None) == "classification":
+        # DeepCluster needs its clusters before it can label anything
+        batches = [cubes[i:i + bs].to(dev) for i in range(0, n, bs)]
+        task.on_epoch_start(EpochContext(0, model, dev, make_generator(seed, dev), batches, cfg.dims))
+
+    results: dict[str, dict[str, float]] = {}
+    examples: dict[str, tuple[Any, Any]] = {}
+    metrics, first = run(task, cfg.task, 0)
+    results[cfg.task] = metrics
+    if first is not None:
+        examples[cfg.task] = first
+    # Genesis transforms only make sense for image-to-same-image models (not next-slice prediction)
+    same_image = getattr(task, "spatial_dims_out", None) is None
+    if kind == "restoration" and same_image and first is not None and first[0].input.shape == first[0].target.shape:
+        import proxy_tasks
+
+        for j, name in enumerate(GENESIS_TRANSFORMS, start=1):
+            if name not in proxy_tasks.list_tasks() or name == cfg.task:
+                continue
+            try:
+                metrics, ex = run(_build_transform(name), name, j)
+            except (TypeError, ValueError):  # a transform that does not apply to these inputs
+                continue
+            results[name] = metrics
+            if ex is not None:
+                examples[name] = ex
+
+    report = {
+        "checkpoint": str(path),
+        "task": cfg.task,
+        "kind": kind,
+        "model_name": ckpt["model_name"],
+        "synthetic": bool(ckpt.get("synthetic", False)) and data is None,
+        "data": data if data is not None else ("synthetic" if ckpt.get("synthetic") else cfg.data.data),
+        "n_cubes": n,
+        "results": results,
+    }
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "eval.json", json.dumps(report, indent=2, allow_nan=True) + "\n")
+        _save_examples(examples, kind, out / "eval.png", report)
+    return report
+
+
+def _save_examples(examples: dict[str, tuple[Any, Any]], kind: str, path: Path, report: dict[str, Any]) -> None:
+    from genesis.viz import save_grid
+
+    def middle(x: torch.Tensor) -> np.ndarray:
+        img = x.detach().float().cpu()[-1]
+        return (img[img.shape[0] // 2] if img.dim() == 3 else img).numpy()
+
+    rows, names = [], []
+    for name, (pair, out) in examples.items():
+        if kind == "classification":
+            pred = out.output.float().argmax(1)
+            label = pair.label[0].flatten()[0]
+            rows.append([middle(pair.input[0])])
+            names.append(f"{name}: label {int(label)}, pred {int(pred[0])}")
+            continue
+        restored = torch.sigmoid(out.output.float())
+        diff = (restored[0] - pair.target[0].float()).abs()
+        rows.append([middle(pair.input[0]), middle(restored[0]), middle(pair.target[0]), middle(diff)])
+        names.append(name)
+    if not rows:
+        return
+    synthetic = " (synthetic data)" if report.get("synthetic") else ""
+    cols = ["input"] if kind == "classification" else ["input", "output", "original", "|difference|"]
+    save_grid(rows, path, row_titles=names, col_titles=cols, title=f"{report['task']}{synthetic}",
+              vmin=[0.0, 0.0, 0.0, 0.0], vmax=[1.0, 1.0, 1.0, 0.5], cmap=["gray", "gray", "gray", "magma"])
