@@ -10,7 +10,7 @@ import torch
 from genesis.cli.pretrain import build_parser, overrides_from_args
 from genesis.config import load_config
 from genesis.errors import ConfigError
-from genesis.training.config import PretrainConfig, quick_overrides
+from genesis.training.config import OptimConfig, PretrainConfig, quick_overrides, resolve_optim
 from genesis.training.schedule import EarlyStopping, EpochScheduler, build_optimizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -24,7 +24,11 @@ def cfg_from(argv: list[str]) -> PretrainConfig:
 def test_defaults_are_the_models_genesis_recipe() -> None:
     cfg = PretrainConfig()
     assert cfg.task == "combined" and cfg.dims == 3 and cfg.width == 32 and cfg.batch_size == 6
-    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 1.0, 0.9)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("auto", None, 0.9)
+    assert resolve_optim(cfg.optim, "combined", "restoration") == OptimConfig("sgd", 1.0, 0.9)
+    assert resolve_optim(cfg.optim, "rotation", "classification").name == "radam"
+    assert resolve_optim(cfg.optim, "masked_region", "restoration").lr == 1e-3
+    assert resolve_optim(OptimConfig("adam", 0.01), "combined", "restoration").lr == 0.01
     assert cfg.schedule.name == "plateau" and cfg.schedule.factor == 0.5
     assert cfg.early_stop.patience == 50
     assert cfg.data.crop == (32, 64, 64) and cfg.data.window == (-1000.0, 1000.0)
@@ -62,12 +66,13 @@ def test_bad_settings_raise_config_error(tmp_path: Path) -> None:
 def test_plateau_schedule_halves_and_round_trips() -> None:
     cfg = load_config(PretrainConfig, None, {"schedule.patience": 1})
     params = [torch.nn.Parameter(torch.zeros(1))]
-    opt = build_optimizer(params, cfg.optim)
+    optim = resolve_optim(cfg.optim, "combined", "restoration")
+    opt = build_optimizer(params, optim)
     sched = EpochScheduler(opt, cfg.schedule)
     for loss in (1.0, 1.0, 1.0):
         sched.step(loss)
     assert sched.lr == 0.5
-    clone = EpochScheduler(build_optimizer(params, cfg.optim), cfg.schedule)
+    clone = EpochScheduler(build_optimizer(params, optim), cfg.schedule)
     clone.load_state_dict(sched.state_dict())
     assert clone.inner.state_dict() == sched.inner.state_dict()
 

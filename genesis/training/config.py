@@ -11,7 +11,7 @@ Load one with ``genesis.config.load_config(PretrainConfig, yaml_path, {"optim.lr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from genesis.errors import ConfigError
@@ -59,10 +59,15 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer (Models Genesis: SGD, momentum 0.9, lr 1.0; Tariq et al.: RAdam lr 1e-3)."""
+    """Optimizer (Models Genesis: SGD, momentum 0.9, lr 1.0; Tariq et al.: RAdam lr 1e-3).
 
-    name: str = "sgd"
-    lr: float = 1.0
+    ``name="auto"`` picks per task (:func:`resolve_optim`): SGD for the Models Genesis restoration
+    tasks, as in that paper, and RAdam for the Tariq et al. family and for label tasks, where
+    SGD at lr 1.0 diverges. ``lr=None`` means the paper's rate for the chosen optimizer.
+    """
+
+    name: str = "auto"
+    lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 0.0
     nesterov: bool = False
@@ -160,12 +165,28 @@ class PretrainConfig:
             raise ConfigError(f"data.crop must be three positive sizes (D, H, W), got {self.data.crop}")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
-        if self.optim.name not in ("sgd", "adam", "radam", "adamw"):
-            raise ConfigError(f"optim.name must be sgd, adam, radam or adamw, got {self.optim.name!r}")
+        if self.optim.name not in ("auto", "sgd", "adam", "radam", "adamw"):
+            raise ConfigError(f"optim.name must be auto, sgd, adam, radam or adamw, got {self.optim.name!r}")
+        if self.optim.lr is not None and self.optim.lr <= 0:
+            raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}")
         if self.schedule.name not in ("plateau", "step", "none"):
             raise ConfigError(f"schedule.name must be plateau, step or none, got {self.schedule.name!r}")
         if self.loss not in ("auto", "mse", "composite", "ce"):
             raise ConfigError(f"loss must be auto, mse, composite or ce, got {self.loss!r}")
+
+
+#: Restoration tasks of Tariq et al. (2023), trained with RAdam at lr 1e-3 in that paper.
+TARIQ_TASKS = frozenset({"masked_region", "masked_curriculum", "next_slice", "denoise_sp"})
+
+
+def resolve_optim(optim: OptimConfig, task: str, task_kind: str) -> OptimConfig:
+    """Fill in ``optim.name="auto"`` and ``optim.lr=None`` for ``task`` (see :class:`OptimConfig`)."""
+    name = optim.name
+    if name == "auto":
+        genesis_restoration = task_kind == "restoration" and task not in TARIQ_TASKS
+        name = "sgd" if genesis_restoration else "radam"
+    lr = optim.lr if optim.lr is not None else (1.0 if name == "sgd" else 1e-3)
+    return replace(optim, name=name, lr=lr)
 
 
 def quick_overrides() -> dict[str, Any]:

@@ -33,7 +33,7 @@ from genesis.device import resolve_device
 from genesis.errors import ConfigError, GenesisError
 from genesis.models import ModelOutput, create_model
 from genesis.training.checkpoint import load_checkpoint, save_checkpoint
-from genesis.training.config import PretrainConfig
+from genesis.training.config import TARIQ_TASKS, PretrainConfig, resolve_optim
 from genesis.training.ddp import DistInfo, cleanup_distributed, env_dist_info, setup_distributed
 from genesis.training.engine import StageResult, StageSpec, Trainer, make_generator, prepare_pair
 from genesis.training.logging import write_csv_log
@@ -54,7 +54,7 @@ CHECKPOINT_FORMAT = "genesis-pretrain/1"
 MAX_DEFAULT_VAL_CUBES = 512
 
 #: Restoration tasks of Tariq et al. that get the composite loss on a VQ-VAE with ``loss=auto``.
-TARIQ_RESTORATION_TASKS = frozenset({"masked_region", "masked_curriculum", "next_slice", "denoise_sp"})
+TARIQ_RESTORATION_TASKS = TARIQ_TASKS
 
 
 @dataclass
@@ -417,7 +417,7 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     train_idx, val_idx = split_volumes(len(source), cfg.data.val_fraction)
     train_src, val_src = SubsetSource(source, train_idx), SubsetSource(source, val_idx)
     steps = effective_steps(cfg, len(train_src), dist.world_size)
-    cfg = replace(cfg, steps_per_epoch=steps)
+    cfg = replace(cfg, steps_per_epoch=steps, optim=resolve_optim(cfg.optim, cfg.task, kind))
     default_val = min(MAX_DEFAULT_VAL_CUBES, len(val_src) * cfg.data.cubes_per_volume)
     n_val = cfg.data.val_cubes or max(cfg.batch_size, default_val)
     train_ds = CubeDataset(train_src, sampler_config(cfg), steps * cfg.batch_size * dist.world_size, cfg.seed,

@@ -16,7 +16,9 @@ from genesis.training.config import EarlyStopConfig, OptimConfig, ScheduleConfig
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    """SGD (Models Genesis), Adam/AdamW or RAdam (Tariq et al.) from the config."""
+    """SGD (Models Genesis), Adam/AdamW or RAdam (Tariq et al.) from a resolved config."""
+    if cfg.name == "auto" or cfg.lr is None:
+        raise ValueError("resolve optim.name='auto' / optim.lr=None with resolve_optim() first")
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov)
