@@ -13,6 +13,7 @@ CLI overrides single keys (``--lr`` -> ``optim.lr``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from genesis.errors import ConfigError
 
@@ -83,12 +84,21 @@ class FinetuneConfig:
         data: dataset root in the target's real on-disk layout; ``None`` uses synthetic data.
         weights: pretrained weights (a checkpoint path or a released-weights name); ``None`` trains
             from a random initialisation.
+        model: the network. ``unet3d``: the Models Genesis 3D U-Net (its encoder + head for
+            classification). Classification targets (ncc, ecc, pe) also take the baselines of Ke
+            et al. 2023: ``r3d_18``, ``mc3_18``, ``r2plus1d_18`` (Kinetics-400), ``resnet18/34/50``,
+            ``resnext101_32x8d`` (ImageNet, 2D over the window's slices), ``lrcn``, ``resnet18_3d``,
+            ``resnet50_3d`` (MedicalNet); see :mod:`finetune.baselines`. ``None`` (default): the
+            architecture of ``weights`` (manifest or checkpoint), else ``unet3d``.
+        model_args: extra constructor arguments of a baseline, e.g. ``{"normalize": false}`` or
+            ``{"backbone": "resnet18"}`` for ``lrcn``.
         init: random initialisation of layers not loaded from weights: ``scratch`` (PyTorch
             defaults), ``uniform`` (U(-0.05, 0.05)), ``xavier`` (Glorot uniform), ``msra`` (He uniform).
         freeze: ``encoder`` keeps the loaded encoder fixed; ``none`` fine-tunes all layers.
         linear_probe: classification only: frozen encoder + a single linear layer on pooled features.
         head_hidden: hidden units of the classification head (GAP -> Linear(C, hidden) -> ReLU ->
-            Linear(hidden, n)); the Models Genesis head has 1024.
+            Linear(hidden, n)); the Models Genesis head has 1024. Baselines keep their single
+            linear head (Ke et al. replace the final layer), so this and ``width`` are U-Net only.
         width: base width of the U-Net (32 in the paper); taken from the checkpoint when it says.
         crop: training crop (D, H, W); ``None`` uses the target's default (e.g. NCS 32x64x64).
         window: HU window mapped to [0, 1]; ``None`` uses the target's default.
@@ -107,6 +117,8 @@ class FinetuneConfig:
     target: str = "ncs"
     data: str | None = None
     weights: str | None = None
+    model: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
     init: str = "scratch"
     freeze: str = "none"
     linear_probe: bool = False
@@ -135,6 +147,10 @@ class FinetuneConfig:
 
     def validate(self) -> "FinetuneConfig":
         """Check value ranges; raises :class:`ConfigError` naming the setting."""
+        if self.model is not None and (not isinstance(self.model, str) or not self.model):
+            raise ConfigError(f"model must be a registered network name, got {self.model!r}")
+        if not isinstance(self.model_args, dict):
+            raise ConfigError(f"model_args must be a mapping of constructor arguments, got {self.model_args!r}")
         if self.init not in INIT_CHOICES:
             raise ConfigError(f"init must be one of {', '.join(INIT_CHOICES)}, got {self.init!r}")
         if self.freeze not in FREEZE_CHOICES:

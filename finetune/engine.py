@@ -330,10 +330,12 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     Raises:
         GenesisError: bad configuration, dataset layout or checkpoint (message names the file).
     """
+    from finetune.baselines import check_model
     from finetune.report import build_metrics, write_reports
 
     cfg.validate()
     target = get_target(cfg.target)
+    choice = check_model(cfg, target.task, target.crop(cfg), target.name)  # before any data is read
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -342,7 +344,8 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     _check_splits(data, target)
     if data.synthetic:
         log(SYNTHETIC_BANNER)
-    log(f"target {target.name} ({target.title}); data: {data.source}; "
+    log(f"target {target.name} ({target.title}); model {choice.name}"
+        f"{f' with weights {cfg.weights}' if cfg.weights else f' ({cfg.init} init)'}; data: {data.source}; "
         f"train/val/test = {len(data.train)}/{len(data.val)}/{len(data.test)}; device {device}")
     runs: dict[float, list[dict[str, Any]]] = {}
     for fraction in cfg.label_fractions:

@@ -26,8 +26,9 @@ from genesis.config import config_to_dict
 from genesis.errors import ConfigError, InputFileError
 
 
-def describe(cfg: FinetuneConfig) -> str:
-    """Short label of the initialisation, e.g. ``pretrained best.pt`` or ``random (xavier)``."""
+def describe(cfg: FinetuneConfig, model: str = "unet3d") -> str:
+    """Short label of the network and initialisation, e.g. ``pretrained best.pt``, ``random (xavier)``
+    (the Models Genesis U-Net) or ``r3d_18: pretrained r3d_18.kinetics400`` (a baseline)."""
     if cfg.weights:
         label = f"pretrained {Path(cfg.weights).name}"
     else:
@@ -36,7 +37,23 @@ def describe(cfg: FinetuneConfig) -> str:
         label += ", linear probe"
     elif cfg.freeze == "encoder":
         label += ", frozen encoder"
-    return label
+    return label if model == "unet3d" else f"{model}: {label}"
+
+
+def model_record(cfg: FinetuneConfig, target: Target, runs: dict[float, list[dict[str, Any]]]) -> dict[str, Any]:
+    """The network and the weights' origin of the runs, so compared experiments are labelled."""
+    from finetune.baselines import resolve_model
+
+    transfer = next((r.get("transfer") or {} for fr in runs.values() for r in fr), {})
+    choice = resolve_model(cfg, target.task)
+    name = transfer.get("model", choice.name)
+    return {
+        "model": name,
+        "model_kwargs": transfer.get("model_kwargs"),
+        "model_family": "models-genesis-unet3d" if name == "unet3d" else "baseline",
+        "weights_architecture": choice.weights_architecture,
+        "weights_source": transfer.get("weights_source"),
+    }
 
 
 def aggregate_runs(task: str, metrics: tuple[str, ...], runs: list[dict[str, Any]], cfg: FinetuneConfig) -> dict[str, Any]:
@@ -62,6 +79,7 @@ def build_metrics(
     cfg: FinetuneConfig, target: Target, data: TargetData, runs: dict[float, list[dict[str, Any]]]
 ) -> dict[str, Any]:
     """The content of ``metrics.json`` (without the comparison, added by :func:`write_reports`)."""
+    model = model_record(cfg, target, runs)
     fractions = []
     for fraction, fruns in runs.items():
         fractions.append({
@@ -89,7 +107,8 @@ def build_metrics(
             "sliding-window inference over whole test volumes/regions" if target.task == "segmentation"
             else ("study-level: max over window predictions" if target.aggregate == "max" else "sample-level")
         ),
-        "configuration": describe(cfg),
+        "configuration": describe(cfg, model["model"]),
+        **model,
         "weights": cfg.weights,
         "init": cfg.init,
         "freeze": cfg.freeze,
@@ -126,7 +145,7 @@ def compare_with(metrics: dict[str, Any], other_out: str | Path) -> dict[str, An
             b = [v for v in theirs[ours["fraction"]]["aggregate"].get(m, {}).get("values", []) if v is not None]
             row[m] = compare_runs(a, b)
         rows.append(row)
-    return {"other": str(path), "other_configuration": other.get("configuration"),
+    return {"other": str(path), "other_configuration": other.get("configuration"), "other_model": other.get("model"),
             "other_synthetic": other.get("synthetic"), "test": "independent two-sample t-test (scipy.stats.ttest_ind)",
             "fractions": rows}
 
@@ -144,6 +163,9 @@ def markdown(metrics: dict[str, Any]) -> str:
                   "these numbers demonstrate the pipeline only.", ""]
     lines += [f"Configuration: {metrics['configuration']}. Data: {metrics['data_source']}. "
               f"Evaluation: {metrics['evaluation']}. CI: {metrics['ci_method']}.", ""]
+    if metrics.get("model"):
+        source = metrics.get("weights_source") or metrics.get("weights") or f"none (random init: {metrics['init']})"
+        lines += [f"Model: {metrics['model']}. Weights: {source}.", ""]
     names = metrics["metrics"]
     lines.append("| label fraction | runs | train units | " + " | ".join(f"{m} mean ± s.d. [95% CI]" for m in names) + " |")
     lines.append("| --- | --- | --- | " + " | ".join("---" for _ in names) + " |")

@@ -7,6 +7,8 @@ Zhou et al. 2021 (sec. 3.2, methods digest sections 4 and 6):
   features instead;
 * segmentation targets: the whole pretrained encoder-decoder, its last layer replaced by a new
   1x1x1 convolution;
+* baseline classifiers (Ke et al. 2023: Kinetics-400 video ResNets, ImageNet 2D ResNets, LRCN,
+  MedicalNet; ``cfg.model`` or the weights' architecture): see :mod:`finetune.baselines`;
 * random baselines: ``uniform`` (U(-0.05, 0.05), the Keras default), ``xavier`` (Glorot uniform),
   ``msra`` (He uniform, bound sqrt(6 / fan_in)) on every conv/linear weight (biases zero), or
   ``scratch`` for PyTorch's own defaults. With ``--weights`` the chosen scheme only initialises the
@@ -77,11 +79,11 @@ def checkpoint_model_kwargs(weights: str | None, task: str = "segmentation") -> 
     return {k: kwargs[k] for k in ("base_width", "up_mode") if k in kwargs}
 
 
-def load_pretrained(dest: nn.Module, weights: str, part: str) -> dict[str, Any]:
+def load_pretrained(dest: nn.Module, weights: str, part: str, hint: str = "is --width right?") -> dict[str, Any]:
     """Load ``weights`` (a checkpoint path or a released name) into ``dest``.
 
     :func:`genesis.weights.load_weights` handles our checkpoints (U-Nets and saved classifiers),
-    the official Models Genesis releases, checksums and the cache.
+    the official Models Genesis releases, torchvision/MedicalNet state dicts, checksums and the cache.
     """
     from genesis.weights import load_weights
 
@@ -90,7 +92,7 @@ def load_pretrained(dest: nn.Module, weights: str, part: str) -> dict[str, Any]:
         key, got, want = report.mismatched[0]
         raise CheckpointError(
             f"{len(report.mismatched)} tensors do not fit the network (e.g. {key}: weights {got} vs "
-            f"network {want}); is --width right?", weights)
+            f"network {want}); {hint}", weights)
     if not report.loaded:
         raise CheckpointError("no parameter names match the network", weights)
     return {"weights_source": str(report.source), "loaded": len(report.loaded),
@@ -106,11 +108,24 @@ def build_model(task: str, cfg: Any) -> tuple[nn.Module, str, dict[str, Any], di
 
     Returns:
         ``(model, model_name, model_kwargs, transfer_info)``; name and kwargs rebuild the model
-        with :func:`genesis.models.create_model` (stored in our checkpoints).
+        with :func:`genesis.models.create_model` (stored in our checkpoints). ``transfer_info``
+        has ``model`` (``unet3d`` or the baseline) and, with weights, ``weights_source``.
+
+    Raises:
+        ConfigError: a baseline (``cfg.model`` or the weights' architecture) on a segmentation
+            target, or weights made for another architecture (:func:`finetune.baselines.resolve_model`).
     """
+    from finetune.baselines import build_baseline, resolve_model
+
+    choice = resolve_model(cfg, task)
+    if choice.is_baseline:
+        def load(model: nn.Module, weights: str, part: str) -> dict[str, Any]:
+            return load_pretrained(model, weights, part, hint=f"are these weights for {choice.name!r}?")
+
+        return build_baseline(choice, cfg, load, apply_init)
     backbone_kwargs: dict[str, Any] = {"base_width": cfg.width}
     backbone_kwargs.update(checkpoint_model_kwargs(cfg.weights, task))
-    info: dict[str, Any] = {"weights": cfg.weights, "init": cfg.init, "freeze": cfg.freeze,
+    info: dict[str, Any] = {"model": "unet3d", "weights": cfg.weights, "init": cfg.init, "freeze": cfg.freeze,
                             "linear_probe": cfg.linear_probe, "base_width": backbone_kwargs["base_width"]}
     if task == "segmentation":
         if cfg.linear_probe:
@@ -130,6 +145,7 @@ def build_model(task: str, cfg: Any) -> tuple[nn.Module, str, dict[str, Any], di
             for pname, p in model.named_parameters():
                 if pname.startswith(prefixes):
                     p.requires_grad_(False)
+        info["model_kwargs"] = kwargs
         return model, name, kwargs, info
 
     name = "encoder_classifier"
@@ -145,6 +161,7 @@ def build_model(task: str, cfg: Any) -> tuple[nn.Module, str, dict[str, Any], di
         apply_init(model, cfg.init)
     if cfg.freeze == "encoder" or cfg.linear_probe:
         model.freeze_backbone()
+    info["model_kwargs"] = kwargs
     return model, name, kwargs, info
 
 

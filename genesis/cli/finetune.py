@@ -7,6 +7,9 @@ Examples::
         --compare runs/demo/ncs-scratch
     genesis-finetune --target ncc --data /data/LUNA16 --weights genesis_chest_ct --repeats 10 \\
         --label-fraction 0.05 0.1 0.3 0.5 1.0 --out runs/ncc
+    genesis-finetune --target pe --weights r3d_18.kinetics400 --out runs/pe-r3d        # Kinetics-400 R3D-18
+    genesis-finetune --target pe --model resnet18 --weights resnet18.imagenet1k_v1 --out runs/pe-resnet18
+    genesis-finetune --target ncc --model r3d_18 --init msra --out runs/ncc-r3d-random  # baseline, random init
 
 Settings come from the defaults of :class:`finetune.config.FinetuneConfig`, then ``--config YAML``,
 then ``--preset``, then the flags. The command only parses flags; :func:`finetune.run_finetune`
@@ -29,11 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="genesis-finetune",
-        description="Fine-tune a (pretrained) 3D U-Net on a target task: metrics.json, metrics.md, metrics.png.",
+        description="Fine-tune a (pretrained) 3D U-Net, or a video/ImageNet/MedicalNet baseline on classification "
+                    "targets, on a target task: metrics.json, metrics.md, metrics.png.",
     )
     p.add_argument("--target", choices=TARGETS.names(), help="target task (default from config: ncs)")
     p.add_argument("--data", help="dataset root in the target's real layout; omitted: embedded synthetic chest CT")
-    p.add_argument("--weights", help="pretrained weights: checkpoint path (e.g. genesis-pretrain best.pt) or released name")
+    p.add_argument("--weights", help="pretrained weights: checkpoint path (e.g. genesis-pretrain best.pt) or released name "
+                   "(genesis-weights list: unet3d.genesis_chest_ct, r3d_18.kinetics400, resnet18.imagenet1k_v1 ...)")
+    p.add_argument("--model", metavar="NAME",
+                   help="network: unet3d (Models Genesis), or for ncc/ecc/pe a baseline such as r3d_18, mc3_18, "
+                        "r2plus1d_18, resnet18, resnet50, resnext101_32x8d, lrcn, resnet18_3d (default: the "
+                        "architecture of --weights, else unet3d)")
     p.add_argument("--init", choices=INIT_CHOICES, help="random initialisation of layers not loaded (default scratch)")
     p.add_argument("--freeze", choices=("none", "encoder"), help="freeze the encoder while fine-tuning")
     p.add_argument("--linear-probe", action="store_true", default=None, help="frozen encoder + a single linear layer (classification)")
@@ -41,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="maximum epochs")
     p.add_argument("--steps-per-epoch", type=int, help="training batches per epoch")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--width", type=int, help="U-Net base width (32 in the paper; read from our checkpoints)")
+    p.add_argument("--width", type=int, help="U-Net base width (32 in the paper; read from our checkpoints; U-Net only)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     p.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"), help="training crop / sliding window size")
@@ -59,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _FLAG_KEYS = {
-    "target": "target", "data": "data", "weights": "weights", "init": "init", "freeze": "freeze",
+    "target": "target", "data": "data", "weights": "weights", "model": "model", "init": "init", "freeze": "freeze",
     "linear_probe": "linear_probe", "out": "out", "epochs": "epochs", "steps_per_epoch": "steps_per_epoch",
     "batch_size": "batch_size", "width": "width", "lr": "optim.lr", "patience": "patience", "crop": "crop",
     "label_fraction": "label_fractions", "seed": "seed", "repeats": "repeats", "device": "device",
