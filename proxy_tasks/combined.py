@@ -11,7 +11,9 @@ sample, in this order,
    ``inner_prob`` (0.2), else outer (out-painting) -- never both.
 
 A sample can thus undergo up to three transforms, or none (identity). The target is the flipped
-original. Each transform is the registered task of that name, applied to the samples that drew it.
+original. Each transform is the registered task of that name, applied in place (``transform_``)
+to the samples that drew it, on one working copy of the flipped batch; ``pair.mask`` is computed
+when first read.
 
 Reference quirk: the reference draws the flip axis from {0, 1, 2} of a (C, rows, cols, deps)
 array, so a third of the draws flip the channel axis (a no-op) and the depth axis is never
@@ -21,7 +23,8 @@ reference exactly (``None`` = a draw that flips nothing; 0, 1, 2 = D, H, W).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -120,9 +123,13 @@ class Combined(ProxyTask):
         out, owned = target, False  # ``target`` is returned too: never write into it
         for name in STEPS:
             task = self._tasks[name]
-            new = _update_chosen(out, draws[name], lambda sub, task=task: task.transform(sub, generator), owned)
-            owned = owned or new is not out
-            out = new
+            # every transform writes its samples in place into our working copy: no sub-batch
+            # round trips (index_select, transform, index_copy)
+            rows = draws[name].nonzero().flatten().tolist()
+            if rows:
+                if not owned:
+                    out, owned = out.clone(memory_format=torch.contiguous_format), True
+                task.transform_(out, generator, rows)
         return restoration_pair(out, target)
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:
@@ -133,30 +140,25 @@ class Combined(ProxyTask):
         return self.apply(batch, draws, generator)
 
 
-def _update_chosen(
-    x: torch.Tensor, chosen: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], owned: bool
-) -> torch.Tensor:
-    """``fn`` applied to the chosen samples of ``x``; writes in place when ``x`` is ours (``owned``)."""
-    if not bool(chosen.any()):
-        return x
-    if bool(chosen.all()):
-        return fn(x)
-    if not owned:
-        x = x.clone()
-    idx = chosen.nonzero().flatten()
-    return x.index_copy_(0, idx, fn(x.index_select(0, idx)))
-
-
 def _flip(batch: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Flip each sample along its drawn axes: one copy per sample, grouped by flip pattern (<= 7 groups)."""
-    flags = torch.stack([draws["flip_d"], draws["flip_h"], draws["flip_w"]], 1)
-    if not bool(flags.any()):
+    """Flip each sample along its drawn axes (``batch`` itself if nothing flips).
+
+    A single D or H flip is written straight into the new tensor by ``index_select`` over a
+    reversed index (``torch.flip`` has no ``out=`` and would allocate per sample); W flips, where
+    ``index_select`` is slow, and multi-axis flips use ``torch.flip``.
+    """
+    flags = torch.stack([draws["flip_d"], draws["flip_h"], draws["flip_w"]], 1).tolist()
+    if not any(any(f) for f in flags):
         return batch
-    code = (flags.long() * torch.tensor([1, 2, 4], device=batch.device)).sum(1)
-    target = batch.clone()
-    for pattern in code.unique().tolist():
-        if pattern:
-            idx = (code == pattern).nonzero().flatten()
-            dims = [2 + a for a in range(3) if pattern >> a & 1]
-            target.index_copy_(0, idx, batch.index_select(0, idx).flip(dims))
+    target = torch.empty_like(batch, memory_format=torch.contiguous_format)
+    for i, sample_flags in enumerate(flags):
+        dims = [1 + a for a in range(3) if sample_flags[a]]
+        if not dims:
+            target[i] = batch[i]
+        elif len(dims) == 1 and dims[0] < 3:
+            size = batch.shape[dims[0] + 1]
+            reverse = torch.arange(size - 1, -1, -1, device=batch.device)
+            torch.index_select(batch[i], dims[0], reverse, out=target[i])
+        else:
+            target[i] = batch[i].flip(dims)
     return target

@@ -4,15 +4,21 @@ Zhou et al. 2021 (Models Genesis, MedIA), section 2.4: the network restores the 
 must infer the content of the holes from their surroundings (context, interpolation). Reference
 ``image_in_painting``: while fewer than 5 boxes and ``random() < 0.95``, a box of sides
 ``randint(dim//6, dim//3)`` per axis, at least 3 voxels from the border, is filled with uniform noise
-(16-bit resolution, see ``uniform_noise``).
+(16-bit resolution, see ``uniform_noise``). As in the reference, noise is drawn per box, so the
+cost is that of the holes, not of the cube.
 """
 
 from __future__ import annotations
 
 import torch
 
-from proxy_tasks._boxes import chained_counts, sample_boxes, union_of_boxes
-from proxy_tasks._genesis_common import check_prob, run_with_prob, uniform_noise
+from proxy_tasks._boxes import box_slices, chained_counts, sample_boxes, union_of_boxes
+from proxy_tasks._genesis_common import (
+    Workspace,
+    check_prob,
+    run_with_prob,
+    uniform_noise,
+)
 from proxy_tasks.base import ProxyPair, ProxyTask, register_task
 
 
@@ -50,6 +56,17 @@ class InnerCutout(ProxyTask):
         self.max_boxes = int(max_boxes)
         self.size_fraction = (int(size_fraction[0]), int(size_fraction[1]))
         self.border = int(border)
+        self._workspace = Workspace()
+
+    def draw_boxes(
+        self, n: int, spatial: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(start, size, active)`` of the boxes of ``n`` samples ((n, k, 3), (n, k, 3), (n, k))."""
+        active = chained_counts(n, self.max_boxes, self.box_prob, generator, device)
+        low = [d // self.size_fraction[0] for d in spatial]
+        high = [d // self.size_fraction[1] for d in spatial]
+        start, size = sample_boxes(n, spatial, low, high, self.border, generator, device, count=self.max_boxes)
+        return start, size, active
 
     def holes(
         self,
@@ -59,18 +76,28 @@ class InnerCutout(ProxyTask):
         device: torch.device,
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
-        """(n, *spatial) 0/1 mask: union of the boxes drawn for ``n`` samples."""
-        active = chained_counts(n, self.max_boxes, self.box_prob, generator, device)
-        low = [d // self.size_fraction[0] for d in spatial]
-        high = [d // self.size_fraction[1] for d in spatial]
-        start, size = sample_boxes(n, spatial, low, high, self.border, generator, device, count=self.max_boxes)
-        return union_of_boxes(start, size, active, spatial, dtype)
+        """(n, *spatial) 0/1 mask: union of the boxes drawn for ``n`` samples (same draws as :meth:`transform`)."""
+        return union_of_boxes(*self.draw_boxes(n, spatial, generator, device), spatial, dtype)
+
+    def transform_(
+        self, batch: torch.Tensor, generator: torch.Generator | None = None, rows: list[int] | None = None
+    ) -> torch.Tensor:
+        """Apply the cut-out in place to the samples ``rows`` of ``batch`` (default: all); returns ``batch``.
+
+        Like the reference, noise is drawn for the boxes only (a few percent of the cube), box by
+        box; a later box overwrites an earlier one where they overlap.
+        """
+        rows = list(range(batch.shape[0])) if rows is None else rows
+        boxes = box_slices(*self.draw_boxes(len(rows), tuple(batch.shape[2:]), generator, batch.device))
+        for row, sample_boxes_ in zip(rows, boxes):
+            for box in sample_boxes_:
+                region = batch[(row, slice(None), *box)]
+                region.copy_(uniform_noise(tuple(region.shape), generator, batch.device, batch.dtype, self._workspace))
+        return batch
 
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Apply the cut-out to every sample of ``batch`` (B, C, D, H, W)."""
-        holes = self.holes(batch.shape[0], tuple(batch.shape[2:]), generator, batch.device, batch.dtype).unsqueeze(1)
-        noise = uniform_noise(tuple(batch.shape), generator, batch.device, batch.dtype)
-        return torch.lerp(batch, noise, holes, out=noise)
+        """Apply the cut-out to every sample of ``batch`` (B, C, D, H, W); ``batch`` is not modified."""
+        return self.transform_(batch.clone(memory_format=torch.contiguous_format), generator)
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:
         return run_with_prob("inner_cutout", batch, self.prob, generator, self.transform)

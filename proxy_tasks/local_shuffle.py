@@ -70,28 +70,33 @@ def segment_length_cdf(n: int, m: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _perm_table_cpu(m: int) -> torch.Tensor:
-    """Flat table ``T[k, L, p]`` of shape (m!, m+1, m): the (k mod L!)-th permutation of ``range(L)``.
+def _perm_table_cpu(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All permutations of ``range(L)`` for ``L = 1..m``, concatenated: ``(table, base, start)``.
 
-    ``m!`` is a multiple of every ``L!``, so a uniform ``k`` in ``[0, m!)`` gives a uniform
-    permutation for every length ``L <= m``. Entries with ``p >= L`` are never read.
+    The ``q``-th permutation of length ``L`` is ``table[base[L] + q * L : base[L] + (q + 1) * L]``.
+    ``m!`` is a multiple of every ``L!``, so ``q = k mod L!`` of a uniform ``k`` in ``[0, m!)`` is
+    a uniform permutation for every length ``L <= m``; ``start[k * (m + 1) + L] = base[L] +
+    (k mod L!) * L`` is tabulated (integer division is slow on the CPU). Both tables are small
+    (5,039 and 35,280 entries for m = 6).
     """
-    rows = math.factorial(m)
-    table = np.zeros((rows, m + 1, m), dtype=np.int64)
-    table[:] = np.arange(m)
+    parts, base, count = [], [0, 0], [1]
     for length in range(1, m + 1):
-        perms = np.array(list(itertools.permutations(range(length))), dtype=np.int64)
-        table[:, length, :length] = perms[np.arange(rows) % len(perms)]
-    return torch.from_numpy(table.reshape(-1))
+        parts.append(np.array(list(itertools.permutations(range(length))), dtype=np.int64).reshape(-1))
+        base.append(base[-1] + parts[-1].size)
+        count.append(math.factorial(length))
+    lengths = np.arange(m + 1)
+    ks = np.arange(math.factorial(m))[:, None]
+    start = np.array(base[: m + 1])[None, :] + (ks % np.array(count)[None, :]) * lengths[None, :]
+    return torch.from_numpy(np.concatenate(parts)), torch.tensor(base[: m + 1]), torch.from_numpy(start.reshape(-1))
 
 
-_TABLES: dict[tuple[int, str], torch.Tensor] = {}
+_TABLES: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _perm_table(m: int, device: torch.device) -> torch.Tensor:
+def _perm_table(m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     key = (m, str(device))
     if key not in _TABLES:
-        _TABLES[key] = _perm_table_cpu(m).to(device)
+        _TABLES[key] = tuple(t.to(device) for t in _perm_table_cpu(m))
     return _TABLES[key]
 
 
@@ -151,11 +156,13 @@ def _pool_permutations(
     start, size = _partition(_draw_lengths(rows, n, m, generator, device), n)
     start_v = start[:, None, :].expand(rows, variants, n)
     if m <= _TABLE_MAX:
-        table = _perm_table(m, device)
+        table, _, perm_start = _perm_table(m, device)
         k = torch.randint(math.factorial(m), (rows, variants, n), generator=generator, device=device)
         k = k.gather(2, start_v)  # one permutation per segment: read the id at the segment start
         offset = torch.arange(n, device=device) - start
-        src = start_v + table[k * ((m + 1) * m) + (size * m + offset)[:, None, :]]
+        entry = perm_start.index_select(0, k.mul_(m + 1).add_(size[:, None, :]).view(-1))
+        entry = entry.view(k.shape).add_(offset[:, None, :])
+        src = table.index_select(0, entry.view(-1)).view(k.shape).add_(start_v)
     else:
         # long segments: sort random keys; a segment's keys lie in [start, start + 0.5)
         u = torch.rand(rows, variants, n, generator=generator, device=device, dtype=torch.float64)
@@ -200,6 +207,7 @@ class LocalShuffle(ProxyTask):
         self.pool_size = int(pool_size)
         self.variants = int(variants)
         self._cover_cache: dict[tuple, list[torch.Tensor]] = {}
+        self._bases: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._workspace = Workspace()
 
     def max_sides(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
@@ -207,11 +215,35 @@ class LocalShuffle(ProxyTask):
 
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Shuffle every sample of ``batch`` (B, C, D, H, W); all channels get the same permutation."""
-        n, c, d, h, w = batch.shape
+        out = torch.empty_like(batch, memory_format=torch.contiguous_format)
+        shuffled, weight = self._shuffle(batch, generator)
+        return torch.lerp(batch, shuffled, weight, out=out)
+
+    def transform_(
+        self, batch: torch.Tensor, generator: torch.Generator | None = None, rows: list[int] | None = None
+    ) -> torch.Tensor:
+        """Shuffle the samples ``rows`` of ``batch`` in place (default: all); returns ``batch``.
+
+        Same random draws as :meth:`transform` on ``batch[rows]``; the result is written straight
+        into the rows, without a sub-batch round trip.
+        """
+        rows = list(range(batch.shape[0])) if rows is None else rows
+        shuffled, weight = self._shuffle(batch, generator, rows)
+        # lerp reads and writes each voxel at the same place, so writing into ``batch`` is safe
+        for j, row in enumerate(rows):
+            torch.lerp(batch[row], shuffled[j], weight[j], out=batch[row])
+        return batch
+
+    def _shuffle(
+        self, batch: torch.Tensor, generator: torch.Generator | None, rows: list[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shuffled samples ``rows`` of ``batch`` (default: all) and the 0/1 weight of the
+        shuffled cells, (len(rows), C, D, H, W) each (workspace tensors: use them at once)."""
+        _, c, d, h, w = batch.shape
+        n = batch.shape[0] if rows is None else len(rows)
         dev = batch.device
         mz, my, mx = self.max_sides((d, h, w))
         pool, variants = self.pool_size, self.variants
-        ar_n = torch.arange(n, device=dev)
 
         # Pools of partitions, each with ``variants`` independent segment permutations: per line
         # only a row index is computed, then whole rows are copied (cheap) instead of drawing
@@ -232,31 +264,46 @@ class LocalShuffle(ProxyTask):
         bar = (zstart[:, :, None] * h + ystart_zy).view(n, d * h)  # flat (slab start, bar start)
         pick_x = torch.randint(pool, (n, d * h), generator=generator, device=dev).gather(1, bar).view(n, d, h)
 
+        # The three line permutations are applied as flat int32 index_select's (about twice as
+        # fast as torch.gather on the CPU, and half the index memory). Indices are absolute
+        # positions in the previous step's layout: rows come out in (d, h, w) order, columns in
+        # (d, w, h) order, and the pillars are indexed in (d, h, w) order so that the result is
+        # contiguous again.
+        ws = self._workspace
+        size = n * d * h * w
+        itype = torch.int32 if batch.numel() < 2**31 else torch.int64
+        base_x, base_y, base_z = self._line_bases(n, d, h, w, itype, dev)
+        if rows is not None and rows != list(range(n)):
+            # the x step reads the chosen samples straight from ``batch``: lines of sample ``rows[j]``
+            first_line = torch.tensor(rows, device=dev, dtype=itype) * (d * h * w)
+            base_x = (first_line[:, None] + base_x.view(n, d * h)[:1]).view(-1, 1)
         # x rows: every (z, y) line of a bar uses the bar's partition and its own variant
         line_x = pick_x * variants + torch.randint(variants, (n, d, h), generator=generator, device=dev)
-        ws = self._workspace
-        src_x = ws.get("src_x", (n * d * h, w), torch.int64, dev)
-        torch.index_select(xsrc.view(-1, w), 0, line_x.view(-1), out=src_x)
-        src_x = src_x.view(n, 1, d, h, w)
+        index_x = ws.get("index_x", (n * d * h, w), itype, dev)
+        torch.index_select(xsrc.view(-1, w).to(itype), 0, line_x.view(-1), out=index_x).add_(base_x)
         # y columns: every (z, x) line of a slab uses the slab's partition and its own variant
         line_y = (pick_y * variants)[:, :, None] + torch.randint(variants, (n, d, w), generator=generator, device=dev)
-        src_y = ws.get("src_y", (n * d * w, h), torch.int64, dev)
-        torch.index_select(ysrc.view(-1, h), 0, line_y.view(-1), out=src_y)
-        src_y = src_y.view(n, 1, d, w, h)
+        index_y = ws.get("index_y", (n * d * w, h), itype, dev)
+        torch.index_select((ysrc * w).view(-1, h).to(itype), 0, line_y.view(-1), out=index_y).add_(base_y)
         # z pillars: every (y, x) line uses the sample's z partition and its own variant
-        line_z = (ar_n * variants)[:, None, None] + torch.randint(variants, (n, h, w), generator=generator, device=dev)
-        src_z = ws.get("src_z", (n * h * w, d), torch.int64, dev)
-        torch.index_select(zsrc.view(-1, d), 0, line_z.view(-1), out=src_z)
-        src_z = src_z.view(n, 1, h, w, d)
+        variant_z = torch.randint(variants, (n, 1, h * w), generator=generator, device=dev)
+        index_z = ws.get("index_z", (n, d, h * w), itype, dev)
+        z_table = (zsrc * (h * w)).to(itype).transpose(1, 2).contiguous()  # (n, d, V)
+        torch.gather(z_table, 2, variant_z.expand(n, d, h * w), out=index_z).add_(base_z)
 
+        values = batch.reshape(batch.shape[0], c, -1).transpose(0, 1).reshape(c, -1)  # a view when c == 1
         dt = batch.dtype
-        out = torch.gather(batch, 4, src_x.expand(n, c, d, h, w), out=ws.get("rows", (n, c, d, h, w), dt, dev))
-        out = torch.gather(
-            out.transpose(3, 4), 4, src_y.expand(n, c, d, w, h), out=ws.get("columns", (n, c, d, w, h), dt, dev)
-        ).transpose(3, 4)
-        out = torch.gather(
-            out.permute(0, 1, 3, 4, 2), 4, src_z.expand(n, c, h, w, d), out=ws.get("pillars", (n, c, h, w, d), dt, dev)
-        ).permute(0, 1, 4, 2, 3)
+        rows = ws.get("rows", (c, size), dt, dev)
+        columns = ws.get("columns", (c, size), dt, dev)
+        out = ws.get("pillars", (n, c, size // n), dt, dev)
+        for ch in range(c):
+            torch.index_select(values[ch], 0, index_x.view(-1), out=rows[ch])
+            torch.index_select(rows[ch], 0, index_y.view(-1), out=columns[ch])
+            if c == 1:
+                torch.index_select(columns[ch], 0, index_z.view(-1), out=out.view(-1))
+            else:
+                out[:, ch] = columns[ch].index_select(0, index_z.view(-1)).view(n, -1)
+        out = out.view(n, c, d, h, w)
 
         # Which cells are shuffled: the reference covers a voxel Poisson(lam) times,
         # lam = num_windows * c_z * c_y * c_x (c: per-axis chance that one window covers it; the
@@ -272,11 +319,26 @@ class LocalShuffle(ProxyTask):
             scaled.view(-1, w), 0, (pick_x * variants + pick_e).view(-1), out=ws.get("scaled", (n * d * h, w), torch.float32, dev)
         ).view(n, 1, d, h, w)
         zy = (cover[0][zstart][:, :, None] * cover[1][ystart_zy]).to(torch.float32).view(n, 1, d, h, 1)
-        # 0/1 weight (1 = shuffled cell); lerp with it is exact and several times faster than
-        # torch.where with a boolean mask on the CPU
-        chosen = torch.lt(scaled, zy, out=ws.get("chosen", (n, 1, d, h, w), torch.bool, dev))
-        weight = ws.get("weight", (n, 1, d, h, w), dt, dev).copy_(chosen)
-        return torch.lerp(batch, out, weight, out=torch.empty_like(batch, memory_format=torch.contiguous_format))
+        # 0/1 weight (1 = shuffled cell), written by the comparison itself; lerp with it is exact
+        # and several times faster than torch.where with a boolean mask on the CPU
+        weight = torch.lt(scaled, zy, out=ws.get("weight", (n, 1, d, h, w), dt, dev))
+        return out, weight
+
+    def _line_bases(
+        self, n: int, d: int, h: int, w: int, itype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat offsets of the x rows, y columns and z pillars (see :meth:`_shuffle`; cached per shape)."""
+        key = (n, d, h, w, itype, str(device))
+        if key not in self._bases:
+            def ar(k: int) -> torch.Tensor:
+                return torch.arange(k, device=device, dtype=torch.int64)
+
+            size = d * h * w
+            base_x = (ar(n * d * h) * w)[:, None]  # start of line (sample, z, y) in (d, h, w) order
+            base_y = ((ar(n * d) * (h * w))[:, None] + ar(w)).view(-1, 1)  # (sample, z, ., x)
+            base_z = (ar(n) * size)[:, None, None] + (ar(w) * h)[None, None, :] + ar(h)[None, :, None]
+            self._bases = {key: (base_x.to(itype), base_y.to(itype), base_z.view(n, 1, h * w).to(itype))}
+        return self._bases[key]
 
     def _axis_cover(self, spatial: tuple[int, int, int], device: torch.device) -> list[torch.Tensor]:
         """Per-axis probability that one reference window covers each position (cached per shape)."""

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from proxy_tasks._boxes import chained_counts, sample_boxes, union_of_boxes
-from proxy_tasks._genesis_common import check_prob, run_with_prob, uniform_noise
+from proxy_tasks._boxes import box_slices, chained_counts, sample_boxes, union_of_boxes
+from proxy_tasks._genesis_common import (
+    Workspace,
+    check_prob,
+    run_with_prob,
+    uniform_noise,
+)
 from proxy_tasks.base import ProxyPair, ProxyTask, register_task
 
 
@@ -50,6 +55,19 @@ class OuterCutout(ProxyTask):
         self.max_boxes = int(max_boxes)
         self.cut_fraction = ((int(a), int(b)), (int(c), int(d)))
         self.border = int(border)
+        self._workspace = Workspace()
+
+    def draw_boxes(
+        self, n: int, spatial: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(start, size, active)`` of the kept boxes of ``n`` samples ((n, k, 3), (n, k, 3), (n, k))."""
+        (a, b), (c, d) = self.cut_fraction
+        active = chained_counts(n, self.max_boxes, self.box_prob, generator, device, first_always=True)
+        # side = dim - randint(a*dim//b, c*dim//d): the larger cut gives the smaller box
+        low = [dim - c * dim // d for dim in spatial]
+        high = [dim - a * dim // b for dim in spatial]
+        start, size = sample_boxes(n, spatial, low, high, self.border, generator, device, count=self.max_boxes)
+        return start, size, active
 
     def kept(
         self,
@@ -59,20 +77,38 @@ class OuterCutout(ProxyTask):
         device: torch.device,
         dtype: torch.dtype = torch.float32,
     ) -> torch.Tensor:
-        """(n, *spatial) 0/1 mask: union of the boxes of the original that are kept."""
-        (a, b), (c, d) = self.cut_fraction
-        active = chained_counts(n, self.max_boxes, self.box_prob, generator, device, first_always=True)
-        # side = dim - randint(a*dim//b, c*dim//d): the larger cut gives the smaller box
-        low = [dim - c * dim // d for dim in spatial]
-        high = [dim - a * dim // b for dim in spatial]
-        start, size = sample_boxes(n, spatial, low, high, self.border, generator, device, count=self.max_boxes)
-        return union_of_boxes(start, size, active, spatial, dtype)
+        """(n, *spatial) 0/1 mask: union of the boxes of the original that are kept (same draws as :meth:`transform`)."""
+        return union_of_boxes(*self.draw_boxes(n, spatial, generator, device), spatial, dtype)
+
+    def transform_(
+        self, batch: torch.Tensor, generator: torch.Generator | None = None, rows: list[int] | None = None
+    ) -> torch.Tensor:
+        """Apply the out-painting in place to the samples ``rows`` of ``batch`` (default: all); returns ``batch``."""
+        rows = list(range(batch.shape[0])) if rows is None else rows
+        boxes = box_slices(*self.draw_boxes(len(rows), tuple(batch.shape[2:]), generator, batch.device))
+        shape = (len(rows), *batch.shape[1:])
+        noise = uniform_noise(
+            shape, generator, batch.device, batch.dtype, self._workspace,
+            out=self._workspace.get("noise", shape, batch.dtype, batch.device),
+        )
+        # paste the kept boxes of the original into the noise (slices: only the kept voxels are
+        # touched), then write the noise back over the samples
+        for j, (row, kept) in enumerate(zip(rows, boxes)):
+            for box in kept:
+                index = (slice(None), *box)
+                noise[j][index] = batch[row][index]
+            batch[row] = noise[j]
+        return batch
 
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Apply the out-painting to every sample of ``batch`` (B, C, D, H, W)."""
-        kept = self.kept(batch.shape[0], tuple(batch.shape[2:]), generator, batch.device, batch.dtype).unsqueeze(1)
-        noise = uniform_noise(tuple(batch.shape), generator, batch.device, batch.dtype)
-        return torch.lerp(noise, batch, kept, out=noise)
+        """Apply the out-painting to every sample of ``batch`` (B, C, D, H, W); ``batch`` is not modified."""
+        kept = self.draw_boxes(batch.shape[0], tuple(batch.shape[2:]), generator, batch.device)
+        noise = uniform_noise(tuple(batch.shape), generator, batch.device, batch.dtype, self._workspace)
+        for i, boxes in enumerate(box_slices(*kept)):
+            for box in boxes:
+                index = (i, slice(None), *box)
+                noise[index] = batch[index]
+        return noise
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:
         return run_with_prob("outer_cutout", batch, self.prob, generator, self.transform)

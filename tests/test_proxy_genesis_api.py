@@ -113,3 +113,34 @@ def test_property_any_shape(name: str, b: int, c: int, d: int, h: int, w: int, s
     if name == "local_shuffle":  # a permutation of each sample, the same one for every channel
         for i in range(b):
             assert torch.equal(pair.input[i].flatten().sort().values, batch[i].flatten().sort().values)
+
+
+@pytest.mark.parametrize("name", ("nonlinear", "local_shuffle", "inner_cutout", "outer_cutout"))
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+def test_in_place_rows_match_the_sub_batch_transform(name: str, dtype: torch.dtype) -> None:
+    """``transform_(batch, g, rows)`` (used by ``combined``) = ``transform(batch[rows], g)``, others untouched."""
+    batch = _batch(b=5, dtype=dtype)
+    task = proxy_tasks.build(name, prob=1.0)
+    rows = [1, 3, 4]
+    expected = task.transform(batch[rows], _gen(7))
+    out = task.transform_(batch.clone(), _gen(7), rows)
+    assert torch.equal(out[rows], expected)
+    assert torch.equal(out[[0, 2]], batch[[0, 2]])
+
+
+def test_restoration_mask_is_computed_on_first_read_and_behaves_like_a_field() -> None:
+    import dataclasses
+    import pickle
+
+    from proxy_tasks._genesis_common import restoration_pair
+
+    target = torch.rand(2, 1, 4, 4, 4, generator=_gen(1))
+    changed = target.clone()
+    changed[0, 0, 1, 2, 3] = 2.0
+    pair = restoration_pair(changed, target)
+    assert vars(pair).get("_mask") is None  # nothing computed yet
+    assert torch.equal(pair.mask, changed != target) and int(pair.mask.sum()) == 1
+    assert torch.equal(pickle.loads(pickle.dumps(restoration_pair(changed, target))).mask, pair.mask)
+    assert torch.equal(dataclasses.replace(pair, label=None).mask, pair.mask)
+    pair.mask = None
+    assert pair.mask is None

@@ -48,18 +48,16 @@ def _run(step: str, main, argv: list[str]) -> None:
         raise GenesisError(f"demo step '{step}' failed (exit code {code}); see the message above")
 
 
-def _summary(metrics_path: Path) -> dict:
-    return json.loads(metrics_path.read_text())
-
-
-def _format_aggregate(result: dict) -> list[str]:
+def _aggregate_lines(metrics_path: Path) -> list[str]:
+    """One line per label fraction and metric: mean +- s.d. [95% CI] over the repeated runs."""
+    result = json.loads(metrics_path.read_text())
     lines = []
-    for fraction, metrics in sorted(result.get("aggregate", {}).items()):
-        for name, agg in metrics.items():
-            ci = agg.get("ci95") or [float("nan"), float("nan")]
+    for entry in result.get("label_fractions", []):
+        for name, agg in entry.get("aggregate", {}).items():
             lines.append(
-                f"   label fraction {fraction}: {name} = {agg['mean']:.3f} +- {agg.get('sd', 0.0):.3f} "
-                f"(95% CI of the first run {ci[0]:.3f}..{ci[1]:.3f}, n={agg.get('n', '?')})"
+                f"   {name:>20}: {agg['mean']:.3f} +- {agg.get('sd', 0.0):.3f} "
+                f"[95% CI {agg.get('ci_low', float('nan')):.3f}, {agg.get('ci_high', float('nan')):.3f}] "
+                f"over {agg.get('n_runs', '?')} runs (label fraction {entry.get('fraction')})"
             )
     return lines
 
@@ -88,14 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _run("3/3 fine-tuning from the pretrained weights", finetune_cli.main,
          ft_common + ["--weights", str(best), "--out", str(genesis_out), "--compare", str(scratch_out)])
 
-    scratch, genesis = _summary(scratch_out / "metrics.json"), _summary(genesis_out / "metrics.json")
-    print(f"\n== Result ({args.target}, synthetic data, {time.perf_counter() - start:.0f} s)")
+    print(f"\n== Result ({args.target}, SYNTHETIC data, {time.perf_counter() - start:.0f} s)")
     print(" from scratch:")
-    print("\n".join(_format_aggregate(scratch)))
+    print("\n".join(_aggregate_lines(scratch_out / "metrics.json")))
     print(" from Models Genesis pretraining:")
-    print("\n".join(_format_aggregate(genesis)))
-    for comparison in genesis.get("comparisons", []) or []:
-        print(f" t-test vs scratch: {json.dumps(comparison, default=str)[:300]}")
+    print("\n".join(_aggregate_lines(genesis_out / "metrics.json")))
+    print(f" t-tests (pretrained vs scratch): see the comparison table in {genesis_out / 'metrics.md'}")
     print(f"\nFiles: {pre_out}/grids/*.png (restorations), {genesis_out}/metrics.md, {genesis_out}/metrics.png")
     return 0
 

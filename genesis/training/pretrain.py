@@ -305,7 +305,10 @@ def build_loss(cfg: PretrainConfig, task: Any, model_name: str):
             parts = composite(logits, pair.target, pair.mask, vq_loss=out.aux_loss)  # VQ term included
             return parts["total"], {k: float(v.detach()) for k, v in parts.items()}
         else:
-            loss = losses.restoration_loss(logits, pair.target, pair.mask, region)
+            # Models Genesis transforms compute their changed-voxel mask lazily: only read it
+            # when the loss uses it (a full pass over the batch saved on every step).
+            mask = pair.mask if region == "mask" else None
+            loss = losses.restoration_loss(logits, pair.target, mask, region)
         if out.aux_loss is not None:
             loss = loss + out.aux_loss.float()
         return loss, {}
