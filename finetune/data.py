@@ -13,6 +13,8 @@ from typing import Sequence, TypeVar, Union
 
 import numpy as np
 
+from genesis.data.public.luna16 import extract_cube
+
 
 @dataclass
 class SegCase:
@@ -71,20 +73,9 @@ def extract_patch(
     """The ``size`` (z, y, x) box of ``array`` centred at ``center``, padded with ``fill`` outside.
 
     Padding lets cubes near the volume border keep the crop size (LUNA16 candidates can sit at
-    the edge of the scan).
+    the edge of the scan); the work is :func:`genesis.data.public.luna16.extract_cube`'s.
     """
-    size = tuple(int(s) for s in size)
-    start = [int(round(float(c))) - s // 2 for c, s in zip(center, size)]
-    out = np.full(size, fill, dtype=array.dtype)
-    src, dst = [], []
-    for st, s, n in zip(start, size, array.shape):
-        lo, hi = max(st, 0), min(st + s, n)
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - st, hi - st))
-    out[tuple(dst)] = array[tuple(src)]
-    return out
+    return extract_cube(array, center, size, pad_value=fill)
 
 
 def random_crop(
