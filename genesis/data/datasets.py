@@ -92,8 +92,8 @@ class CubeDataset(Dataset):
         if key < 0:
             raise IndexError(f"CubeDataset keys are >= 0, got {key}")
         rng = self._rng(key)
-        volume = self.volume(int(rng.integers(len(self.source))))
-        cube = self.sampler.sample(volume, 1, rng)
+        index = int(rng.integers(len(self.source)))
+        cube = self.sampler.sample(self.volume(index), 1, rng, name=self.source.name(index))
         return torch.from_numpy(cube)  # (1, D, H, W)
 
 

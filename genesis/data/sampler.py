@@ -84,15 +84,16 @@ class SubVolumeSampler:
     def __init__(self, cfg: SamplerConfig | None = None) -> None:
         self.cfg = cfg or SamplerConfig()
 
-    def _padded(self, volume: np.ndarray) -> np.ndarray:
+    def _padded(self, volume: np.ndarray, name: str | None = None) -> np.ndarray:
         crop = self.cfg.crop
         short = [max(0, c - s) for c, s in zip(crop, volume.shape)]
         if not any(short):
             return volume
+        what = f"{name}: volume" if name else "volume"
         if not self.cfg.pad_small:
-            raise VolumeReadError(f"volume of shape {volume.shape} is smaller than the crop {crop}")
+            raise VolumeReadError(f"{what} of shape {volume.shape} is smaller than the crop {crop}")
         warnings.warn(
-            f"volume of shape {volume.shape} is smaller than the crop {crop}; padding with {self.cfg.pad_value}",
+            f"{what} of shape {volume.shape} is smaller than the crop {crop}; padding with {self.cfg.pad_value}",
             GenesisWarning,
             stacklevel=3,
         )
@@ -109,13 +110,14 @@ class SubVolumeSampler:
             ranges.append((m, free - m))
         return np.asarray(ranges, dtype=np.int64)
 
-    def sample(self, volume01: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, volume01: np.ndarray, n: int, rng: np.random.Generator, name: str | None = None) -> np.ndarray:
         """Draw ``n`` cubes.
 
         Args:
             volume01: normalised volume (z, y, x) in [0, 1] (a memory map is fine).
             n: number of cubes.
             rng: numpy Generator; the same generator state gives the same cubes.
+            name: the volume's file or name, for warnings and errors.
         Returns:
             float32 array (n, D, H, W).
         Raises:
@@ -123,7 +125,7 @@ class SubVolumeSampler:
         """
         if volume01.ndim != 3:
             raise VolumeReadError(f"sampler needs a 3D (z, y, x) volume, got shape {volume01.shape}")
-        volume = self._padded(volume01)
+        volume = self._padded(volume01, name)
         d, h, w = self.cfg.crop
         ranges = self.start_ranges(volume.shape)
         out = np.empty((n, d, h, w), dtype=np.float32)
