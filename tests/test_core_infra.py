@@ -72,6 +72,10 @@ def test_truncated_and_missing_checkpoints(tmp_path):
         load_checkpoint(path)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+    text = tmp_path / "notes.pt"
+    text.write_text("hello, not a checkpoint\n" * 10)
+    with pytest.raises(CheckpointError, match="notes.pt"):
+        load_checkpoint(text)
 
 
 def test_rng_state_restores_every_stream(tmp_path):

@@ -8,7 +8,6 @@ A file that needs pickled code to load is refused with a :class:`CheckpointError
 from __future__ import annotations
 
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +42,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"re-save it as a plain state_dict or safetensors ({str(exc).splitlines()[0]})",
             path,
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read checkpoint (corrupt or truncated?): {exc}", path) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises anything (KeyError, RuntimeError...) on junk
+        detail = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        raise CheckpointError(f"cannot read checkpoint (not a PyTorch file, corrupt or truncated?): {detail}", path) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"expected a dict checkpoint, found {type(obj).__name__}", path)
     return obj
