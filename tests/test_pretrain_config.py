@@ -84,3 +84,10 @@ def test_early_stopping_counts_epochs_without_improvement() -> None:
     again = EarlyStopping(patience=2)
     again.load_state_dict(stop.state_dict())
     assert again.best == 1.0 and again.should_stop
+
+
+def test_crop_not_divisible_by_8_fails_before_any_data_is_read() -> None:
+    with pytest.raises(ConfigError, match="multiples of 8"):
+        load_config(PretrainConfig, None, {"data.crop": (10, 32, 32)}).validate()
+    # 2D tasks only pool the axial plane
+    load_config(PretrainConfig, None, {"data.crop": (5, 32, 32), "dims": 2}).validate()

@@ -153,6 +153,13 @@ class PretrainConfig:
         """Raise :class:`ConfigError` for settings that cannot work, naming the setting."""
         if self.dims not in (2, 3):
             raise ConfigError(f"dims must be 2 or 3, got {self.dims}")
+        # Fail before any data is read: the U-Nets pool three times (sides divisible by 8).
+        sides = self.data.crop if self.dims == 3 else self.data.crop[1:]
+        if self.model in ("auto", "unet3d", "unet2d", "encoder_classifier") and any(s % 8 for s in sides):
+            raise ConfigError(
+                f"crop {tuple(self.data.crop)}: the U-Net pools three times, so the crop sides must be "
+                "multiples of 8 (e.g. --crop 32 64 64)"
+            )
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.epochs < 1:
