@@ -33,3 +33,17 @@ def test_label_file_names():
     assert is_label_file("case_seg.nii.gz") and is_label_file("segmentation-12.nii")
     assert is_label_file("lung_mask.nrrd") and is_label_file("labels.mha")
     assert not any(is_label_file(n) for n in ("ct.nii.gz", "sequence.nii", "segment_brain.nii", "volume-3.nii"))
+
+
+def test_loading_a_label_map_warns(tmp_path):
+    import pytest
+
+    from genesis.errors import GenesisWarning
+    from genesis.io import load_volume
+
+    labels = np.zeros((8, 16, 16), dtype=np.float32)
+    labels[2:6, 4:12, 4:12] = 1
+    labels[3:5, 6:10, 6:10] = 2
+    save_volume(Volume(array=labels, spacing=(1.0, 1.0, 1.0)), tmp_path / "lungs.nrrd")
+    with pytest.warns(GenesisWarning, match="3 distinct integer values: a label map"):
+        load_volume(tmp_path / "lungs.nrrd")

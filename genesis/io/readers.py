@@ -121,7 +121,7 @@ def check_volume(volume: Volume) -> Volume:
             constant intensity; non-positive spacing.
     Warns:
         GenesisWarning: modality other than CT; intensities that do not look like HU
-            (all >= 0, e.g. 0..255 or 0..1 images).
+            (all >= 0, e.g. 0..255 or 0..1 images, or label maps with a few integer values).
     """
     path, array = volume.path, volume.array
     if array.size == 0:
@@ -143,7 +143,11 @@ def check_volume(volume: Volume) -> Volume:
         message = f"{path}: modality is {volume.modality}, not CT; HU windows may not apply"
         warnings.warn(message, GenesisWarning, stacklevel=3)
     if lo >= 0.0:
-        if hi <= 1.0:
+        sample = array[::4, ::4, ::4]  # a label map has few integer values; CT has thousands
+        values = np.unique(sample)
+        if values.size <= 64 and np.all(values == np.round(values)):
+            what = f"{values.size} distinct integer values: a label map or mask, not an image?"
+        elif hi <= 1.0:
             what = "values lie in [0, 1]: already normalised, not HU?"
         elif hi <= 255.0:
             what = "values lie in 0..255: an 8-bit image, not HU?"
