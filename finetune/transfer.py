@@ -52,7 +52,9 @@ def checkpoint_model_kwargs(weights: str | None, task: str = "segmentation") -> 
     """Backbone ``model_kwargs`` stored in one of our checkpoints (genesis-pretrain's best.pt), else ``{}``.
 
     Lets ``--weights runs/demo/pretrain/best.pt`` rebuild the backbone at the width it was
-    pretrained with, without the user repeating ``--width``. A checkpoint of a label proxy task
+    pretrained with, without the user repeating ``--width``. A 2D U-Net (slice tasks of Tariq et
+    al.) transfers too: its kernels are inflated to 3D by :func:`genesis.weights.load_weights`.
+    A checkpoint of a label proxy task
     (``encoder_classifier`` around a ``unet3d``) has an encoder only, so it serves classification
     targets only.
 
@@ -66,16 +68,16 @@ def checkpoint_model_kwargs(weights: str | None, task: str = "segmentation") -> 
     name = ckpt.get("model_name")
     if name == "encoder_classifier":
         encoder = kwargs.get("encoder", "unet3d")
-        if encoder != "unet3d":
-            raise CheckpointError(f"fine-tuning transfers a 'unet3d' encoder, this classifier wraps {encoder!r}", weights)
+        if encoder not in ("unet3d", "unet2d"):  # a unet2d's kernels are inflated to 3D on loading
+            raise CheckpointError(f"fine-tuning transfers a U-Net encoder, this classifier wraps {encoder!r}", weights)
         if task == "segmentation":
             raise CheckpointError(
                 "this checkpoint holds an encoder-only classifier (a label proxy task); segmentation "
                 "targets need an encoder-decoder: pretrain a restoration task, or fine-tune a "
                 "classification target (ncc, ecc, pe)", weights)
         kwargs = {**dict(kwargs.get("encoder_kwargs") or {}), **{k: v for k, v in kwargs.items() if k == "base_width"}}
-    elif name not in (None, "unet3d"):
-        raise CheckpointError(f"fine-tuning transfers a 'unet3d' backbone, but this checkpoint holds {name!r}", weights)
+    elif name not in (None, "unet3d", "unet2d"):
+        raise CheckpointError(f"fine-tuning transfers a U-Net backbone, but this checkpoint holds {name!r}", weights)
     return {k: kwargs[k] for k in ("base_width", "up_mode") if k in kwargs}
 
 
@@ -96,7 +98,8 @@ def load_pretrained(dest: nn.Module, weights: str, part: str, hint: str = "is --
     if not report.loaded:
         raise CheckpointError("no parameter names match the network", weights)
     return {"weights_source": str(report.source), "loaded": len(report.loaded),
-            "missing": len(report.missing), "unexpected": len(report.unexpected)}
+            "missing": len(report.missing), "unexpected": len(report.unexpected),
+            "inflated_2d_to_3d": len(report.inflated)}
 
 
 def build_model(task: str, cfg: Any) -> tuple[nn.Module, str, dict[str, Any], dict[str, Any]]:

@@ -45,6 +45,7 @@ class LoadReport:
         mismatched: ``(name, source shape, target shape)`` of tensors skipped for their shape.
         target: ``"model"`` or ``"model.backbone"``.
         converted: the conversion applied (e.g. ``"official-genesis-pt (x,y,z) -> (z,y,x)"``), or ``""``.
+        inflated: 2D kernels loaded into 3D layers by inflation (see :func:`inflate_kernel`).
     """
 
     missing: list[str]
@@ -54,6 +55,7 @@ class LoadReport:
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     target: str = "model"
     converted: str = ""
+    inflated: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -62,7 +64,20 @@ class LoadReport:
     def summary(self) -> str:
         text = (f"loaded {len(self.loaded)} tensors into {self.target} from {self.source}; "
                 f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.mismatched)} shape mismatches")
+        text += f"; {len(self.inflated)} 2D kernels inflated to 3D" if self.inflated else ""
         return text + (f" ({self.converted})" if self.converted else "")
+
+
+def inflate_kernel(kernel: torch.Tensor, depth: int, transposed: bool) -> torch.Tensor:
+    """A 2D kernel (out, in, kh, kw) repeated along a new depth axis: (out, in, depth, kh, kw).
+
+    The I3D inflation (Carreira and Zisserman, 2017): a convolution is divided by ``depth`` so the
+    3D layer gives the 2D layer's response on a volume that is constant along z; a stride-``depth``
+    transposed convolution is not divided, since each output slice receives one input slice.
+    A 2D pretraining run (e.g. Tariq et al.'s slice tasks on ``unet2d``) thus initialises a 3D U-Net.
+    """
+    inflated = kernel.unsqueeze(2).repeat(1, 1, depth, 1, 1)
+    return inflated if transposed else inflated / depth
 
 
 @dataclass
@@ -139,6 +154,12 @@ def _first_bn_eps(module: nn.Module) -> float:
         if isinstance(sub, nn.modules.batchnorm._BatchNorm):
             return float(sub.eps)
     return 1e-5
+
+
+def _inflatable(source: torch.Tensor, target: torch.Tensor) -> bool:
+    """A 2D conv kernel whose 3D counterpart only adds a depth axis."""
+    return (source.dim() == 4 and target.dim() == 5
+            and tuple(source.shape) == tuple(target.shape[:2]) + tuple(target.shape[3:]))
 
 
 def _in_prefixes(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -219,7 +240,12 @@ def load_weights(
     target_state = target.state_dict()
     loaded, unexpected, mismatched = [], [], []
     to_load: dict[str, torch.Tensor] = {}
+    inflated: list[str] = []
     for key, value in state.items():
+        if key in target_state and _inflatable(value, target_state[key]):
+            layer = target.get_submodule(key.rsplit(".", 1)[0])
+            value = inflate_kernel(value, target_state[key].shape[2], isinstance(layer, nn.ConvTranspose3d))
+            inflated.append(key)
         if key not in target_state:
             unexpected.append(key)
         elif tuple(value.shape) != tuple(target_state[key].shape):
@@ -231,7 +257,7 @@ def load_weights(
     missing = [k for k in wanted if k not in to_load and not k.endswith(_BOOKKEEPING)]
     report = LoadReport(
         missing=missing, unexpected=unexpected, loaded=loaded, source=description,
-        mismatched=mismatched, target=target_name, converted=source.converted,
+        mismatched=mismatched, target=target_name, converted=source.converted, inflated=inflated,
     )
     if strict and not report.ok:
         details = []
