@@ -83,13 +83,19 @@ def random_crop(
     size: Sequence[int],
     rng: np.random.Generator,
     center_prob: float = 0.7,
-    jitter: float = 0.25,
+    jitter: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A training crop (image, mask) of ``size`` from ``case``.
 
     With probability ``center_prob`` the crop is centred on one of ``case.centers`` shifted by up
-    to ``jitter * size`` per axis (so the lesion is not always in the middle); otherwise, or when
-    the case has no centres, at a uniformly random position. Cases smaller than ``size`` are padded.
+    to ``jitter * size`` per axis; otherwise, or when the case has no centres, at a uniformly random
+    position. Cases smaller than ``size`` are padded.
+
+    The default ``jitter`` 0.5 puts the lesion centre anywhere in the crop. With smaller shifts
+    the lesion is always near the middle and a small U-Net learns that shortcut (zero padding
+    tells it where the middle is): it segments centred crops well and then marks the middle of
+    every sliding window at evaluation (measured on synthetic NCS: training-case Dice 0.65 on
+    centred crops, 0.13 with the nodule 12 voxels off-centre, 0.05 by sliding window).
     """
     size = tuple(int(s) for s in size)
     if case.centers and rng.random() < center_prob:

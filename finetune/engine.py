@@ -87,6 +87,45 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     return bce + (1.0 - soft_dice)
 
 
+@torch.no_grad()
+def recompute_bn_stats(
+    model: torch.nn.Module,
+    task: str,
+    train: list,
+    crop: tuple[int, int, int],
+    cfg: FinetuneConfig,
+    seed: int,
+    device: torch.device,
+) -> None:
+    """Precise batch norm: running statistics of the trainable BN layers = the average over
+    ``cfg.precise_bn_batches`` training batches under the current weights.
+
+    With a few hundred steps of batch 4 the moving average (momentum 0.1) still carries the
+    statistics of earlier weights, and eval-mode predictions suffer (Wu & Johnson 2021). Frozen
+    BN layers (frozen encoder) keep their statistics. Batches come from a generator seeded by
+    ``seed`` only, so the result is reproducible.
+    """
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+              and any(p.requires_grad for p in m.parameters(recurse=False))]
+    if not layers or cfg.precise_bn_batches < 1:
+        return
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    frozen_batchnorm_eval(model)
+    rng = numpy_generator(seed, 1_000_003)  # a stream no (epoch, step) batch uses
+    for _ in range(cfg.precise_bn_batches):
+        images, _ = sample_batch(task, train, crop, cfg.batch_size, rng, cfg.balance)
+        with autocast(device, cfg.amp):
+            model(images.to(device))
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+
+
 # ---------------------------------------------------------------------------------- evaluation
 def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return unpack_output(model(x)).output
@@ -267,6 +306,7 @@ def train_run(
                 loss.backward()
                 optimizer.step()
             losses.append(float(loss.detach()))
+        recompute_bn_stats(model, target.task, train, crop, cfg, seed, device)
         val_values = evaluate(model, target, data.val, crop, cfg, device)
         val = metric_values(target.task, val_values, (target.val_metric,))[target.val_metric]
         train_loss = float(np.mean(losses))

@@ -13,7 +13,7 @@ def test_demo_end_to_end_with_tiny_settings(tmp_path, monkeypatch, capsys):
     ])
     monkeypatch.setattr(demo, "FINETUNE_FLAGS", [
         "--preset", "quick", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--repeats", "2",
-        "--set", "evaluation.bootstrap_resamples=20",
+        "--set", "evaluation.bootstrap_resamples=20", "--set", "synthetic.shape=[48, 64, 64]",
     ])
     assert demo.main(["--out", str(tmp_path), "--device", "cpu", "--no-progress"]) == 0
     out = capsys.readouterr().out

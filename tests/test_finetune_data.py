@@ -30,6 +30,23 @@ def test_random_crop_shape_and_lesion_inside():
         assert image.shape == m.shape == (8, 16, 16) and m.any()
 
 
+
+def test_random_crop_puts_the_lesion_off_centre_too():
+    # A lesion always near the crop centre teaches the U-Net a position shortcut that fails under
+    # sliding-window inference; centred crops must place it across most of the crop.
+    mask = np.zeros((40, 80, 80), np.uint8)
+    mask[20, 40, 40] = 1
+    case = SegCase(mask.astype(np.float32), mask, "c", centers=[(20, 40, 40)])
+    rng = np.random.default_rng(1)
+    offsets = []
+    for _ in range(200):
+        _, m = random_crop(case, (8, 16, 16), rng, center_prob=1.0)
+        if m.any():
+            offsets.append(np.abs(np.argwhere(m)[0] - np.array([4, 8, 8])))
+    offsets = np.array(offsets)
+    assert len(offsets) >= 150  # the lesion stays inside the crop nearly always
+    assert (offsets[:, 1:] >= 6).any(axis=1).mean() > 0.2  # often beyond a quarter of the crop from the middle
+
 def test_subset_fraction_is_seeded_stratified_and_groupwise():
     items = [ClsSample(np.zeros(1), int(i % 10 == 0), f"g{i // 5}", str(i)) for i in range(100)]
     sub = subset_fraction(items, 0.05, seed=3)

@@ -203,3 +203,32 @@ def test_classifier_checkpoint_transfers_to_classification_only(tmp_path):
     assert torch.equal(model.backbone.state_dict()[key], clf.backbone.state_dict()[key])
     with pytest.raises(CheckpointError, match="encoder-only"):
         build_model("segmentation", tiny("ncs", tmp_path, weights=str(path)))
+
+
+def test_precise_bn_recomputes_trainable_statistics_only():
+    from finetune.data import SegCase
+    from finetune.engine import recompute_bn_stats
+
+    cfg = FinetuneConfig(width=2, crop=(8, 16, 16), batch_size=2, device="cpu", precise_bn_batches=3)
+    rng = np.random.default_rng(0)
+    mask = np.zeros((16, 32, 32), np.uint8)
+    mask[6:10, 12:20, 12:20] = 1
+    train = [SegCase(rng.random((16, 32, 32), dtype=np.float32) + 2.0, mask, "c", [(8, 16, 16)])]
+    torch.manual_seed(0)
+    model = create_model("unet3d", base_width=2)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    for p in bns[0].parameters():
+        p.requires_grad_(False)  # a frozen layer keeps its statistics
+    frozen_mean = bns[0].running_mean.clone()
+    recompute_bn_stats(model, "segmentation", train, cfg.crop, cfg, seed=0, device=torch.device("cpu"))
+    assert torch.equal(bns[0].running_mean, frozen_mean)
+    # the first trainable layer sees inputs near 2.5: its statistics are those of the data, not the init
+    assert not torch.allclose(bns[1].running_mean, torch.zeros_like(bns[1].running_mean))
+    assert all(m.momentum == 0.1 for m in bns) and int(bns[1].num_batches_tracked) == 3
+    again = create_model("unet3d", base_width=2)
+    again.load_state_dict(model.state_dict())
+    again_bns = [m for m in again.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    for p in again_bns[0].parameters():
+        p.requires_grad_(False)
+    recompute_bn_stats(again, "segmentation", train, cfg.crop, cfg, seed=0, device=torch.device("cpu"))
+    assert all(torch.allclose(a.running_var, b.running_var) for a, b in zip(again_bns[1:], bns[1:]))  # seeded

@@ -1,8 +1,9 @@
 """NCS: lung nodule segmentation (LIDC-IDRI; Zhou et al. 2021 sec. 3.2.2).
 
 Volumes are resampled to 1 x 1 x 1 mm and windowed to [-1000, 1000] HU. Training crops are
-64 x 64 x 32 (``crop=(32, 64, 64)``) drawn around each nodule with random shifts of up to a quarter
-of the crop. Evaluation is *not* on the training crops: every test nodule contributes a region
+64 x 64 x 32 (``crop=(32, 64, 64)``) drawn around each nodule with random shifts of up to half the
+crop (the nodule may sit anywhere in the crop, see :func:`finetune.data.random_crop`), and 30% at
+random positions in the region. Evaluation is *not* on the training crops: every test nodule contributes a region
 ``evaluation.region_scale`` (default 2) times the crop, clipped to the volume, segmented by
 sliding-window inference; Dice and IoU at probability 0.5 and the IoU averaged over the
 thresholds 0.5..0.95 (the paper's NCS metric, thresholding the probability map) are computed per

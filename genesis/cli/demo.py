@@ -30,7 +30,7 @@ BANNER = (
 # Small enough for a 2-core CPU in minutes, large enough that the segmentation metric moves.
 PRETRAIN_FLAGS = ["--preset", "quick", "--task", "combined", "--epochs", "12", "--steps-per-epoch", "20"]
 FINETUNE_FLAGS = [
-    "--preset", "quick", "--epochs", "8", "--steps-per-epoch", "16", "--batch-size", "4", "--lr", "3e-3",
+    "--preset", "quick", "--epochs", "8", "--steps-per-epoch", "32", "--batch-size", "4", "--lr", "3e-3",
     "--patience", "8", "--repeats", "2", "--set", "synthetic.n_train=4",
 ]
 
