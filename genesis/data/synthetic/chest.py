@@ -515,17 +515,22 @@ def _place_in_lung(grid, lung_mask, lung_idx, radius, placed, rng, tries: int = 
     dirs = np.array([d for d in np.ndindex(3, 3, 3) if d != (1, 1, 1)], dtype=float) - 1.0
     dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
     juxtapleural = rng.random() < 0.15
-    fallback = None
+    fallback = edge_fallback = None
     for _ in range(tries):
         centre = grid.to_mm(lung_idx[int(rng.integers(len(lung_idx)))] + rng.uniform(-0.5, 0.5, 3))
         if any(np.linalg.norm(centre - c) < radius + r + 3.0 for c, r in placed):
+            continue
+        # A nodule cut by the edge of a small field of view would teach a segmentation target
+        # half-spheres: prefer places where it is whole; cut ones only when nothing else fits.
+        if not grid.contains_sphere(centre, radius):
+            edge_fallback = edge_fallback if edge_fallback is not None else centre
             continue
         fallback = fallback if fallback is not None else centre
         if juxtapleural:
             return centre
         if all(grid.inside(centre + d * radius, lung_mask) for d in dirs):
             return centre
-    return fallback
+    return fallback if fallback is not None else edge_fallback
 
 
 def _draw_embolus(grid, segments, pa_occ, pa_mask, hu, rng):

@@ -47,6 +47,12 @@ class Grid:
     def coords(self, sl: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.z[sl[0]], self.y[:, sl[1]], self.x[:, :, sl[2]]
 
+    def contains_sphere(self, p_mm: np.ndarray, radius_mm: float, margin_vox: float = 1.0) -> bool:
+        """Whether a sphere lies inside the grid with ``margin_vox`` voxels to spare on every side."""
+        idx = self.to_index(p_mm)
+        reach = radius_mm / self.spacing + margin_vox
+        return bool(np.all(idx - reach >= 0) and np.all(idx + reach <= np.asarray(self.shape) - 1))
+
     def inside(self, p_mm: np.ndarray, mask: np.ndarray) -> bool:
         """Whether the voxel nearest to ``p_mm`` lies in ``mask``."""
         idx = np.rint(self.to_index(p_mm)).astype(int)
