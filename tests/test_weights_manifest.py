@@ -43,26 +43,26 @@ def test_template_is_marked_and_not_registered():
 
 def test_user_registry_files_from_env(tmp_path: Path):
     one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
-    one.write_text(yaml.safe_dump({"name": "unet3d.mine", "urls": ["https://example.org/a.pt"]}))
+    one.write_text(yaml.safe_dump({"name": "unet3d.mine", "urls": ["http://127.0.0.1:9/a.pt"]}))
     two.write_text(yaml.safe_dump([{"name": "unet3d.other", "urls": ["file:///tmp/b.pt"]},
-                                   {"name": "unet3d.genesis_chest_ct", "urls": ["https://mirror.example/g.pt"]}]))
+                                   {"name": "unet3d.genesis_chest_ct", "urls": ["http://127.0.0.1:9/g.pt"]}]))
     env = {"GENESIS_WEIGHTS_REGISTRY": os.pathsep.join([str(one), str(two)]), "GENESIS_CACHE": str(tmp_path / "c"),
            "GENESIS_OFFLINE": "1"}
     settings = WeightsSettings.from_env(env)
     assert settings.offline and settings.cache_dir == tmp_path / "c"
     registry = settings.registry()
     assert {"unet3d.mine", "unet3d.other"} <= set(registry.names())
-    assert registry.get("unet3d.genesis_chest_ct").urls == ["https://mirror.example/g.pt"]  # user overrides
+    assert registry.get("unet3d.genesis_chest_ct").urls == ["http://127.0.0.1:9/g.pt"]  # user overrides
     assert WeightsSettings.from_env({"HOME": str(tmp_path)}).cache_dir.name == "genesis"
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"name": "NoTag", "urls": ["https://x/y"]}, "arch.tag"),
+    ({"name": "NoTag", "urls": ["http://127.0.0.1:9/y"]}, "arch.tag"),
     ({"name": "unet3d.a", "urls": ["ftp://x/y"]}, "scheme"),
-    ({"name": "unet3d.a", "urls": ["https://x/y"], "sha256": "abc"}, "hex digest"),
-    ({"name": "unet3d.a", "urls": ["https://x/y"], "format": "onnx"}, "format"),
+    ({"name": "unet3d.a", "urls": ["http://127.0.0.1:9/y"], "sha256": "abc"}, "hex digest"),
+    ({"name": "unet3d.a", "urls": ["http://127.0.0.1:9/y"], "format": "onnx"}, "format"),
     ({"name": "unet3d.a"}, "urls"),
-    ({"name": "unet3d.a", "urls": ["https://x/y"], "colour": "red"}, "unknown manifest keys"),
+    ({"name": "unet3d.a", "urls": ["http://127.0.0.1:9/y"], "colour": "red"}, "unknown manifest keys"),
 ])
 def test_invalid_entries_are_reported(bad, message):
     with pytest.raises(ConfigError, match=message):
