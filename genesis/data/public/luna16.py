@@ -77,6 +77,11 @@ def _float(row: dict[str, str], key: str, path: Path, line: int) -> float:
         raise DatasetLayoutError(f"line {line}: column {key!r} is not a number: {row.get(key)!r}", path) from None
 
 
+def _world_xyz(row: dict[str, str], path: Path, line: int) -> tuple[float, float, float]:
+    """The (coordX, coordY, coordZ) world position in mm of one CSV row."""
+    return (_float(row, "coordX", path, line), _float(row, "coordY", path, line), _float(row, "coordZ", path, line))
+
+
 def read_annotations(path: str | Path) -> list[Luna16Annotation]:
     """Parse ``annotations.csv``."""
     path = Path(path)
@@ -84,7 +89,7 @@ def read_annotations(path: str | Path) -> list[Luna16Annotation]:
     return [
         Luna16Annotation(
             r["seriesuid"],
-            (_float(r, "coordX", path, i), _float(r, "coordY", path, i), _float(r, "coordZ", path, i)),
+            _world_xyz(r, path, i),
             _float(r, "diameter_mm", path, i),
         )
         for i, r in enumerate(rows, start=2)
@@ -98,7 +103,7 @@ def read_candidates(path: str | Path) -> list[Luna16Candidate]:
     return [
         Luna16Candidate(
             r["seriesuid"],
-            (_float(r, "coordX", path, i), _float(r, "coordY", path, i), _float(r, "coordZ", path, i)),
+            _world_xyz(r, path, i),
             int(_float(r, "class", path, i)),
         )
         for i, r in enumerate(rows, start=2)
