@@ -182,7 +182,8 @@ def test_empty_file_and_empty_array(tmp_path) -> None:
 
 def test_dicomdir_next_to_a_series_is_ignored(series) -> None:
     ds = pydicom.dcmread(series / "slice0000.dcm", stop_before_pixels=True)
-    del ds.SeriesInstanceUID  # a non-image DICOM object (like a DICOMDIR) in the same folder
+    del ds.SeriesInstanceUID  # a non-image DICOM object (a DICOMDIR) in the same folder
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.1.3.10"
     ds.save_as(series / "DICOMDIR")
     assert load_volume(series).shape == (6, 10, 12)
 

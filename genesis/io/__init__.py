@@ -3,7 +3,7 @@
 Geometry follows the ITK/LPS physical convention; see :mod:`genesis.io.volume`.
 """
 
-from genesis.io.dicom import SeriesInfo, list_dicom_series, read_dicom_series, write_dicom_series
+from genesis.io.dicom import SeriesInfo, is_dicom_file, list_dicom_series, read_dicom_series, write_dicom_series
 from genesis.io.readers import FILE_FORMATS, check_volume, load_volume, save_volume, volume_suffix
 from genesis.io.volume import Volume
 
@@ -12,6 +12,7 @@ __all__ = [
     "SeriesInfo",
     "Volume",
     "check_volume",
+    "is_dicom_file",
     "list_dicom_series",
     "load_volume",
     "read_dicom_series",

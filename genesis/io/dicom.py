@@ -10,6 +10,8 @@ evenly spaced slices (a gap means a missing or unreadable slice).
 from __future__ import annotations
 
 import datetime
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import SimpleITK as sitk
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from genesis.errors import DicomSeriesError
+from genesis.errors import DicomSeriesError, VolumeReadError
 from genesis.io.volume import Volume
 
 #: Relative tolerance on slice spacing: larger deviations from the median step are an error.
@@ -98,22 +100,49 @@ def list_dicom_series(directory: str | Path) -> list[SeriesInfo]:
     return series
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    """A .dcm/.ima file, or a file with the 'DICM' preamble marker."""
-    if path.suffix.lower() in (".dcm", ".ima", ".dicom"):
+#: First data-element groups a DICOM file without preamble can start with: the file meta group
+#: (0002), identifying (0008) or, in old ACR-NEMA style exports, the command group (0000).
+_BARE_FIRST_GROUPS = (0x0000, 0x0002, 0x0008)
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """Whether ``path`` is a regular file whose *content* is DICOM (the file name is ignored).
+
+    A Part 10 file has a 128-byte preamble followed by ``DICM``. Files written without the
+    preamble (older scanners, some PACS exports) are recognised when they start with a data
+    element of group 0000/0002/0008 and pydicom parses a header holding a SOP Class UID, SOP
+    Instance UID or Modality. Never blocks on FIFOs or devices and never raises: unreadable and
+    non-regular files are not DICOM here (the readers report permission problems themselves).
+
+    Args:
+        path: any path.
+    Returns:
+        True for a DICOM file.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    if len(head) == 132 and head[128:132] == b"DICM":
         return True
-    if path.suffix:
+    if len(head) < 8:
+        return False
+    # Little-endian group number of the first element; big-endian files always have the preamble.
+    if int.from_bytes(head[0:2], "little") not in _BARE_FIRST_GROUPS:
         return False
     try:
-        with open(path, "rb") as handle:
-            return handle.read(132)[128:132] == b"DICM"
-    except OSError:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
+        return any(key in ds for key in ("SOPClassUID", "SOPInstanceUID", "Modality"))
+    except Exception:  # any parse failure means "not DICOM" here
         return False
 
 
 def dicom_files_in(directory: Path) -> list[Path]:
-    """Files directly in ``directory`` that look like DICOM (by extension or preamble)."""
-    return sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith(".") and _looks_like_dicom(p))
+    """Regular files directly in ``directory`` whose content is DICOM (see :func:`is_dicom_file`)."""
+    return sorted(p for p in Path(directory).iterdir() if is_dicom_file(p))
 
 
 def select_series(directory: str | Path, series_uid: str | None = None) -> SeriesInfo:
@@ -141,31 +170,77 @@ def _select(directory: Path, series_uid: str | None) -> tuple[SeriesInfo, int]:
     return series[0], 1
 
 
-def _check_unlisted_files(directory: Path, info: SeriesInfo, n_series: int) -> list[Path]:
-    """Look at DICOM-looking files that GDCM left out of the series; return the suspicious ones.
+#: File endings that claim DICOM. They never hide a file (detection is by content), they only
+#: make a damaged file that lost its 'DICM' marker count as a suspect slice.
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
-    Raises for a file pydicom cannot parse when the folder holds a single series (it must have
-    been one of its slices) and for a parsable file of the same SeriesInstanceUID. Files without
-    a SeriesInstanceUID (a DICOMDIR, or a slice truncated inside its header) are returned so a
-    later gap error can name them; other series and objects are ignored.
+
+def _claims_dicom(path: Path) -> bool:
+    return is_dicom_file(path) or path.suffix.lower() in DICOM_SUFFIXES
+
+
+def _sop_class(ds: pydicom.Dataset) -> str:
+    uid = ds.get("SOPClassUID") or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+    return str(getattr(uid, "name", uid or ""))
+
+
+def check_readable(path: Path) -> None:
+    """Refuse what cannot be read as a plain file: FIFOs, devices, sockets, unreadable files.
+
+    A FIFO given as a scan would block the reader forever; a file without read permission must be
+    reported as such, not as missing or corrupt.
+
+    Raises:
+        VolumeReadError: not a regular file, or permission denied.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except PermissionError as exc:
+        raise VolumeReadError("permission denied", path) from exc
+    except OSError as exc:
+        raise VolumeReadError(f"cannot access ({exc.strerror or exc})", path) from exc
+    if stat.S_ISDIR(mode):
+        return
+    if not stat.S_ISREG(mode):
+        raise VolumeReadError("not a regular file (a FIFO, socket or device?); give a file or a folder", path)
+    if not os.access(path, os.R_OK):
+        raise VolumeReadError("permission denied", path)
+
+
+def _check_unlisted_files(directory: Path, info: SeriesInfo) -> None:
+    """Every file here that claims to be DICOM but is not in the series GDCM found must be explained.
+
+    Explained are: objects of another series, and non-image objects (a DICOMDIR, a structured
+    report) without pixel data. Anything else (a file pydicom cannot parse, an image object of
+    this series or without a SeriesInstanceUID: a slice truncated inside its header) is an error
+    naming the file, wherever it lies in the series: a lost first or last slice leaves no gap.
+
+    Raises:
+        DicomSeriesError: an unexplained file, or a file here that cannot be read (permission).
     """
     listed = {f.resolve() for f in info.files}
-    suspects = []
-    for path in dicom_files_in(directory):
-        if path.resolve() in listed:
+    for path in sorted(directory.iterdir()):
+        if path.is_dir():
+            continue
+        try:  # listed slices too: GDCM itself skips files it may not open
+            check_readable(path)
+        except VolumeReadError as exc:
+            message = str(exc.args[0]).removeprefix(f"{path}: ")
+            raise DicomSeriesError(f"{message} (in the folder of DICOM series {info.uid})", path) from exc
+        if path.resolve() in listed or not _claims_dicom(path):
             continue
         try:
-            uid = pydicom.dcmread(str(path), stop_before_pixels=True).get("SeriesInstanceUID")
-        except Exception:  # pydicom raises many types for damaged files
-            if n_series == 1:
-                raise DicomSeriesError(f"corrupt or unreadable DICOM file {path.name} in series {info.uid}", path)
-            suspects.append(path)
-            continue
-        if uid is None:
-            suspects.append(path)
-        elif str(uid) == info.uid:
-            raise DicomSeriesError(f"slice {path.name} of series {info.uid} could not be read (corrupt?)", path)
-    return suspects
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises many types for damaged files
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split()).split(". ")[0]
+            raise DicomSeriesError(f"corrupt or unreadable DICOM file next to series {info.uid} ({reason})", path) from exc
+        uid = ds.get("SeriesInstanceUID")
+        if uid is not None and str(uid) != info.uid:
+            continue  # another series
+        sop = _sop_class(ds)
+        if sop and "Image Storage" not in sop:
+            continue  # a DICOMDIR, a report, a presentation state...: not a slice
+        raise DicomSeriesError(f"slice {path.name} of series {info.uid} could not be read (truncated or corrupt?)", path)
 
 
 def check_series_geometry(info: SeriesInfo, directory: Path) -> tuple[list[Path], float]:
@@ -240,16 +315,9 @@ def read_dicom_series(directory: str | Path, series_uid: str | None = None) -> V
             could not decode the pixels.
     """
     directory = Path(directory)
-    info, n_series = _select(directory, series_uid)
-    suspects = _check_unlisted_files(directory, info, n_series)
-    try:
-        files, step = check_series_geometry(info, directory)
-    except DicomSeriesError as exc:
-        if not suspects:
-            raise
-        names = ", ".join(p.name for p in suspects)
-        message = str(exc.args[0]).removeprefix(f"{exc.path}: ")
-        raise DicomSeriesError(f"{message}; files here that could not be read as slices: {names}", exc.path) from exc
+    info, _ = _select(directory, series_uid)
+    _check_unlisted_files(directory, info)
+    files, step = check_series_geometry(info, directory)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
     reader.SetOutputPixelType(sitk.sitkFloat32)

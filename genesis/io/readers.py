@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from genesis.errors import GenesisWarning, VolumeReadError
-from genesis.io.dicom import _looks_like_dicom, read_dicom_series, write_dicom_series
+from genesis.io.dicom import check_readable, is_dicom_file, read_dicom_series, write_dicom_series
 from genesis.io.volume import Volume
 
 #: File endings read/written through SimpleITK, with the ITK ImageIO used to write them.
@@ -176,11 +176,12 @@ def load_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
     path = Path(path)
     if not path.exists():
         raise VolumeReadError("no such file or directory", path)
+    check_readable(path)
     if path.is_dir():
         volume = read_dicom_series(path, series_uid)
     elif volume_suffix(path) is not None:
         volume = _read_file(path)
-    elif _looks_like_dicom(path):
+    elif is_dicom_file(path):
         if series_uid is None:
             series_uid = _series_uid_of(path)
         volume = read_dicom_series(path.parent, series_uid)
