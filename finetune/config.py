@@ -177,6 +177,18 @@ class FinetuneConfig:
             raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}")
         if not 0.0 < self.evaluation.confidence < 1.0:
             raise ConfigError(f"evaluation.confidence must be in (0, 1), got {self.evaluation.confidence}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be at least 0, got {self.seed}")
+        if self.optim.eps <= 0 or self.optim.weight_decay < 0 or not all(0.0 <= b < 1.0 for b in self.optim.betas):
+            raise ConfigError(f"optim: eps must be positive, weight_decay >= 0 and betas in [0, 1); got {self.optim}")
+        a = self.augment
+        if not all(0.0 <= q <= 1.0 for q in (a.flip_prob, a.rotate90_prob, a.noise_prob)) or a.noise_std < 0:
+            raise ConfigError(f"augment: probabilities must be in [0, 1] and noise_std >= 0; got {a}")
+        if self.window is not None and not self.window[0] < self.window[1]:
+            raise ConfigError(f"window must be (low, high) with low < high, got {self.window}")
+        from genesis.training.config import check_out_dir
+
+        check_out_dir(self.out)
         return self
 
 

@@ -41,7 +41,7 @@ from genesis.errors import CheckpointError, DatasetLayoutError
 from genesis.fileio import atomic_write_text
 from genesis.models import unpack_output
 from genesis.rng import numpy_generator
-from genesis.training.checkpoint import load_checkpoint, save_checkpoint
+from genesis.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 
 Log = Callable[[str], None]
 
@@ -249,6 +249,7 @@ def train_run(
         log(f"  {run_dir}: finished earlier, reusing result.json")
         return json.loads(result_path.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(run_dir)
     crop = target.crop(cfg)
     with torch.random.fork_rng(devices=[]):  # seeds the layer init of this run only, not the caller's RNG
         torch.manual_seed(seed)

@@ -8,6 +8,7 @@ The effective configuration is saved next to every checkpoint with :func:`save_c
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,49 @@ from genesis.errors import ConfigError
 from genesis.fileio import atomic_write_text
 
 C = TypeVar("C")
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses anchors and aliases.
+
+    Nested aliases expand exponentially ("billion laughs": a few hundred bytes that need
+    gigabytes); a config file never needs them.
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D401 - PyYAML hook
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            mark = event.start_mark
+            raise yaml.YAMLError(
+                f"YAML anchors/aliases (&name, *name) are not allowed in config files (line {mark.line + 1})"
+            )
+        return super().compose_node(parent, index)
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """Parse a YAML config file without anchors/aliases; every failure is one-line ConfigError.
+
+    Raises:
+        ConfigError: missing file, a directory, permission denied, undecodable or invalid YAML,
+            anchors/aliases.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError("config file not found", path) from None
+    except IsADirectoryError:
+        raise ConfigError("is a directory; --config expects a YAML file", path) from None
+    except PermissionError:
+        raise ConfigError("permission denied", path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not a text file (cannot decode it as UTF-8)", path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read ({exc.strerror or exc})", path) from None
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML ({' '.join(str(exc).split())})", path) from None
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -45,9 +89,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        real = [arg for arg in args if arg is not type(None)]
+        if len(real) == 1:  # Optional[X]: X's own message is the clearest
+            return _coerce(value, real[0], where)
+        for arg in real:
             try:
                 return _coerce(value, arg, where)
             except (ConfigError, TypeError, ValueError):
@@ -71,7 +116,16 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return [_coerce(v, args[0] if args else Any, where) for v in value]
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if annotation is float:
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-3" (no dot) as a string
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # NaN/inf never make sense as a setting (an lr, a window...)
+            raise ConfigError(f"{where}: must be a finite number, got {value!r}")
         return float(value)
     if annotation is int and isinstance(value, bool):
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
@@ -111,6 +165,10 @@ def load_config(
 ) -> C:
     """Build ``cls`` from its defaults, then a YAML file, then dotted-key ``overrides``.
 
+    The file is checked on its own (types and the class's ``validate()``) before the overrides
+    are applied, so a preset never hides an error in it. Anchors/aliases are refused
+    (:func:`read_yaml_file`); floats must be finite.
+
     Raises:
         ConfigError: unreadable YAML, unknown keys or values of the wrong type; the message
             names the file and the key.
@@ -118,27 +176,30 @@ def load_config(
     tree: dict[str, Any] = config_to_dict(cls())
     if path is not None:
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError("config file not found", path) from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"not valid YAML ({exc})", path) from None
+        loaded = read_yaml_file(path)
+        if loaded is None:
+            loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError("the top level of a config file must be a mapping", path)
         try:
             _merge(tree, loaded, "")
+            # The file on its own must be valid: a preset or flag applied later never hides an
+            # error in it (a wrong type, an impossible value).
+            _validated(_build(cls, tree, ""))
         except ConfigError as exc:
-            raise ConfigError(str(exc), path) from None
+            message = str(exc.args[0]).removeprefix(f"{exc.path}: ") if exc.path else str(exc)
+            raise ConfigError(message, path) from None
     for key, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(tree, key, value)
-    try:
-        return _build(cls, tree, "")
-    except ConfigError as exc:
-        if path is not None and exc.path is None:
-            raise ConfigError(str(exc), path) from None
-        raise
+    return _build(cls, tree, "")
+
+
+def _validated(cfg: C) -> C:
+    validate = getattr(cfg, "validate", None)
+    if callable(validate):
+        validate()
+    return cfg
 
 
 def _merge(base: dict[str, Any], new: Mapping[str, Any], where: str) -> None:

@@ -99,7 +99,7 @@ def test_failed_checkpoint_write_keeps_previous_file(tmp_path: Path, monkeypatch
         atomic_write(path, write)
 
     monkeypatch.setattr(engine, "save_checkpoint", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError):  # a plain OSError (not one a user can fix) is not hidden
         main([*TINY, "--out", str(out), "--task", "masked_region", "--epochs", "2", "--resume"])
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["epoch"] == 1

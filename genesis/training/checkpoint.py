@@ -18,10 +18,42 @@ from genesis.fileio import atomic_write
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Save ``state`` to ``path`` atomically (temp file in the same folder, then rename)."""
+    """Save ``state`` to ``path`` atomically (temp file in the same folder, then rename).
+
+    Raises:
+        CheckpointError: the write failed (disk full, permission...); ``path`` is left as it was
+            and the temporary file is removed.
+    """
     path = Path(path)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    except OSError as exc:
+        kept = f"the previous {path.name} is kept" if path.is_file() else f"no {path.name} was written"
+        raise CheckpointError(f"cannot write checkpoint ({exc.strerror or exc}); {kept}", path) from exc
+    except RuntimeError as exc:  # torch.save reports a failed write ("file write failed") as RuntimeError
+        kept = f"the previous {path.name} is kept" if path.is_file() else f"no {path.name} was written"
+        reason = " ".join(str(exc).split())
+        raise CheckpointError(f"cannot write checkpoint ({reason}); {kept}", path) from exc
     return path
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete temporary files left by checkpoint writes that were killed (``.last.pt.*.tmp``).
+
+    :func:`genesis.fileio.atomic_path` removes its temporary file on any exception, but not after a
+    SIGKILL or power loss; the next run calls this before it writes.
+
+    Returns:
+        The removed files.
+    """
+    removed = []
+    folder = Path(folder)
+    if folder.is_dir():
+        for tmp in folder.glob(".*.pt.*.tmp"):
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

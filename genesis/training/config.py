@@ -180,6 +180,42 @@ class PretrainConfig:
             raise ConfigError(f"schedule.name must be plateau, step or none, got {self.schedule.name!r}")
         if self.loss not in ("auto", "mse", "composite", "ce"):
             raise ConfigError(f"loss must be auto, mse, composite or ce, got {self.loss!r}")
+        d, o, sch, es = self.data, self.optim, self.schedule, self.early_stop
+        _at_least(0, seed=self.seed, **{"data.workers": d.workers, "schedule.patience": sch.patience,
+                                        "log.grid_samples": self.log.grid_samples})
+        _at_least(1, **{"early_stop.patience": es.patience, "schedule.step_size": sch.step_size,
+                        "data.cubes_per_volume": d.cubes_per_volume, "data.synthetic_volumes": d.synthetic_volumes})
+        if d.val_cubes is not None:
+            _at_least(1, **{"data.val_cubes": d.val_cubes})
+        if not 0.0 <= o.momentum < 1.0:
+            raise ConfigError(f"optim.momentum must be in [0, 1), got {o.momentum}")
+        if o.weight_decay < 0 or es.min_delta < 0 or sch.min_lr < 0:
+            raise ConfigError("optim.weight_decay, early_stop.min_delta and schedule.min_lr must not be negative, "
+                              f"got {o.weight_decay}, {es.min_delta}, {sch.min_lr}")
+        if not 0.0 < sch.factor < 1.0:
+            raise ConfigError(f"schedule.factor must be in (0, 1), got {sch.factor}")
+        if not d.window[0] < d.window[1]:
+            raise ConfigError(f"data.window must be (low, high) with low < high, got {d.window}")
+        if d.spacing is not None and min(d.spacing) <= 0:
+            raise ConfigError(f"data.spacing must be positive (mm), got {d.spacing}")
+        if d.synthetic_shape is not None and min(d.synthetic_shape) < 1:
+            raise ConfigError(f"data.synthetic_shape must be positive, got {d.synthetic_shape}")
+        check_out_dir(self.out)
+
+
+def _at_least(low: int, **values: int) -> None:
+    for name, value in values.items():
+        if value < low:
+            raise ConfigError(f"{name} must be at least {low}, got {value}")
+
+
+def check_out_dir(out: str) -> None:
+    """An output folder must be a folder: refuse an existing file (it would fail much later)."""
+    from pathlib import Path
+
+    path = Path(out).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError("--out names an existing file; give a folder", path)
 
 
 #: Restoration tasks of Tariq et al. (2023), trained with RAdam at lr 1e-3 in that paper.

@@ -17,6 +17,7 @@ restored from the checkpoint.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from genesis.device import autocast, needs_grad_scaler
 from genesis.errors import ConfigError, GenesisError
 from genesis.models import ModelOutput, unpack_output
 from genesis.rng import capture_rng_state, restore_rng_state
-from genesis.training.checkpoint import load_checkpoint, save_checkpoint
+from genesis.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
 from genesis.training.config import PretrainConfig
 from genesis.training.ddp import (
     DistInfo,
@@ -50,7 +51,41 @@ LossFn = Callable[[ModelOutput, Any], "tuple[torch.Tensor, dict[str, float]]"]
 
 
 class TrainingDivergedError(GenesisError):
-    """The loss became NaN or infinite (usually a learning rate too high for the setting)."""
+    """The loss or the weights became NaN or infinite (usually a learning rate too high).
+
+    Raised before anything is written, so the last good checkpoint stays as it was.
+
+    Attributes:
+        step: global optimizer step at which it was seen (1-based).
+        loss: the offending loss value (NaN/inf), or the last loss when the weights diverged.
+    """
+
+    def __init__(self, message: str, step: int, loss: float, path: str | Path | None = None) -> None:
+        self.step, self.loss = int(step), float(loss)
+        super().__init__(message, path)
+
+
+def nonfinite_tensors(model: nn.Module) -> tuple[int, int, list[str]]:
+    """Count non-finite entries in the parameters and buffers of ``model``.
+
+    Returns:
+        (non-finite values, total values, names of the tensors holding them).
+    """
+    bad, total, names = 0, 0, []
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if not tensor.is_floating_point():
+            continue
+        n = int((~torch.isfinite(tensor.detach())).sum())
+        total += tensor.numel()
+        if n:
+            bad += n
+            names.append(name)
+    return bad, total, names
+
+
+def _diverged_hint(lr: float) -> str:
+    return (f"lower the learning rate (now {lr:g}; --lr), or try --optimizer adam; "
+            "no checkpoint was written for this epoch (earlier ones are kept)")
 
 
 # ------------------------------------------------------------------------------- seeds and pairs
@@ -207,6 +242,7 @@ class Trainer:
         last_path, best_path = out / "last.pt", out / "best.pt"
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(out)
         barrier(dist)
 
         model = self.model
@@ -245,6 +281,7 @@ class Trainer:
                 broadcast_buffers(model, dist)
                 global_step = record["step"]
                 record.update(self._validate(model, stage, epoch))
+                self._check_finite(model, record, optimizer, stage)  # before any checkpoint is written
                 monitored = broadcast_float(record.get(self.monitor_key, record["val_loss"]), dist, device)
                 improved = early.update(monitored)
                 scheduler.step(monitored)
@@ -300,9 +337,11 @@ class Trainer:
                 out = unpack_output(net(pair.input))
             loss, _ = self.loss_fn(out, pair)
             if not torch.isfinite(loss):
+                value = float(loss.detach())
                 raise TrainingDivergedError(
-                    f"the training loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-                    f"lower the learning rate (now {optimizer.param_groups[0]['lr']:g}, --lr)"
+                    f"training diverged: loss {value} at step {global_step + 1} (epoch {epoch + 1}, "
+                    f"step {step + 1} of the epoch); {_diverged_hint(optimizer.param_groups[0]['lr'])}",
+                    step=global_step + 1, loss=value, path=stage.out_dir,
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -377,6 +416,30 @@ class Trainer:
             self.grid_fn(first[0], first[1], stage.out_dir / "grids" / f"epoch_{epoch + 1:04d}.png",
                          f"{self.meta.get('task')}{staged}, epoch {epoch + 1}{synthetic}")
         return metrics
+
+    def _check_finite(self, model: nn.Module, record: dict[str, Any], optimizer: torch.optim.Optimizer,
+                      stage: StageSpec) -> None:
+        """Raise :class:`TrainingDivergedError` when the weights or the epoch's losses are not finite.
+
+        A loss can stay finite while the weights are not (a saturated sigmoid output), so the
+        weights are checked too; this runs once per epoch, right before the checkpoints.
+        """
+        bad, total, names = nonfinite_tensors(model)
+        losses = {k: record[k] for k in ("train_loss", "val_loss") if k in record}
+        bad_losses = {k: v for k, v in losses.items() if not math.isfinite(v) and not (
+            k == "val_loss" and not self.dist.is_main)}  # other ranks do not validate (NaN placeholder)
+        if not bad and not bad_losses:
+            return
+        lr = optimizer.param_groups[0]["lr"]
+        if bad:
+            what = f"{bad:,} of {total:,} weight values are NaN/inf (e.g. {', '.join(names[:3])})"
+        else:
+            what = ", ".join(f"{k} {v}" for k, v in bad_losses.items())
+        loss = record.get("train_loss", float("nan"))
+        raise TrainingDivergedError(
+            f"training diverged at step {record['step']} (end of epoch {record['epoch']}): {what}; {_diverged_hint(lr)}",
+            step=record["step"], loss=loss, path=stage.out_dir,
+        )
 
     # ------------------------------------------------------------------------------- checkpoints
     def _checkpoint(self, model, optimizer, scheduler, scaler, early, history, epoch, global_step,

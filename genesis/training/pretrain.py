@@ -497,6 +497,12 @@ def _check_resume(last: Path, cfg: PretrainConfig) -> None:
     if not last.is_file():
         stage1 = last.parent / "stage1" / "last.pt"
         if not stage1.is_file():
+            if (last.parent / "best.pt").is_file():
+                raise GenesisError(
+                    "--resume: only best.pt is here, no last.pt (the training state is saved in last.pt); "
+                    "start over without --resume (or use another --out), or fine-tune from best.pt (genesis-finetune --weights)",
+                    last.parent,
+                )
             raise GenesisError("--resume: nothing to resume (no last.pt)", last.parent)
         last = stage1
     ckpt = load_checkpoint(last)
