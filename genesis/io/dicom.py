@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import SimpleITK as sitk
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from genesis.errors import DicomSeriesError, VolumeReadError
+from genesis.errors import DicomSeriesError, GenesisWarning, VolumeReadError
 from genesis.io.volume import Volume
 
 #: Relative tolerance on slice spacing: larger deviations from the median step are an error.
@@ -301,30 +302,42 @@ def check_series_geometry(info: SeriesInfo, directory: Path) -> tuple[list[Path]
     return files, step
 
 
-def read_dicom_series(directory: str | Path, series_uid: str | None = None) -> Volume:
+def read_dicom_series(directory: str | Path, series_uid: str | None = None, *,
+                      assume_spacing: float | None = None) -> Volume:
     """Read one DICOM series from ``directory`` as a float32 HU :class:`Volume`.
+
+    A gantry-tilted series (slices shifted in-plane along the stack, so the slice positions do not
+    follow the slice normal) is resampled onto an orthogonal grid, with a warning; see
+    :func:`correct_gantry_tilt`.
 
     Args:
         directory: folder holding the slices.
         series_uid: which series, when the folder holds several.
+        assume_spacing: mm for a missing/invalid PixelSpacing (explicit opt-in); None: an error.
     Returns:
         The volume; ``modality`` from the DICOM header; metadata has ``format="dicom"``,
-        ``series_uid``, ``series_description``, ``n_slices``.
+        ``series_uid``, ``series_description``, ``n_slices`` (and ``gantry_tilt_deg`` if corrected).
     Raises:
         DicomSeriesError: see :func:`select_series` and :func:`check_series_geometry`, or GDCM
             could not decode the pixels.
+        VolumeReadError: invalid PixelSpacing without ``assume_spacing``.
     """
+    from genesis.io.integrity import check_allocation, resolve_spacing
+
     directory = Path(directory)
     info, _ = _select(directory, series_uid)
     _check_unlisted_files(directory, info)
     files, step = check_series_geometry(info, directory)
+    first = _header(files[0])
+    rows, cols = int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0)
+    check_allocation(rows * cols * len(files) * 4, directory, f"a {cols}x{rows}x{len(files)} series")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in files])
     reader.SetOutputPixelType(sitk.sitkFloat32)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1]
+        reason = " ".join(str(exc).strip().splitlines()[-1].split())
         raise DicomSeriesError(f"cannot decode series {info.uid} ({reason})", directory) from exc
     volume = Volume.from_sitk(
         image,
@@ -339,7 +352,70 @@ def read_dicom_series(directory: str | Path, series_uid: str | None = None) -> V
     )
     # ITK derives the z spacing from the first two slices; use the checked median step instead.
     volume.spacing = (step, volume.spacing[1], volume.spacing[2])
-    return volume
+    spacing = _floats_or_none(first.get("PixelSpacing"))
+    if spacing is not None and len(spacing) == 2:
+        volume = resolve_spacing(volume, (spacing[1], spacing[0], step), assume_spacing, "PixelSpacing")
+    else:  # the z step comes from the slice positions, checked above
+        volume = resolve_spacing(volume, (float("nan"), float("nan"), step), assume_spacing, "PixelSpacing missing:")
+    last = _header(files[-1])
+    return correct_gantry_tilt(volume, first, last, len(files))
+
+
+def _floats_or_none(values) -> list[float] | None:
+    if values is None or values == "":
+        return None
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError):
+        return [float("nan")] * 2
+
+
+#: A tilt is corrected when it shifts the last slice in-plane by more than this many pixels.
+TILT_TOLERANCE_PIXELS = 0.5
+
+
+def correct_gantry_tilt(volume: Volume, first: pydicom.Dataset, last: pydicom.Dataset, n: int) -> Volume:
+    """Resample a gantry-tilted stack onto an orthogonal grid (or return ``volume`` unchanged).
+
+    With gantry tilt the slices are parallel but each is shifted in-plane: the vector from one
+    slice position to the next is not along the slice normal. ITK then builds an orthogonal
+    geometry that puts every voxel after the first slice at the wrong place (a shear). Slice k
+    is shifted back by k times the in-plane part of the slice step (linear interpolation; what
+    shifts out of the field of view is lost, what shifts in is filled with the volume minimum),
+    and the geometry becomes: origin = first slice, directions = row, column, normal.
+
+    Args:
+        volume: as read by ITK, slices sorted along the normal, spacing (step, dy, dx).
+        first, last: headers of the first and last slice in that order.
+        n: number of slices.
+    """
+    from scipy import ndimage
+
+    orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    row, col = orientation[:3], orientation[3:]
+    normal = np.cross(row, col)
+    p0 = np.asarray(first.ImagePositionPatient, dtype=np.float64)
+    p1 = np.asarray(last.ImagePositionPatient, dtype=np.float64)
+    step_vec = (p1 - p0) / max(n - 1, 1)
+    shift_x, shift_y = float(step_vec @ row), float(step_vec @ col)  # mm per slice, in-plane
+    step_z = float(step_vec @ normal)
+    dz, dy, dx = volume.spacing
+    drift = max(abs(shift_x) / dx, abs(shift_y) / dy) * (n - 1)
+    if drift <= TILT_TOLERANCE_PIXELS:
+        return volume
+    tilt = float(np.degrees(np.arctan2(np.hypot(shift_x, shift_y), abs(step_z))))
+    # output (k, j, i) = input (k, j + k * shift_y / dy, i + k * shift_x / dx): the world point of
+    # the orthogonal grid lies in input slice k, displaced against that slice's in-plane shift.
+    matrix = np.array([[1.0, 0.0, 0.0], [-shift_y / dy, 1.0, 0.0], [-shift_x / dx, 0.0, 1.0]])
+    array = ndimage.affine_transform(volume.array, matrix, order=1, mode="constant",
+                                     cval=float(volume.array.min()), output=np.float32)
+    direction = np.stack([row, col, normal], axis=1)
+    warnings.warn(
+        f"{volume.path}: gantry tilt of {tilt:.1f} degrees (slices shift {drift:.1f} pixels in-plane over the "
+        "series); resampled onto an orthogonal grid", GenesisWarning, stacklevel=3)
+    out = volume.with_array(array, spacing=(abs(step_z), dy, dx), origin=tuple(p0), direction=tuple(direction.ravel()))
+    out.metadata["gantry_tilt_deg"] = round(tilt, 3)
+    return out
 
 
 def write_dicom_series(

@@ -7,6 +7,7 @@ suspicious (not CT, not Hounsfield units) raise a :class:`~genesis.errors.Genesi
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ import SimpleITK as sitk
 
 from genesis.errors import GenesisWarning, VolumeReadError
 from genesis.io.dicom import check_readable, is_dicom_file, read_dicom_series, write_dicom_series
+from genesis.io.integrity import check_allocation, metaimage_checks, nifti_pixdim, nrrd_checks, resolve_spacing, verify_compressed
 from genesis.io.volume import Volume
 
 #: File endings read/written through SimpleITK, with the ITK ImageIO used to write them.
@@ -58,8 +60,9 @@ def _geometry(reader: sitk.ImageFileReader, ndim_keep: int = 3) -> dict:
     }
 
 
-def _read_nifti_pixels(path: Path, shape_xyz: tuple[int, ...]) -> np.ndarray:
-    """NIfTI voxels through nibabel, as (z, y, x) float32 with scl_slope/scl_inter applied.
+def _read_nifti_pixels(path: Path, shape_xyz: tuple[int, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
+    """NIfTI voxels through nibabel, as (z, y, x) float32 with scl_slope/scl_inter applied, and the
+    header's raw pixdim[1:4] (x, y, z).
 
     nibabel rather than ITK for the pixels because ITK silently zero-fills truncated NIfTI files
     and turns NaN into 0, both of which must be reported. Both libraries keep the on-disk voxel
@@ -68,17 +71,29 @@ def _read_nifti_pixels(path: Path, shape_xyz: tuple[int, ...]) -> np.ndarray:
     import nibabel as nib
 
     try:
-        data = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+        image = nib.load(str(path))
+        pixdim = tuple(float(v) for v in image.header["pixdim"][1:4])
+        data = np.asarray(image.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel/zlib/gzip raise OSError, EOFError, zlib.error, ValueError...
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise VolumeReadError(f"cannot read the pixel data, truncated or corrupt? ({reason})", path) from exc
     data = data.reshape(data.shape[:3]) if data.ndim == 4 else data
     if data.shape != tuple(shape_xyz[:3]):
         raise VolumeReadError(f"NIfTI data shape {data.shape} does not match its header {tuple(shape_xyz)}", path)
-    return np.ascontiguousarray(data.transpose(2, 1, 0))
+    return np.ascontiguousarray(data.transpose(2, 1, 0)), pixdim
 
 
-def _read_file(path: Path) -> Volume:
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(magic)) == magic
+
+
+def _read_file(path: Path, assume_spacing: float | None = None) -> Volume:
+    suffix = volume_suffix(path)
+    if suffix == ".nii.gz" and _starts_with(path, b"\x1f\x8b"):
+        # first: ITK fails on some damage with a misleading "no ImageIO" message, and nibabel
+        # stops reading before the CRC/length trailer
+        verify_compressed(path, 0, 31, None, "gzip stream")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -91,12 +106,18 @@ def _read_file(path: Path) -> Volume:
         raise VolumeReadError(f"image has {ncomp} components per voxel; a scalar CT volume is needed", path)
     if not (dim == 3 or (dim == 4 and size[3] == 1)):
         raise VolumeReadError(f"image is {dim}D with size {tuple(size)}; a 3D volume is needed", path)
-    suffix = volume_suffix(path)
+    check_allocation(math.prod(size[:3]) * 4, path, f"a {'x'.join(str(s) for s in size[:3])} volume")
     metadata = {"format": suffix}
     if suffix in (".nii", ".nii.gz"):
-        array = _read_nifti_pixels(path, size)
+        array, _ = _read_nifti_pixels(path, size)
+        declared = nifti_pixdim(path)
         volume = Volume(array=array, path=path, metadata=metadata, **_geometry(reader))
+        source = "pixdim"
     else:
+        if suffix in (".mha", ".mhd"):
+            declared, source = metaimage_checks(path), "ElementSpacing"
+        else:
+            declared, source = nrrd_checks(path), "spacings/space directions"
         if dim == 4:
             reader.SetExtractIndex([0, 0, 0, 0])
             reader.SetExtractSize([size[0], size[1], size[2], 0])  # 0 collapses the time axis
@@ -107,6 +128,7 @@ def _read_file(path: Path) -> Volume:
             reason = _itk_message(exc)
             raise VolumeReadError(f"cannot read the pixel data, truncated or corrupt? ({reason})", path) from exc
         volume = Volume.from_sitk(image, path=path, metadata=metadata)
+    volume = resolve_spacing(volume, declared, assume_spacing, source)
     if reader.HasMetaDataKey("Modality"):  # MetaImage: MET_CT, MET_MR, MET_MOD_UNKNOWN...
         modality = reader.GetMetaData("Modality").strip().upper().removeprefix("MET_")
         volume.modality = None if modality in ("", "MOD_UNKNOWN", "UNKNOWN") else modality
@@ -157,13 +179,15 @@ def check_volume(volume: Volume) -> Volume:
     return volume
 
 
-def load_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
+def load_volume(path: str | Path, *, series_uid: str | None = None, assume_spacing: float | None = None) -> Volume:
     """Read a CT volume as float32 Hounsfield units, array (z, y, x).
 
     Args:
         path: a ``.nii``/``.nii.gz``/``.mhd``/``.mha``/``.nrrd``/``.nhdr`` file, a directory holding
             a DICOM series, or one ``.dcm`` file (its whole series in that folder is read).
         series_uid: SeriesInstanceUID to pick when a DICOM folder holds several series.
+        assume_spacing: mm to use where the file's spacing is missing, zero, negative or NaN
+            (an explicit opt-in, with a warning); None (default) makes that an error.
     Returns:
         The :class:`Volume` (geometry in the ITK/LPS convention, see :mod:`genesis.io.volume`).
     Raises:
@@ -178,13 +202,13 @@ def load_volume(path: str | Path, *, series_uid: str | None = None) -> Volume:
         raise VolumeReadError("no such file or directory", path)
     check_readable(path)
     if path.is_dir():
-        volume = read_dicom_series(path, series_uid)
+        volume = read_dicom_series(path, series_uid, assume_spacing=assume_spacing)
     elif volume_suffix(path) is not None:
-        volume = _read_file(path)
+        volume = _read_file(path, assume_spacing)
     elif is_dicom_file(path):
         if series_uid is None:
             series_uid = _series_uid_of(path)
-        volume = read_dicom_series(path.parent, series_uid)
+        volume = read_dicom_series(path.parent, series_uid, assume_spacing=assume_spacing)
     else:
         known = ", ".join(FILE_FORMATS)
         raise VolumeReadError(f"unknown volume format (expected {known}, or a DICOM directory)", path)
