@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=PRESETS, help="quick: tiny CPU demo that finishes in about a minute")
     p.add_argument("--data", help="folder of scans, CSV/YAML manifest or one scan (default: synthetic)")
     p.add_argument("--cache-dir", help="cache of preprocessed volumes")
+    p.add_argument("--assume-spacing", type=float, metavar="MM",
+                   help="use MM where a scan's voxel spacing is missing or invalid (default: such a scan is an error)")
     p.add_argument("--out", help="output folder (default: runs/pretrain)")
     p.add_argument("--epochs", type=int, help="maximum epochs (per stage for staged schemes)")
     p.add_argument("--steps-per-epoch", type=int, help="optimizer steps per epoch")
@@ -76,6 +78,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "task": args.task,
         "data.data": args.data,
         "data.cache_dir": args.cache_dir,
+        "data.assume_spacing": args.assume_spacing,
         "out": args.out,
         "epochs": args.epochs,
         "steps_per_epoch": args.steps_per_epoch,

@@ -31,6 +31,8 @@ class PreprocessConfig:
         body_threshold_hu: HU threshold of the body mask.
         body_margin: voxels kept around the body bounding box, (z, y, x).
         order: interpolation order for resampling (0 nearest, 1 linear, 3 B-spline).
+        assume_spacing: mm used where a file's spacing is missing or invalid (explicit opt-in,
+            ``--assume-spacing``); None makes such a file an error.
     """
 
     window: tuple[float, float] = (-1000.0, 1000.0)
@@ -39,6 +41,7 @@ class PreprocessConfig:
     body_threshold_hu: float = -500.0
     body_margin: tuple[int, int, int] = (2, 4, 4)
     order: int = 1
+    assume_spacing: float | None = None
 
     def __post_init__(self) -> None:
         lo, hi = self.window

@@ -85,7 +85,9 @@ class FileVolumeSource:
         return self.records[_check_index(i, len(self))].name
 
     def _compute(self, record: VolumeRecord) -> np.ndarray:
-        return preprocess(load_volume(record.path, series_uid=record.series_uid), self.preprocess_cfg)
+        volume = load_volume(record.path, series_uid=record.series_uid,
+                             assume_spacing=self.preprocess_cfg.assume_spacing)
+        return preprocess(volume, self.preprocess_cfg)
 
     def load(self, i: int) -> np.ndarray:
         """Read, preprocess (or fetch from the cache) volume ``i``.

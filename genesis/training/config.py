@@ -40,6 +40,8 @@ class DataConfig:
         synthetic_shape: (z, y, x) voxels of each synthetic scan; None = the generator's default.
         workers: DataLoader worker processes (they only read and crop cubes; proxy transforms
             run in the training process, on the GPU when there is one).
+        assume_spacing: mm used where a scan's spacing is missing, zero, negative or NaN (an
+            explicit opt-in, with a warning); None (default) makes such a scan an error.
     """
 
     data: str | None = None
@@ -55,6 +57,7 @@ class DataConfig:
     synthetic_volumes: int = 8
     synthetic_shape: tuple[int, int, int] | None = None
     workers: int = 0
+    assume_spacing: float | None = None
 
 
 @dataclass
@@ -196,6 +199,8 @@ class PretrainConfig:
             raise ConfigError(f"schedule.factor must be in (0, 1), got {sch.factor}")
         if not d.window[0] < d.window[1]:
             raise ConfigError(f"data.window must be (low, high) with low < high, got {d.window}")
+        if d.assume_spacing is not None and d.assume_spacing <= 0:
+            raise ConfigError(f"data.assume_spacing must be a positive number of mm, got {d.assume_spacing}")
         if d.spacing is not None and min(d.spacing) <= 0:
             raise ConfigError(f"data.spacing must be positive (mm), got {d.spacing}")
         if d.synthetic_shape is not None and min(d.synthetic_shape) < 1:

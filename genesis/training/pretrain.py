@@ -113,7 +113,7 @@ def build_source(cfg: PretrainConfig) -> Any:
 
     d = cfg.data
     pre = PreprocessConfig(window=tuple(d.window), spacing=tuple(d.spacing) if d.spacing else None,
-                           crop_body=d.crop_body)
+                           crop_body=d.crop_body, assume_spacing=d.assume_spacing)
     synthetic_cfg = None
     if d.data is None and d.synthetic_shape is not None:
         from genesis.data.synthetic.config import SyntheticConfig
