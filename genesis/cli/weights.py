@@ -16,7 +16,7 @@ from typing import Sequence
 import yaml
 
 from genesis.cli._common import user_errors_exit
-from genesis.errors import GenesisError
+from genesis.errors import ConfigError, GenesisError
 from genesis.weights.download import cached_path, download, read_record, verify_cached
 from genesis.weights.manifest import WeightsSettings
 
@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--registry", type=Path, action="append", default=[],
                         help="extra manifest YAML file (repeatable; also $GENESIS_WEIGHTS_REGISTRY)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                        help="give up on a file whose download takes longer than this, retries included (default 1800)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="registered weights and their cache state")
     for command, text in (("info", "show a manifest entry"), ("download", "download and verify"),
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> WeightsSettings:
-    settings = WeightsSettings.from_env(os.environ, cache_dir=args.cache)
+    if args.timeout is not None and not args.timeout > 0:
+        raise ConfigError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    settings = WeightsSettings.from_env(os.environ, cache_dir=args.cache, deadline=args.timeout)
     settings.registry_files = settings.registry_files + list(args.registry)
     if args.offline:
         settings.offline = True

@@ -167,17 +167,44 @@ def _progress_bar(settings: WeightsSettings, total: int | None, initial: int, la
     )
 
 
+@dataclass
+class _Limits:
+    """What bounds one file's download: a monotonic deadline and the manifest's size."""
+
+    deadline: float
+    seconds: float
+    max_size: int | None
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def check_time(self, received: int) -> None:
+        if self.remaining() <= 0:
+            raise WeightsError(
+                f"download did not finish within {self.seconds:g} s ({received} bytes received): the server is "
+                "stalled or too slow; try again later or raise the limit (--timeout)")
+
+
 def _copy_stream(source, part: Path, mode: str, expected: int | None, settings: WeightsSettings, initial: int,
-                 label: str, resumable: bool) -> None:
+                 label: str, resumable: bool, limits: _Limits | None = None) -> None:
     written = 0
+    # read1 returns what has arrived; read(n) would wait for n bytes from a server trickling them.
+    read = getattr(source, "read1", source.read)
     with open(part, mode) as out, _progress_bar(settings, initial + expected if expected is not None else None,
                                                  initial, label) as bar:
         try:
             while True:
                 try:
-                    block = source.read(CHUNK)
+                    block = read(CHUNK)
                 except (OSError, http.client.HTTPException, socket.timeout) as exc:
                     raise _Interrupted(f"transfer interrupted after {initial + written} bytes: {exc}", resumable) from None
+                if limits is not None:
+                    total = initial + written + len(block)
+                    if limits.max_size is not None and total > limits.max_size:
+                        raise WeightsError(f"the server sent more than the {limits.max_size} bytes the manifest "
+                                           "declares; download aborted", part)
+                    if block:
+                        limits.check_time(total)
                 if not block:
                     break
                 try:
@@ -186,7 +213,11 @@ def _copy_stream(source, part: Path, mode: str, expected: int | None, settings: 
                     raise WeightsError(f"cannot write the download: {exc}", part) from None
                 written += len(block)
                 bar.update(len(block))
-        except (_Interrupted, WeightsError):
+        except _Interrupted:
+            raise
+        except WeightsError:
+            out.close()
+            part.unlink(missing_ok=True)  # too big, too slow or unwritable: nothing worth resuming
             raise
         except BaseException:  # Ctrl-C: keep the partial file only if it can be resumed
             out.close()
@@ -200,7 +231,7 @@ def _copy_stream(source, part: Path, mode: str, expected: int | None, settings: 
         raise _Interrupted(f"connection closed after {initial + written} of {initial + expected} bytes", resumable)
 
 
-def _transfer_file_url(url: str, part: Path, settings: WeightsSettings, label: str) -> None:
+def _transfer_file_url(url: str, part: Path, settings: WeightsSettings, label: str, limits: _Limits) -> None:
     source = Path(unquote(urlparse(url).path))
     if not source.is_file():
         raise WeightsError(f"file not found for {url}", source)
@@ -210,7 +241,7 @@ def _transfer_file_url(url: str, part: Path, settings: WeightsSettings, label: s
         offset = 0
     with open(source, "rb") as handle:
         handle.seek(offset)
-        _copy_stream(handle, part, "ab" if offset else "wb", total - offset, settings, offset, label, True)
+        _copy_stream(handle, part, "ab" if offset else "wb", total - offset, settings, offset, label, True, limits)
 
 
 def _parse_content_range(value: str | None) -> tuple[int, int | None] | None:
@@ -225,14 +256,16 @@ def _parse_content_range(value: str | None) -> tuple[int, int | None] | None:
         return None
 
 
-def _transfer_http(url: str, part: Path, settings: WeightsSettings, label: str) -> None:
+def _transfer_http(url: str, part: Path, settings: WeightsSettings, label: str, limits: _Limits) -> None:
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=settings.timeout)
+        limits.check_time(offset)
+        # the socket timeout bounds each wait, the deadline the whole file
+        response = urllib.request.urlopen(request, timeout=max(0.01, min(settings.timeout, limits.remaining())))
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # our partial file is not a prefix the server recognises
             raise _Interrupted(f"server refused to resume at byte {offset} (HTTP 416)", False) from None
@@ -254,19 +287,32 @@ def _transfer_http(url: str, part: Path, settings: WeightsSettings, label: str) 
         else:  # 200: the server ignored Range (or none was sent): start over
             mode, initial = "wb", 0
             resumable = response.headers.get("Accept-Ranges", "").lower() == "bytes"
-        _copy_stream(response, part, mode, remaining, settings, initial, label, resumable)
+        _copy_stream(response, part, mode, remaining, settings, initial, label, resumable, limits)
 
 
-def _fetch(url: str, part: Path, settings: WeightsSettings, label: str) -> None:
-    """Download ``url`` into ``part``, resuming after interruptions up to ``settings.retries`` times."""
+def _fetch(url: str, part: Path, settings: WeightsSettings, label: str, *, can_resume: bool = True,
+           max_size: int | None = None) -> None:
+    """Download ``url`` into ``part``, resuming after interruptions up to ``settings.retries`` times.
+
+    ``can_resume=False`` (no known final digest) restarts every attempt from byte 0: without a
+    digest to check the result against, bytes of two transfers must never be spliced. The whole
+    file, retries included, must finish within ``settings.deadline`` seconds and never exceed
+    ``max_size`` bytes.
+    """
     transfer = _transfer_file_url if url.startswith("file://") else _transfer_http
     attempts = max(0, settings.retries) + 1
+    limits = _Limits(time.monotonic() + settings.deadline, settings.deadline, max_size)
     for attempt in range(attempts):
+        if not can_resume:
+            part.unlink(missing_ok=True)
         try:
-            transfer(url, part, settings, label)
+            limits.check_time(part.stat().st_size if part.exists() else 0)
+            transfer(url, part, settings, label, limits)
             return
+        except WeightsError as exc:
+            raise WeightsError(f"download of {url} failed: {exc}") from None
         except _Interrupted as exc:
-            if not exc.resumable:
+            if not exc.resumable or not can_resume:
                 part.unlink(missing_ok=True)
             if attempt + 1 == attempts:
                 kept = (f"the partial file {part} is kept; run the download again to resume"
@@ -332,8 +378,10 @@ def _download_locked(entry: WeightsEntry, settings: WeightsSettings, force: bool
     for index, url in enumerate(entry.urls):
         if index and part.exists():  # never splice bytes from two mirrors
             part.unlink()
+        # trust on first use: a .part of unknown final digest cannot be checked after resuming
+        known = _expected(entry, settings)[0] is not None or bool(entry.sha256_prefix)
         try:
-            _fetch(url, part, settings, entry.cache_filename)
+            _fetch(url, part, settings, entry.cache_filename, can_resume=known, max_size=entry.size)
         except WeightsError as exc:
             errors.append(str(exc))
             continue

@@ -162,6 +162,34 @@ def _inflatable(source: torch.Tensor, target: torch.Tensor) -> bool:
             and tuple(source.shape) == tuple(target.shape[:2]) + tuple(target.shape[3:]))
 
 
+def _check_dtypes(state: dict[str, torch.Tensor], target_state: dict[str, torch.Tensor], file: Path) -> None:
+    """Refuse tensors whose kind cannot be the target's: integer or boolean values for float
+    weights (int8-quantised or mislabelled files would load "with 0 shape mismatches" and train
+    from garbage), floats for integer buffers, and non-finite float weights.
+
+    Float precisions (fp16/bf16/fp64) are fine: ``load_state_dict`` converts them.
+
+    Raises:
+        CheckpointError: naming up to five offending tensors and their dtypes.
+    """
+    wrong, nonfinite = [], []
+    for key, value in state.items():
+        want = target_state.get(key)
+        if want is None or not isinstance(value, torch.Tensor):
+            continue
+        if value.is_complex() or value.is_floating_point() != want.is_floating_point() or (
+                value.dtype == torch.bool) != (want.dtype == torch.bool):
+            wrong.append(f"{key}: {str(value.dtype).removeprefix('torch.')} vs {str(want.dtype).removeprefix('torch.')}")
+        elif value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            nonfinite.append(key)
+    if wrong:
+        raise CheckpointError(f"refused: {len(wrong)} tensors have the wrong dtype for this model "
+                              f"({', '.join(wrong[:5])}{' ...' if len(wrong) > 5 else ''})", file)
+    if nonfinite:
+        raise CheckpointError(f"refused: {len(nonfinite)} tensors hold NaN or infinite values "
+                              f"({', '.join(nonfinite[:5])}{' ...' if len(nonfinite) > 5 else ''})", file)
+
+
 def _in_prefixes(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
@@ -238,6 +266,7 @@ def load_weights(
         if not state:
             raise CheckpointError(f"no encoder weights ({', '.join(prefixes)}) in this file", file)
     target_state = target.state_dict()
+    _check_dtypes(state, target_state, file)
     loaded, unexpected, mismatched = [], [], []
     to_load: dict[str, torch.Tensor] = {}
     inflated: list[str] = []

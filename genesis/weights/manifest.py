@@ -14,6 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+from urllib.parse import unquote
 
 import yaml
 
@@ -101,6 +102,11 @@ class WeightsEntry:
 _FIELDS = set(WeightsEntry.__dataclass_fields__) - {"origin"}
 
 
+def _safe_filename(name: str) -> bool:
+    """A single path component that stays inside the cache folder."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0") and ".." not in name
+
+
 def entry_from_dict(data: Mapping[str, Any], origin: str | Path | None = None) -> WeightsEntry:
     """Validate a manifest mapping and build a :class:`WeightsEntry`.
 
@@ -137,6 +143,14 @@ def entry_from_dict(data: Mapping[str, Any], origin: str | Path | None = None) -
     fmt = values.get("format", "state-dict")
     if fmt not in FORMATS:
         raise ConfigError(f"{name}: unknown format {fmt!r}; known: {', '.join(FORMATS)}", where)
+    filename = values.get("filename")
+    if filename is not None and (not isinstance(filename, str) or not _safe_filename(filename)):
+        raise ConfigError(f"{name}: filename {filename!r} must be a plain file name (no '/', '\\' or '..')", where)
+    if not filename and urls:
+        derived = urls[0].split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+        if derived and not _safe_filename(unquote(derived)):
+            raise ConfigError(f"{name}: the file name {derived!r} taken from its URL is not a plain file name; "
+                              "set 'filename'", where)
     if values.get("size") is not None and (not isinstance(values["size"], int) or values["size"] <= 0):
         raise ConfigError(f"{name}: size must be a positive number of bytes", where)
     if not values.get("example") and not urls:
@@ -228,6 +242,9 @@ class WeightsSettings:
     progress: bool = True
     timeout: float = 60.0
     retries: int = 3
+    #: Overall limit in seconds for one file, all retries included (``--timeout``): a server that
+    #: trickles bytes or stalls never holds a run for longer.
+    deadline: float = 1800.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "WeightsSettings":
