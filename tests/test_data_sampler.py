@@ -93,3 +93,56 @@ def test_real_copd_volume_gives_lung_cubes(real_data) -> None:
     fractions = (cubes > MODELS_GENESIS_THRESHOLD).mean(axis=(1, 2, 3))
     assert cubes.shape == (8, 16, 24, 24) and np.all(fractions <= 0.3)
     assert len({c.tobytes() for c in cubes}) > 1
+
+
+def _reference_score(volume: np.ndarray, start, crop, threshold: float, len_depth: int = 3) -> float:
+    """The reference's d_img sum for one candidate, with its loops (infinite_generator_3D.py)."""
+    z, y, x = start
+    d, h, w = crop
+    window = volume[z : z + d + len_depth, y : y + h, x : x + w]
+    d_img = np.zeros((d, h, w))
+    for dd in range(d):
+        for i in range(h):
+            for j in range(w):
+                for k in range(len_depth):
+                    if dd + k < window.shape[0] and window[dd + k, i, j] >= threshold:
+                        d_img[dd, i, j] = k
+                        break
+                    if k == len_depth - 1:
+                        d_img[dd, i, j] = k
+    return float(np.sum(1.0 - d_img / (len_depth - 1)))
+
+
+def test_reference_acceptance_measure_is_reproduced() -> None:
+    rng = np.random.default_rng(3)
+    volume = (rng.random((14, 12, 12)) > 0.9).astype(np.float32) * 0.6 + 0.1  # lung with tissue specks
+    volume[:, :, 8:] = 0.8  # and a wall of tissue
+    cfg = SamplerConfig(crop=(4, 5, 6), reject_threshold=MODELS_GENESIS_THRESHOLD, max_fraction_above=0.3, len_depth=3)
+    sampler = SubVolumeSampler(cfg)
+    ranges, score = sampler.scores(volume)
+    for _ in range(25):
+        start = [int(rng.integers(lo, hi + 1)) for lo, hi in ranges]
+        index = tuple(s - lo for s, (lo, _) in zip(start, ranges))
+        assert score[index] / 2 == pytest.approx(_reference_score(volume, start, cfg.crop, cfg.reject_threshold))
+    acc = sampler.acceptance(volume, "v")
+    assert 0 < acc.rate < 1
+    cubes = sampler.sample(volume, 12, np.random.default_rng(0), name="v")
+    again = sampler.sample(volume, 12, np.random.default_rng(0), name="v")
+    np.testing.assert_array_equal(cubes, again)  # a pure function of the generator state
+    for cube in cubes:  # every cube passes the reference rule (look-ahead inside the volume)
+        where = [(z, y, x) for z in range(ranges[0][0], ranges[0][1] + 1) for y in range(ranges[1][0], ranges[1][1] + 1)
+                 for x in range(ranges[2][0], ranges[2][1] + 1)
+                 if np.array_equal(volume[z : z + 4, y : y + 5, x : x + 6], cube)]
+        assert any(_reference_score(volume, s, cfg.crop, cfg.reject_threshold) <= 0.3 * cube.size + 1e-9 for s in where)
+
+
+def test_no_acceptable_cube_warns_and_nan_is_a_clear_error() -> None:
+    volume = np.full((12, 16, 16), 0.9, np.float32)  # all tissue
+    sampler = SubVolumeSampler(SamplerConfig.models_genesis(crop=(4, 8, 8)))
+    with pytest.warns(GenesisWarning, match="no cube position passes"):
+        cubes = sampler.sample(volume, 2, np.random.default_rng(0), name="solid.nii.gz")
+    assert cubes.shape == (2, 4, 8, 8) and sampler.acceptance(volume, "solid.nii.gz").rate == 0.0
+    volume[6, 8, 8] = np.nan
+    for cfg in (SamplerConfig.models_genesis(crop=(4, 8, 8)), SamplerConfig(crop=(12, 16, 16))):
+        with pytest.raises(VolumeReadError, match="nan.nii.gz: NaN"):
+            SubVolumeSampler(cfg).sample(volume, 1, np.random.default_rng(0), name="nan.nii.gz")

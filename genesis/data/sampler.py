@@ -11,12 +11,25 @@ still fits" would pin every cube to the centre of a volume only slightly too sma
 
 Volumes smaller than the crop are padded with ``pad_value`` (0 = air after windowing) and a
 :class:`GenesisWarning`, or rejected with :class:`VolumeReadError` when ``pad_small=False``.
-After ``max_tries`` rejected candidates the one with the lowest fraction above threshold is used.
+
+The acceptance measure is the reference's (``infinite_generator_3D.py``): every voxel of the cube
+looks ahead ``len_depth`` (3) slices along z for the first voxel at or above the threshold; found
+at look-ahead k it scores ``1 - k / (len_depth - 1)`` (1, 0.5, 0), not found it scores 0. This is
+the reference's ``d_img``; a cube is kept when the sum of the scores is at most
+``max_fraction_above`` times its voxel count. ``len_depth=1`` is the plain fraction of voxels at or
+above the threshold. The reference draws candidates until one passes (50 per wanted cube in all)
+and returns fewer cubes, or none, for volumes where few pass. Here the score of *every* start
+position is computed once per volume with running box sums (a separable summed-area table: three
+cumulative sums), so each cube is drawn uniformly among the accepted positions, which is the
+distribution rejection sampling converges to, at the cost of one lookup. A volume where no
+position passes gets a :class:`GenesisWarning` and falls back to the best of ``max_tries``
+uniform candidates.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,7 +50,8 @@ class SamplerConfig:
         reject_threshold: intensity threshold in [0, 1] of the rejection rule (None: no rejection).
         max_fraction_above: keep a cube only if the fraction of voxels above ``reject_threshold``
             is at most this (None: no rejection).
-        max_tries: candidates drawn per cube before falling back to the best one.
+        max_tries: in a volume where no position passes, uniform candidates of which the best is kept.
+        len_depth: look-ahead of the acceptance score in slices (reference: 3; 1 = plain fraction).
         pad_small: pad volumes smaller than the crop (with a warning) instead of raising.
         pad_value: value used for padding (0 is air after the HU window).
     """
@@ -47,6 +61,7 @@ class SamplerConfig:
     reject_threshold: float | None = None
     max_fraction_above: float | None = None
     max_tries: int = 50
+    len_depth: int = 1
     pad_small: bool = True
     pad_value: float = 0.0
 
@@ -59,6 +74,8 @@ class SamplerConfig:
             raise ConfigError(f"sampler margin must be 3 non-negative sizes (z, y, x), got {self.margin}")
         if self.max_tries < 1:
             raise ConfigError(f"sampler max_tries must be >= 1, got {self.max_tries}")
+        if self.len_depth < 1:
+            raise ConfigError(f"sampler len_depth must be >= 1, got {self.len_depth}")
 
     @property
     def rejects(self) -> bool:
@@ -66,23 +83,100 @@ class SamplerConfig:
 
     @classmethod
     def models_genesis(cls, crop: tuple[int, int, int] = (32, 64, 64), **changes) -> "SamplerConfig":
-        """The reference cropper: margins (30, 100, 100), threshold 0.425, max fraction 0.15."""
+        """The reference cropper: margins (30, 100, 100), threshold 0.425, score limit 0.15, look-ahead 3."""
         params = dict(
             crop=crop,
             margin=(30, 100, 100),
             reject_threshold=MODELS_GENESIS_THRESHOLD,
             max_fraction_above=0.15,
             max_tries=50,
+            len_depth=3,
         )
         params.update(changes)
         return cls(**params)
 
 
-class SubVolumeSampler:
-    """Draw cubes from a volume; all randomness comes from the generator passed to :meth:`sample`."""
+@dataclass
+class Acceptance:
+    """Which cube start positions of one volume pass the rule.
 
-    def __init__(self, cfg: SamplerConfig | None = None) -> None:
+    Attributes:
+        low: (z, y, x) start position of ``accept[0, 0, 0]``.
+        accept: bool map over the start positions (None when nothing passes).
+        score: the score map, kept only when nothing passes (for the best-of fallback).
+        n_accepted: accepted positions.
+        n_positions: all start positions.
+    """
+
+    low: np.ndarray
+    accept: np.ndarray | None
+    score: np.ndarray | None
+    n_accepted: int
+    n_positions: int
+    _cumulative: np.ndarray | None = None  # accepted positions up to and including each z plane
+
+    @property
+    def rate(self) -> float:
+        return self.n_accepted / max(self.n_positions, 1)
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
+        """A start position drawn uniformly among the accepted ones."""
+        assert self.accept is not None and self._cumulative is not None
+        u = int(rng.integers(self.n_accepted))
+        plane = int(np.searchsorted(self._cumulative, u, side="right"))
+        before = int(self._cumulative[plane - 1]) if plane else 0
+        flat = int(np.flatnonzero(self.accept[plane])[u - before])
+        y, x = divmod(flat, self.accept.shape[2])
+        return int(self.low[0] + plane), int(self.low[1] + y), int(self.low[2] + x)
+
+
+def _box_sums(array: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Sums of every window of ``size`` along ``axis`` (one cumulative sum, one difference)."""
+    cumulative = np.cumsum(array, axis=axis, dtype=np.int32)
+    zero = np.zeros_like(np.take(cumulative, [0], axis=axis))
+    cumulative = np.concatenate([zero, cumulative], axis=axis)
+    n = cumulative.shape[axis]
+    return np.take(cumulative, range(size, n), axis=axis) - np.take(cumulative, range(0, n - size), axis=axis)
+
+
+def lookahead_scores(region: np.ndarray, threshold: float, len_depth: int) -> np.ndarray:
+    """Per-voxel reference score times ``len_depth - 1`` (integers; 1/0 when ``len_depth == 1``).
+
+    Voxel (z, y, x) scores ``len_depth - 1 - k`` for the first k < ``len_depth`` with
+    ``region[z + k, y, x] >= threshold`` (beyond the region counts as below), else 0.
+    """
+    above = region >= threshold
+    if len_depth == 1:
+        return above.astype(np.uint8)
+    scores = np.zeros(region.shape, np.uint8)
+    unresolved = np.ones(region.shape, bool)
+    for k in range(len_depth - 1):  # k = len_depth - 1 scores 0 anyway
+        ahead = np.zeros_like(above)
+        ahead[: region.shape[0] - k] = above[k:]
+        hit = unresolved & ahead
+        scores[hit] = len_depth - 1 - k
+        unresolved &= ~ahead
+    return scores
+
+
+class SubVolumeSampler:
+    """Draw cubes from a volume; all randomness comes from the generator passed to :meth:`sample`.
+
+    The acceptance map of a volume is computed once and kept (up to ``cache_volumes`` volumes,
+    keyed by the volume's name and shape); it is a pure function of the volume, so results do
+    not depend on what is cached.
+    """
+
+    def __init__(self, cfg: SamplerConfig | None = None, cache_volumes: int = 32) -> None:
         self.cfg = cfg or SamplerConfig()
+        self.cache_volumes = cache_volumes
+        self._cache: OrderedDict[tuple, Acceptance] = OrderedDict()
+        self._warned: set[str] = set()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_cache"] = OrderedDict()  # spawned workers rebuild what they need
+        return state
 
     def _padded(self, volume: np.ndarray, name: str | None = None) -> np.ndarray:
         crop = self.cfg.crop
@@ -100,15 +194,79 @@ class SubVolumeSampler:
         pads = [(s // 2, s - s // 2) for s in short]
         return np.pad(volume, pads, constant_values=self.cfg.pad_value)
 
-    def start_ranges(self, shape: tuple[int, ...]) -> np.ndarray:
-        """(3, 2) array of inclusive [low, high] start indices per axis after clipping margins."""
+    def start_ranges(self, shape: tuple[int, ...], lookahead: int = 0) -> np.ndarray:
+        """(3, 2) array of inclusive [low, high] start indices per axis after clipping margins.
+
+        ``lookahead`` extra slices are kept free below the cube in z when the volume has room
+        (the reference's ``len_depth``).
+        """
         ranges = []
-        for size, c, m in zip(shape, self.cfg.crop, self.cfg.margin):
+        for axis, (size, c, m) in enumerate(zip(shape, self.cfg.crop, self.cfg.margin)):
             free = size - c
+            if axis == 0 and lookahead and free - lookahead >= 0:
+                free -= lookahead
             if 2 * m > free:  # no room for the margin: keep the central half (see module docstring)
                 m = max(0, free // 4)
             ranges.append((m, free - m))
         return np.asarray(ranges, dtype=np.int64)
+
+    def acceptance(self, volume01: np.ndarray, name: str | None = None) -> Acceptance:
+        """The acceptance map of a volume (cached by name and shape when ``name`` is given).
+
+        Raises:
+            VolumeReadError: the volume holds NaN or infinite values.
+        """
+        volume = self._padded(volume01, name)
+        key = (name, volume.shape) if name is not None else None
+        if key is not None and key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        acc = self._compute_acceptance(volume, name)
+        if key is not None:
+            self._cache[key] = acc
+            while len(self._cache) > self.cache_volumes:
+                self._cache.popitem(last=False)
+        return acc
+
+    def scores(self, volume: np.ndarray, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Reference score (sum of ``d_img``) times ``len_depth - 1`` of every start position.
+
+        Returns:
+            (ranges (3, 2) of the start positions, int32 score map over them).
+        Raises:
+            VolumeReadError: NaN or infinite values where cubes can lie.
+        """
+        cfg = self.cfg
+        d, h, w = cfg.crop
+        lookahead = cfg.len_depth - 1
+        ranges = self.start_ranges(volume.shape, lookahead)
+        (z0, z1), (y0, y1), (x0, x1) = ranges
+        region = np.asarray(volume[z0 : z1 + d + lookahead, y0 : y1 + h, x0 : x1 + w])
+        _check_finite(region, name)
+        nz, ny, nx = z1 - z0 + 1, y1 - y0 + 1, x1 - x0 + 1
+        score = lookahead_scores(region, float(cfg.reject_threshold), cfg.len_depth)
+        score = _box_sums(score, d, 0)[:nz]
+        score = _box_sums(score, h, 1)[:, :ny]
+        return ranges, _box_sums(score, w, 2)[:, :, :nx]
+
+    def _compute_acceptance(self, volume: np.ndarray, name: str | None) -> Acceptance:
+        cfg = self.cfg
+        d, h, w = cfg.crop
+        ranges, score = self.scores(volume, name)
+        scale = max(cfg.len_depth - 1, 1)
+        accept = score <= cfg.max_fraction_above * d * h * w * scale + 1e-6
+        per_plane = np.count_nonzero(accept, axis=(1, 2))
+        n_accepted = int(per_plane.sum())
+        if n_accepted == 0:
+            label = name or "a volume"
+            if label not in self._warned:
+                self._warned.add(label)
+                warnings.warn(
+                    f"{label}: no cube position passes the Models Genesis rule (tissue score <= "
+                    f"{cfg.max_fraction_above:g}); using the best of {cfg.max_tries} random positions for its cubes",
+                    GenesisWarning, stacklevel=4)
+            return Acceptance(ranges[:, 0].copy(), None, score, 0, int(accept.size))
+        return Acceptance(ranges[:, 0].copy(), accept, None, n_accepted, int(accept.size), np.cumsum(per_plane))
 
     def sample(self, volume01: np.ndarray, n: int, rng: np.random.Generator, name: str | None = None) -> np.ndarray:
         """Draw ``n`` cubes.
@@ -117,33 +275,40 @@ class SubVolumeSampler:
             volume01: normalised volume (z, y, x) in [0, 1] (a memory map is fine).
             n: number of cubes.
             rng: numpy Generator; the same generator state gives the same cubes.
-            name: the volume's file or name, for warnings and errors.
+            name: the volume's file or name, for warnings and errors (and the acceptance cache).
         Returns:
             float32 array (n, D, H, W).
         Raises:
-            VolumeReadError: the volume is not 3D, or smaller than the crop and ``pad_small`` is off.
+            VolumeReadError: the volume is not 3D, holds NaN/inf, or is smaller than the crop and
+                ``pad_small`` is off.
         """
         if volume01.ndim != 3:
             raise VolumeReadError(f"sampler needs a 3D (z, y, x) volume, got shape {volume01.shape}")
         volume = self._padded(volume01, name)
         d, h, w = self.cfg.crop
-        ranges = self.start_ranges(volume.shape)
         out = np.empty((n, d, h, w), dtype=np.float32)
-        tries = self.cfg.max_tries if self.cfg.rejects else 1
+        if not self.cfg.rejects:
+            ranges = self.start_ranges(volume.shape)
+            for i in range(n):
+                z, y, x = rng.integers(ranges[:, 0], ranges[:, 1] + 1, size=(1, 3))[0]
+                out[i] = volume[z : z + d, y : y + h, x : x + w]
+                _check_finite(out[i], name)
+            return out
+        acc = self.acceptance(volume01, name)
         for i in range(n):
-            # One vectorised draw of all candidates; they are tested in order until one passes.
-            starts = rng.integers(ranges[:, 0], ranges[:, 1] + 1, size=(tries, 3))
-            best, best_frac = starts[0], np.inf
-            for z, y, x in starts:
-                if not self.cfg.rejects:
-                    best = (z, y, x)
-                    break
-                cube = volume[z : z + d, y : y + h, x : x + w]
-                frac = np.count_nonzero(cube > self.cfg.reject_threshold) / cube.size
-                if frac < best_frac:
-                    best, best_frac = (z, y, x), frac
-                if frac <= self.cfg.max_fraction_above:
-                    break
-            z, y, x = best
+            if acc.accept is not None:
+                z, y, x = acc.draw(rng)
+            else:  # nothing passes: best of max_tries uniform candidates, as the fallback
+                assert acc.score is not None
+                shape = np.asarray(acc.score.shape)
+                picks = rng.integers(0, shape, size=(self.cfg.max_tries, 3))
+                best = picks[int(np.argmin(acc.score[picks[:, 0], picks[:, 1], picks[:, 2]]))]
+                z, y, x = (int(v) for v in acc.low + best)
             out[i] = volume[z : z + d, y : y + h, x : x + w]
         return out
+
+
+def _check_finite(array: np.ndarray, name: str | None) -> None:
+    if not np.isfinite(array).all():
+        what = f"{name}: " if name else ""
+        raise VolumeReadError(f"{what}NaN or infinite values in the preprocessed volume (a damaged file or cache?)")

@@ -429,6 +429,7 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     # non-persistent per-epoch workers do not re-read or re-generate them every epoch.
     for i in range(min(len(train_src), train_ds.lru_volumes)):
         train_ds.volume(i)
+    sampler_report = report_acceptance(train_ds, train_src, dist.is_main)
     val_cubes = load_val_cubes(val_src, cfg, n_val) if dist.is_main else torch.empty(0)
     synthetic = bool(getattr(source, "is_synthetic", False))
 
@@ -451,6 +452,7 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
         "model_kwargs": config_to_dict(model_kwargs),
         "synthetic": synthetic,
         "config": config_to_dict(cfg),
+        "sampler_acceptance": sampler_report,
     }
     model = build_model(model_name, model_kwargs, cfg.seed)
     monitor_key = "val_loss" if kind == "classification" else "val_mse"
@@ -484,6 +486,30 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
             save_checkpoint(ckpt, dst)
         write_csv_log(history, out / "log.csv", columns=("stage",) + _log_columns())
     return PretrainResult(out, best, last, history, synthetic)
+
+
+def report_acceptance(train_ds: Any, train_src: Any, verbose: bool) -> dict[str, Any]:
+    """Acceptance rate of the Models Genesis cube rule on the preloaded training volumes.
+
+    Computing it here, in the main process, also fills the sampler's per-volume acceptance maps
+    that forked DataLoader workers inherit. Printed to the run log (stderr) and stored in the
+    checkpoints; empty when the sampler does not reject.
+    """
+    sampler = train_ds.sampler
+    if not sampler.cfg.rejects:
+        return {}
+    n = min(len(train_src), train_ds.lru_volumes)
+    rates = [sampler.acceptance(train_ds.volume(i), train_src.name(i)).rate for i in range(n)]
+    report = {"volumes": n, "mean": float(np.mean(rates)), "min": float(min(rates)), "max": float(max(rates)),
+              "without_acceptable_cube": int(sum(r == 0 for r in rates))}
+    if verbose:
+        import sys
+
+        none = report["without_acceptable_cube"]
+        tail = f"; {none} volume(s) without an acceptable cube (best of random positions used)" if none else ""
+        print(f"sampler: the Models Genesis rule accepts {report['mean']:.1%} of cube positions on average "
+              f"(min {report['min']:.1%}, max {report['max']:.1%}, {n} training volumes){tail}", file=sys.stderr)
+    return report
 
 
 def _log_columns() -> tuple[str, ...]:
