@@ -6,15 +6,47 @@ half), and report the voxels whose value changed (computed when first read). Eac
 has ``transform_(batch, generator, rows)``, which transforms the samples ``rows`` in place with
 the same draws as ``transform(batch[rows], generator)``: the combined scheme chains them on one
 working copy without sub-batch round trips.
+
+2D batches (B, C, H, W) (Genesis 2D, Zhou et al. 2021, on axial slices) are transformed as a
+depth-1 view (B, C, 1, H, W) of the same memory (:func:`as_volume`), which is exactly the 2D
+transform: every per-axis law of the 3D transforms degenerates to "the whole axis" on a
+depth of one (windows and boxes of depth 1 at depth 0, no shuffling along depth); only the
+flips of the combined scheme need their own 2D draw (over H and W, see ``combined``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from proxy_tasks.base import ProxyPair, check_batch
+
+
+def as_volume(batch: torch.Tensor) -> torch.Tensor:
+    """A 2D batch (B, C, H, W) as its depth-1 view (B, C, 1, H, W) (same memory); 3D batches as they are."""
+    return batch.unsqueeze(2) if batch.dim() == 4 else batch
+
+
+_F = TypeVar("_F", bound=Callable[..., torch.Tensor])
+
+
+def dimension_agnostic(method: _F) -> _F:
+    """Let a ``transform``/``transform_`` method written for (B, C, D, H, W) take (B, C, H, W) too.
+
+    The 2D batch is passed as its depth-1 view, so in-place writes land in the caller's tensor,
+    and the result is returned with the caller's rank.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, batch: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if batch.dim() != 4:
+            return method(self, batch, *args, **kwargs)
+        return method(self, batch.unsqueeze(2), *args, **kwargs).squeeze(2)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def check_prob(value: float, name: str, task: str) -> float:
@@ -111,8 +143,8 @@ def run_with_prob(
     generator: torch.Generator | None,
     transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor],
 ) -> ProxyPair:
-    """Shared ``__call__`` of the single transforms: validate, draw who is transformed, transform them."""
-    check_batch(batch, task, spatial_dims=3)
+    """Shared ``__call__`` of the single transforms: validate (2D or 3D), draw who is transformed, transform them."""
+    check_batch(batch, task)
     chosen = bernoulli(batch.shape[0], prob, generator, batch.device)
     out = apply_to_chosen(batch, chosen, lambda sub: transform(sub, generator))
     return restoration_pair(out, batch)

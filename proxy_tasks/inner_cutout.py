@@ -16,6 +16,7 @@ from proxy_tasks._boxes import box_slices, chained_counts, sample_boxes, union_o
 from proxy_tasks._genesis_common import (
     Workspace,
     check_prob,
+    dimension_agnostic,
     run_with_prob,
     uniform_noise,
 )
@@ -37,7 +38,7 @@ class InnerCutout(ProxyTask):
 
     kind = "restoration"
     loss_region = "all"
-    spatial_dims = 3
+    spatial_dims = None  # 2D batches are transformed as a depth-1 view (Genesis 2D)
 
     def __init__(
         self,
@@ -79,6 +80,7 @@ class InnerCutout(ProxyTask):
         """(n, *spatial) 0/1 mask: union of the boxes drawn for ``n`` samples (same draws as :meth:`transform`)."""
         return union_of_boxes(*self.draw_boxes(n, spatial, generator, device), spatial, dtype)
 
+    @dimension_agnostic
     def transform_(
         self, batch: torch.Tensor, generator: torch.Generator | None = None, rows: list[int] | None = None
     ) -> torch.Tensor:
@@ -95,8 +97,9 @@ class InnerCutout(ProxyTask):
                 region.copy_(uniform_noise(tuple(region.shape), generator, batch.device, batch.dtype, self._workspace))
         return batch
 
+    @dimension_agnostic
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Apply the cut-out to every sample of ``batch`` (B, C, D, H, W); ``batch`` is not modified."""
+        """Apply the cut-out to every sample of ``batch`` (B, C, D, H, W) or (B, C, H, W); ``batch`` is not modified."""
         return self.transform_(batch.clone(memory_format=torch.contiguous_format), generator)
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:

@@ -44,7 +44,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from proxy_tasks._genesis_common import Workspace, check_prob, run_with_prob
+from proxy_tasks._genesis_common import Workspace, check_prob, dimension_agnostic, run_with_prob
 from proxy_tasks.base import ProxyPair, ProxyTask, register_task
 
 _TABLE_MAX = 7  # largest segment length served by the permutation table (7! = 5040 rows)
@@ -138,7 +138,7 @@ def _draw_lengths(rows: int, n: int, m: int, generator: torch.Generator | None, 
     if cdf.device != torch.device(device):
         cdf, biased = cdf.to(device), biased.to(device)
     u = torch.rand(rows, n + 1, generator=generator, device=device, dtype=torch.float64)
-    lengths = 1 + torch.searchsorted(cdf, u[:, :n].reshape(-1), right=True).view(rows, n)
+    lengths = 1 + torch.searchsorted(cdf, u[:, :n].contiguous().view(-1), right=True).view(rows, n)
     first = 1 + torch.searchsorted(biased, u[:, 0].contiguous(), right=True)
     lengths[:, 0] = first - torch.floor(u[:, n] * first).long()  # 1..first, uniform
     return lengths
@@ -186,7 +186,7 @@ class LocalShuffle(ProxyTask):
 
     kind = "restoration"
     loss_region = "all"
-    spatial_dims = 3
+    spatial_dims = None  # 2D batches are transformed as a depth-1 view (Genesis 2D)
 
     def __init__(
         self,
@@ -213,12 +213,14 @@ class LocalShuffle(ProxyTask):
     def max_sides(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(max(1, d // self.max_side_divisor) for d in spatial)
 
+    @dimension_agnostic
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Shuffle every sample of ``batch`` (B, C, D, H, W); all channels get the same permutation."""
+        """Shuffle every sample of ``batch`` (B, C, D, H, W) or (B, C, H, W); all channels get the same permutation."""
         out = torch.empty_like(batch, memory_format=torch.contiguous_format)
         shuffled, weight = self._shuffle(batch, generator)
         return torch.lerp(batch, shuffled, weight, out=out)
 
+    @dimension_agnostic
     def transform_(
         self, batch: torch.Tensor, generator: torch.Generator | None = None, rows: list[int] | None = None
     ) -> torch.Tensor:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from proxy_tasks._genesis_common import Workspace, check_prob, run_with_prob
+from proxy_tasks._genesis_common import Workspace, check_prob, dimension_agnostic, run_with_prob
 from proxy_tasks.base import ProxyPair, ProxyTask, register_task
 
 
@@ -159,7 +159,7 @@ class NonLinear(ProxyTask):
 
     kind = "restoration"
     loss_region = "all"
-    spatial_dims = 3
+    spatial_dims = None  # 2D batches are transformed as a depth-1 view (Genesis 2D)
 
     def __init__(
         self,
@@ -194,11 +194,13 @@ class NonLinear(ProxyTask):
         lut = bezier_lut(points.to(work), decreasing, self.lut_size, self.curve_points)
         return apply_lut(batch, refine_lut(lut, self.refine, self._workspace), self._workspace)
 
+    @dimension_agnostic
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Apply a freshly drawn curve to every sample of ``batch``."""
         points, decreasing = self.sample_curves(batch.shape[0], generator, batch.device)
         return self.apply(batch, points, decreasing)
 
+    @dimension_agnostic
     def transform_(
         self, batch: torch.Tensor, generator: torch.Generator | None = None, rows: list[int] | None = None
     ) -> torch.Tensor:

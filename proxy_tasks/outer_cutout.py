@@ -14,6 +14,7 @@ from proxy_tasks._boxes import box_slices, chained_counts, sample_boxes, union_o
 from proxy_tasks._genesis_common import (
     Workspace,
     check_prob,
+    dimension_agnostic,
     run_with_prob,
     uniform_noise,
 )
@@ -35,7 +36,7 @@ class OuterCutout(ProxyTask):
 
     kind = "restoration"
     loss_region = "all"
-    spatial_dims = 3
+    spatial_dims = None  # 2D batches are transformed as a depth-1 view (Genesis 2D)
 
     def __init__(
         self,
@@ -80,6 +81,7 @@ class OuterCutout(ProxyTask):
         """(n, *spatial) 0/1 mask: union of the boxes of the original that are kept (same draws as :meth:`transform`)."""
         return union_of_boxes(*self.draw_boxes(n, spatial, generator, device), spatial, dtype)
 
+    @dimension_agnostic
     def transform_(
         self, batch: torch.Tensor, generator: torch.Generator | None = None, rows: list[int] | None = None
     ) -> torch.Tensor:
@@ -100,8 +102,9 @@ class OuterCutout(ProxyTask):
             batch[row] = noise[j]
         return batch
 
+    @dimension_agnostic
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Apply the out-painting to every sample of ``batch`` (B, C, D, H, W); ``batch`` is not modified."""
+        """Apply the out-painting to every sample of ``batch`` (B, C, D, H, W) or (B, C, H, W); ``batch`` is not modified."""
         kept = self.draw_boxes(batch.shape[0], tuple(batch.shape[2:]), generator, batch.device)
         noise = uniform_noise(tuple(batch.shape), generator, batch.device, batch.dtype, self._workspace)
         for i, boxes in enumerate(box_slices(*kept)):
