@@ -186,6 +186,49 @@ def uniform_noise(
     return noise if out is None else out.copy_(noise)
 
 
+def batch_noise(
+    n: int,
+    numel: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    workspace: Workspace | None = None,
+) -> torch.Tensor:
+    """(n, numel) uniform noise (see :func:`uniform_noise`) from one draw per call, not per sample.
+
+    Drawing random numbers dominates the cut-outs on the CPU, so a call draws about 1.5 samples'
+    worth once and sample ``j`` reads it from offset ``r + j s`` (``r``, ``s`` random): within a
+    sample the values are independent uniforms; samples of one call get shifted copies of the same
+    draw (a strided view, no copy). Values are only ever noise fills, never compared across samples.
+    """
+    extra = max(numel // 2, 2 * n)
+    out = workspace.get("noise_bank", (numel + extra,), dtype, device) if workspace is not None else None
+    bank = uniform_noise((numel + extra,), generator, device, dtype, workspace, out=out)
+    u = torch.rand(2, generator=generator, device=device, dtype=torch.float64).tolist()
+    s_max = max(1, (extra // 2) // max(n - 1, 1))
+    r, s = int(u[0] * (extra // 2 + 1)), 1 + int(u[1] * s_max)
+    return bank.as_strided((n, numel), (s, 1), bank.storage_offset() + r)
+
+
+def blend_rows_(
+    batch: torch.Tensor, rows: list[int], other: torch.Tensor, weight: torch.Tensor, keep_where_one: bool
+) -> torch.Tensor:
+    """Per row ``j``: ``batch[rows[j]]`` takes ``other[j]`` where ``weight[j]`` is 0 (``keep_where_one``)
+    or where it is 1 (otherwise), in place; ``weight`` (n, 1 or C, *spatial) holds 0/1.
+
+    ``torch.lerp`` with 0/1 weights is exact and several times faster than a boolean ``where`` on
+    the CPU; it reads and writes each voxel at the same place, so writing into ``batch`` is safe.
+    """
+    for j, row in enumerate(rows):
+        target = batch[row]
+        other_j = other[j].view(target.shape)
+        if keep_where_one:
+            torch.lerp(other_j, target, weight[j], out=target)
+        else:
+            torch.lerp(target, other_j, weight[j], out=target)
+    return batch
+
+
 class Workspace:
     """Reusable scratch tensors of a transform (intermediates that never leave the call).
 
