@@ -49,6 +49,7 @@ from __future__ import annotations
 import itertools
 import math
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -189,18 +190,41 @@ def _column_permutations(
     Each column draws one id ``k`` in ``[0, m!)`` and reads the ``k mod L!``-th permutation of
     every length ``L`` (one draw serves all lengths; a segment only ever uses one of them).
     """
-    lengths = torch.cat([torch.full((length,), length, device=device) for length in range(1, m + 1)])
-    offsets = torch.cat([torch.arange(length, device=device) for length in range(1, m + 1)])
+    lengths, offsets = _length_offset_rows(m, str(device))
     if m <= _TABLE_MAX:
         table, _, perm_start = _perm_table(m, device)
         k = torch.randint(math.factorial(m), (count, 1, width), generator=generator, device=device)
-        entry = perm_start.index_select(0, (k * (m + 1) + lengths[:, None]).view(-1)).view(count, -1, width)
-        return table.index_select(0, (entry + offsets[:, None]).view(-1)).view(count, -1, width)
+        entry = perm_start.index_select(0, (k * (m + 1) + lengths).view(-1)).view(count, -1, width)
+        return table.index_select(0, entry.add_(offsets).view(-1)).view(count, -1, width)
     parts = []  # long segments: sort random keys, one permutation per (table, column, length)
     for length in range(1, m + 1):
         keys = torch.rand(count, width, length, generator=generator, device=device)
         parts.append(torch.argsort(keys, dim=2).transpose(1, 2))
     return torch.cat(parts, dim=1)
+
+
+@lru_cache(maxsize=32)
+def _length_offset_rows(m: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, 1) segment length and offset of each row ``L (L - 1) / 2 + o`` of a column table (constants)."""
+    lengths = torch.cat([torch.full((length,), length) for length in range(1, m + 1)])
+    offsets = torch.cat([torch.arange(length) for length in range(1, m + 1)])
+    return lengths[:, None].to(device), offsets[:, None].to(device)
+
+
+def _column_rows(table: torch.Tensor, w: int):
+    """Rows of ``w`` columns of column tables ``table`` (count, T, 2 w) and the function that maps
+    (pick in ``[0, count * w)``, segment length, offset) to the row to read: table ``pick // w``,
+    from column ``pick % w`` (a random shift that multiplies the variants by ``w``)."""
+    t = table.shape[1]
+    flat = table.reshape(-1)
+    # overlapping rows: row r is flat[r : r + w], so a row can start at any column
+    rows = flat.as_strided((flat.numel() - w + 1, w), (1, 1))
+
+    def first(pick: torch.Tensor, length: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        u, shift = pick // w, pick % w
+        return (u * t + length * (length - 1) // 2 + offset) * (2 * w) + shift
+
+    return rows, first
 
 
 @register_task("local_shuffle")
@@ -240,7 +264,7 @@ class LocalShuffle(ProxyTask):
         self.max_side_divisor = int(max_side_divisor)
         self.pool_size = int(pool_size)
         self.variants = int(variants)
-        self._cover_cache: dict[tuple, list[torch.Tensor]] = {}
+        self._cover_cache: dict[tuple, Any] = {}  # per-shape constants (instance-level: no global state)
         self._workspace = Workspace()
 
     def max_sides(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
@@ -316,14 +340,16 @@ class LocalShuffle(ProxyTask):
         term = ws.get("term", (n * d * h, w), itype, dev)
         # y and z tables are twice as wide as a row; a line reads ``w`` columns from a random
         # shift (one per slab and bar / slab and y), which multiplies the variants by ``w``
-        y_rows, y_first = self._column_rows(variants, w, my, generator, dev, w, itype)
+        # one table of column permutations serves y and z (lines pick independent tables/shifts)
+        table = _column_permutations(variants, 2 * w, max(my, mz if d > 1 else 1), generator, dev).to(itype)
+        y_rows, first = _column_rows(table * w, w)
         line_y = randint(variants * w, (n, d * h)).gather(1, bar).view(n, d, h)
-        line_y = y_first(line_y, ysize_zy, torch.arange(h, device=dev) - ystart_zy)
+        line_y = first(line_y, ysize_zy, self._arange(h, dev) - ystart_zy)
         index.add_(torch.index_select(y_rows, 0, line_y.view(-1), out=term))
         if d > 1:  # slices (2D) have nothing to shuffle along depth
-            z_rows, z_first = self._column_rows(variants, w, mz, generator, dev, h * w, itype)
+            z_rows, first = _column_rows(table * (h * w), w)
             line_z = randint(variants * w, (n, d, h)).gather(1, zstart[:, :, None].expand(n, d, h))
-            line_z = z_first(line_z, zsize[:, :, None], (torch.arange(d, device=dev) - zstart)[:, :, None])
+            line_z = first(line_z, zsize[:, :, None], (self._arange(d, dev) - zstart)[:, :, None])
             index.add_(torch.index_select(z_rows, 0, line_z.view(-1), out=term))
         # flat start of each line's slab and bar (and of its sample in ``batch``)
         rows_t = torch.tensor(rows, device=dev, dtype=torch.int64) * (c * dhw)
@@ -354,24 +380,12 @@ class LocalShuffle(ProxyTask):
         weight = torch.lt(scaled, zy, out=ws.get("weight", (n, 1, d, h, w), batch.dtype, dev))
         return shuffled, weight
 
-    @staticmethod
-    def _column_rows(
-        count: int, w: int, m: int, generator: torch.Generator | None, device: torch.device, scale: int, itype: torch.dtype
-    ):
-        """Rows of ``w`` columns of :func:`_column_permutations` tables (``count`` tables, ``2 w`` wide,
-        entries times ``scale``) and the function that maps (pick in ``[0, count * w)``, segment
-        length, offset) to the row to read: table ``pick // w``, from column ``pick % w``."""
-        table = (_column_permutations(count, 2 * w, m, generator, device) * scale).to(itype)  # (count, T, 2w)
-        t = table.shape[1]
-        flat = table.view(-1)
-        # overlapping rows: row r is flat[r : r + w], so a row can start at any column
-        rows = flat.as_strided((flat.numel() - w + 1, w), (1, 1))
-
-        def first(pick: torch.Tensor, length: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-            u, shift = pick // w, pick % w
-            return (u * t + length * (length - 1) // 2 + offset) * (2 * w) + shift
-
-        return rows, first
+    def _arange(self, k: int, device: torch.device) -> torch.Tensor:
+        """``torch.arange(k)`` on ``device`` (cached: a constant)."""
+        key = ("arange", k, str(device))
+        if key not in self._cover_cache:
+            self._cover_cache[key] = torch.arange(k, device=device)
+        return self._cover_cache[key]
 
     def _axis_cover(self, spatial: tuple[int, int, int], device: torch.device) -> list[torch.Tensor]:
         """Per-axis probability that one reference window covers each position (cached per shape)."""
