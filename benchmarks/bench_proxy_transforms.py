@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -129,6 +130,7 @@ def floor_fn(batch: torch.Tensor) -> Callable[[], object]:
 
 def run(repeats: int, out_dir: Path, skip_reference: bool = False) -> dict:
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     batches = {b: torch.from_numpy(cube_batch(b)) for b in BATCHES}
     # 1. ratio against the reference at batch 6 (the floor runs in the same blocks)
     ratio = {}
@@ -205,6 +207,8 @@ def run(repeats: int, out_dir: Path, skip_reference: bool = False) -> dict:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
         "cpu": ratio,
         "linearity": linearity,
         "gpu": gpu or None,
@@ -214,6 +218,10 @@ def run(repeats: int, out_dir: Path, skip_reference: bool = False) -> dict:
     atomic_write_text(out_dir / "proxy_transforms.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out_dir / "proxy_transforms.md", to_markdown(result))
     return result
+
+
+def _fmt(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.1f}"
 
 
 def to_markdown(result: dict) -> str:
@@ -226,6 +234,13 @@ def to_markdown(result: dict) -> str:
             f"Cubes (1, {', '.join(map(str, result['cube_dhw']))}), {result['threads']} CPU thread, torch "
             f"{result['torch']}, {result['repeats']} repeats; {result['timing']}. Floor: {result['floor']}. "
             "`combined+mask` also reads `pair.mask` (computed on first read; the reference makes no mask)."
+        ),
+        "",
+        (
+            f"Machine: {result['cpu_count']} CPU cores, 1-minute load average {_fmt(result['load_average_1min'][0])} at "
+            f"the start and {_fmt(result['load_average_1min'][1])} at the end of the run; other jobs share the cores and "
+            "their memory bandwidth, and ratios measured here are lower than on a quiet machine (the previous "
+            "version measured 26-29x for `combined` on a quiet machine and 16.8x on a loaded one)."
         ),
         "",
         f"## Against the reference loops (batch {result['batch']})",

@@ -31,7 +31,7 @@ overlapping windows can duplicate or drop values):
 Speed: each source coordinate depends only on the voxel's own coordinates, so the flat source
 index is a sum of three terms, each along an x row a row of a small table (x: pooled partitions
 with ``variants`` permutations; y and z: tables of per-column permutations), and the values move
-in one gather (the cost of a shuffle is one gather, four row copies and four elementwise passes
+in one gather (the cost of a shuffle is one gather, four row copies and five elementwise passes
 of the batch). z and y partitions are drawn per sample and per plane; the x partitions come from
 a pool shared by the batch (``pool_size`` partitions, ``variants`` permutations each), so two
 cells share their x permutation with probability about 1 / (pool_size * variants), and y / z
