@@ -35,7 +35,7 @@ in one gather (the cost of a shuffle is one gather, four row copies and five ele
 of the batch). z and y partitions are drawn per sample and per plane; the x partitions come from
 a pool shared by the batch (``pool_size`` partitions, ``variants`` permutations each), so two
 cells share their x permutation with probability about 1 / (pool_size * variants), and y / z
-column tables are shared likewise (1 in ``variants * w``); the law of every voxel's source is
+column tables are shared likewise (1 in ``variants / 4 * w``); the law of every voxel's source is
 unaffected. Permutations of a segment of length ``L <= 7`` come from a table of all ``m!``
 permutations (indexed by a random integer), so no sort is needed; longer windows (cubes above 79
 voxels a side) fall back to sorting random keys.
@@ -341,14 +341,15 @@ class LocalShuffle(ProxyTask):
         # y and z tables are twice as wide as a row; a line reads ``w`` columns from a random
         # shift (one per slab and bar / slab and y), which multiplies the variants by ``w``
         # one table of column permutations serves y and z (lines pick independent tables/shifts)
-        table = _column_permutations(variants, 2 * w, max(my, mz if d > 1 else 1), generator, dev).to(itype)
+        tables = max(1, variants // 4)  # the random shift already multiplies the variants by ``w``
+        table = _column_permutations(tables, 2 * w, max(my, mz if d > 1 else 1), generator, dev).to(itype)
         y_rows, first = _column_rows(table * w, w)
-        line_y = randint(variants * w, (n, d * h)).gather(1, bar).view(n, d, h)
+        line_y = randint(tables * w, (n, d * h)).gather(1, bar).view(n, d, h)
         line_y = first(line_y, ysize_zy, self._arange(h, dev) - ystart_zy)
         index.add_(torch.index_select(y_rows, 0, line_y.view(-1), out=term))
         if d > 1:  # slices (2D) have nothing to shuffle along depth
             z_rows, first = _column_rows(table * (h * w), w)
-            line_z = randint(variants * w, (n, d, h)).gather(1, zstart[:, :, None].expand(n, d, h))
+            line_z = randint(tables * w, (n, d, h)).gather(1, zstart[:, :, None].expand(n, d, h))
             line_z = first(line_z, zsize[:, :, None], (self._arange(d, dev) - zstart)[:, :, None])
             index.add_(torch.index_select(z_rows, 0, line_z.view(-1), out=term))
         # flat start of each line's slab and bar (and of its sample in ``batch``)
