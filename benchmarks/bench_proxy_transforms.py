@@ -1,13 +1,23 @@
 """Speed of the Models Genesis transforms: ours (batched torch) against the reference loops.
 
-Batches of 6 sub-volumes (1, 32, 64, 64) -- the reference batch size and cube -- on one CPU thread
+Batches of sub-volumes (1, 32, 64, 64) -- the reference cube -- on one CPU thread
 (``torch.set_num_threads(1)``), each transform forced on (``prob=1``) and the combined scheme with
-the reference probabilities. The reference is the numpy port of the published per-sample loops in
-``benchmarks/_reference_genesis.py``, timed in the same run. On a GPU (when there is one) we report
-samples per second. Our pairs compute ``pair.mask`` (changed voxels, which the reference does not
-produce) on first read; ``combined+mask`` times the combined scheme with the mask read as well.
+the reference probabilities. Three measurements, side by side in one run, in process CPU time
+(``time.process_time``: the machine may be busy):
 
-Run: ``python benchmarks/bench_proxy_transforms.py [--repeats 15] [--out benchmarks/results]``.
+1. **ratio**: batch 6 (the reference batch size), ours against the numpy port of the published
+   per-sample loops in ``benchmarks/_reference_genesis.py``, in alternating blocks so that both
+   share the machine's load;
+2. **linearity**: our CPU time per sample at batch 1, 6 and 32 (a fixed per-call cost shows as a
+   higher per-sample cost at batch 1);
+3. **memory floor**: one clone plus one elementwise pass of the same batch (what any transform that
+   returns a new tensor must at least do), at batch 1, 6 and 32.
+
+Our pairs compute ``pair.mask`` (changed voxels, which the reference does not produce) on first
+read; ``combined+mask`` times the combined scheme with the mask read as well. With a GPU, samples
+per second on the device are reported too (batch 6 and 32).
+
+Run: ``python benchmarks/bench_proxy_transforms.py [--repeats 12] [--out benchmarks/results]``.
 Writes ``proxy_transforms.json`` and ``proxy_transforms.md``.
 """
 
@@ -15,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import statistics
@@ -35,58 +46,48 @@ import proxy_tasks
 from genesis.fileio import atomic_write_text
 
 BATCH = 6
+BATCHES = (1, 6, 32)
 SHAPE = (32, 64, 64)
 TRANSFORMS = ("local_shuffle", "nonlinear", "inner_cutout", "outer_cutout", "combined", "combined+mask")
 
 
-def cube_batch(seed: int = 0) -> np.ndarray:
+def cube_batch(batch: int, seed: int = 0) -> np.ndarray:
     """A smooth random batch in [0, 1] (the transforms' cost does not depend on the content)."""
     from scipy.ndimage import gaussian_filter
 
     rng = np.random.default_rng(seed)
-    vol = gaussian_filter(rng.random((BATCH, 1, *SHAPE)), sigma=(0, 0, 2, 2, 2))
+    vol = gaussian_filter(rng.random((batch, 1, *SHAPE)), sigma=(0, 0, 2, 2, 2))
     vol = (vol - vol.min()) / (vol.max() - vol.min())
     return vol.astype(np.float32)
 
 
-def _timed(fn: Callable[[], object], sync: Callable[[], None]) -> tuple[float, float]:
-    w0, c0 = time.perf_counter(), time.thread_time()
-    fn()
-    sync()
-    return time.perf_counter() - w0, time.thread_time() - c0
-
-
-def measure(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None) -> dict[str, float]:
-    """Median and min wall-clock and thread-CPU seconds of ``fn`` over ``repeats`` runs (after one warm-up)."""
-    return measure_pair({"x": fn}, repeats, sync)["x"]
-
-
-def measure_pair(
+def measure_blocks(
     fns: dict[str, Callable[[], object]], repeats: int, sync: Callable[[], None] = lambda: None, rounds: int = 3
 ) -> dict[str, dict[str, float]]:
-    """Time several functions in alternating blocks: ``rounds`` times, each function runs
-    ``repeats // rounds`` times back to back (as in a training loop, so its caches are warm), then
-    the next function. Alternating blocks lets all functions share the machine's changing load, so
-    the medians and minima stay comparable on a busy machine."""
-    for fn in fns.values():
-        fn()
-        sync()
+    """Median and min process-CPU and wall seconds of each function over ``repeats`` runs.
+
+    ``rounds`` times, each function runs a warm-up and then ``repeats // rounds`` times back to
+    back (as in a training loop, so its caches are warm), then the next function: all functions
+    share the machine's changing load, so their medians stay comparable on a busy machine.
+    """
     block = max(1, repeats // rounds)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in fns}
     for _ in range(rounds):
-        for k, fn in fns.items():
-            fn()  # warm-up of the block
+        for key, fn in fns.items():
+            fn()
             sync()
             for _ in range(block):
-                times[k].append(_timed(fn, sync))
+                w0, c0 = time.perf_counter(), time.process_time()
+                fn()
+                sync()
+                times[key].append((time.perf_counter() - w0, time.process_time() - c0))
     out = {}
-    for k, ts in times.items():
+    for key, ts in times.items():
         wall, cpu = [t[0] for t in ts], [t[1] for t in ts]
-        out[k] = {
-            "wall_median_s": statistics.median(wall),
-            "wall_min_s": min(wall),
+        out[key] = {
             "cpu_median_s": statistics.median(cpu),
             "cpu_min_s": min(cpu),
+            "wall_median_s": statistics.median(wall),
         }
     return out
 
@@ -96,8 +97,9 @@ def reference_fn(name: str, batch: np.ndarray, seed: int) -> Callable[[], object
     b64 = batch.astype(np.float64)  # the reference works on float64 cubes
 
     def per_sample(transform: Callable[[np.ndarray], np.ndarray]) -> Callable[[], object]:
-        return lambda: [transform(b64[i].copy()) for i in range(BATCH)]
+        return lambda: [transform(b64[i].copy()) for i in range(len(b64))]
 
+    name = name.removesuffix("+mask")
     if name == "local_shuffle":
         return per_sample(lambda x: ref.local_shuffle(x, rng, nprng, prob=1.0))
     if name == "nonlinear":
@@ -121,52 +123,94 @@ def ours_fn(name: str, batch: torch.Tensor, seed: int) -> Callable[[], object]:
     return lambda: task(batch, generator=gen)
 
 
-def run(repeats: int, out_dir: Path) -> dict:
+def floor_fn(batch: torch.Tensor) -> Callable[[], object]:
+    """The memory floor: one clone and one elementwise pass of the batch."""
+    return lambda: batch.clone().mul_(1.0)
+
+
+def run(repeats: int, out_dir: Path, skip_reference: bool = False) -> dict:
     torch.set_num_threads(1)
-    batch_np = cube_batch()
-    batch = torch.from_numpy(batch_np)
-    rows = {}
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    batches = {b: torch.from_numpy(cube_batch(b)) for b in BATCHES}
+    # 1. ratio against the reference at batch 6 (the floor runs in the same blocks)
+    ratio = {}
     for name in TRANSFORMS:
-        t = measure_pair({"ref": reference_fn(name, batch_np, 1), "ours": ours_fn(name, batch, 1)}, repeats)
-        r, o = t["ref"], t["ours"]
-        rows[name] = {
-            "reference_ms_per_sample": 1e3 * r["cpu_median_s"] / BATCH,
+        fns = {"ours": ours_fn(name, batches[BATCH], 1), "floor": floor_fn(batches[BATCH])}
+        if not skip_reference:
+            fns["ref"] = reference_fn(name, batches[BATCH].numpy(), 1)
+        t = measure_blocks(fns, repeats)
+        o, f = t["ours"], t["floor"]
+        row = {
             "ours_ms_per_sample": 1e3 * o["cpu_median_s"] / BATCH,
-            "speedup": r["cpu_median_s"] / o["cpu_median_s"],
-            "reference_min_ms_per_sample": 1e3 * r["cpu_min_s"] / BATCH,
             "ours_min_ms_per_sample": 1e3 * o["cpu_min_s"] / BATCH,
-            "speedup_min": r["cpu_min_s"] / o["cpu_min_s"],
-            "reference_wall_ms_per_sample": 1e3 * r["wall_median_s"] / BATCH,
-            "ours_wall_ms_per_sample": 1e3 * o["wall_median_s"] / BATCH,
-            "speedup_wall": r["wall_median_s"] / o["wall_median_s"],
+            "floor_ms_per_sample": 1e3 * f["cpu_median_s"] / BATCH,
+            "x_floor": o["cpu_median_s"] / f["cpu_median_s"],
+        }
+        if "ref" in t:
+            r = t["ref"]
+            row.update(
+                reference_ms_per_sample=1e3 * r["cpu_median_s"] / BATCH,
+                speedup=r["cpu_median_s"] / o["cpu_median_s"],
+                speedup_min=r["cpu_min_s"] / o["cpu_min_s"],
+                speedup_wall=r["wall_median_s"] / o["wall_median_s"],
+            )
+        ratio[name] = row
+        print(
+            f"{name:14s} ours {row['ours_ms_per_sample']:6.3f} ms/sample  "
+            + (f"reference {row['reference_ms_per_sample']:8.2f}  speed-up {row['speedup']:6.1f}x  " if "ref" in t else "")
+            + f"floor {row['floor_ms_per_sample']:.3f} ({row['x_floor']:.0f}x floor)",
+            flush=True,
+        )
+    # 2. + 3. per-sample cost at batch 1 / 6 / 32 against the floor, measured side by side
+    linearity = {}
+    for name in TRANSFORMS[:-1]:
+        fns = {}
+        for b in BATCHES:
+            fns[f"ours{b}"] = ours_fn(name, batches[b], 2)
+            fns[f"floor{b}"] = floor_fn(batches[b])
+        t = measure_blocks(fns, max(3, repeats // 2))
+        linearity[name] = {
+            str(b): {
+                "ours_ms_per_sample": 1e3 * t[f"ours{b}"]["cpu_median_s"] / b,
+                "floor_ms_per_sample": 1e3 * t[f"floor{b}"]["cpu_median_s"] / b,
+            }
+            for b in BATCHES
         }
         print(
-            f"{name:14s} reference {rows[name]['reference_ms_per_sample']:8.2f} ms/sample   "
-            f"ours {rows[name]['ours_ms_per_sample']:6.2f} ms/sample   speed-up {rows[name]['speedup']:6.1f}x "
-            f"(best-of-{repeats} {rows[name]['speedup_min']:.1f}x, wall {rows[name]['speedup_wall']:.1f}x)",
+            f"{name:14s} ms/sample at batch " + ", ".join(
+                f"{b}: {linearity[name][str(b)]['ours_ms_per_sample']:.3f} (floor {linearity[name][str(b)]['floor_ms_per_sample']:.3f})"
+                for b in BATCHES
+            ),
             flush=True,
         )
     gpu = {}
     if torch.cuda.is_available():
-        cuda_batch = batch.cuda()
-        for name in TRANSFORMS:
-            g = measure(ours_fn(name, cuda_batch, 1), repeats, sync=torch.cuda.synchronize)
-            gpu[name] = {"samples_per_s": BATCH / g["wall_median_s"], "ms_per_batch": 1e3 * g["wall_median_s"]}
-            print(f"{name:14s} GPU {gpu[name]['samples_per_s']:10.0f} samples/s", flush=True)
+        for b in (6, 32):
+            cuda_batch = batches[b].cuda()
+            for name in TRANSFORMS:
+                g = measure_blocks({"x": ours_fn(name, cuda_batch, 1)}, repeats, sync=torch.cuda.synchronize)["x"]
+                gpu[f"{name}@{b}"] = {"samples_per_s": b / g["wall_median_s"], "ms_per_batch": 1e3 * g["wall_median_s"]}
+                print(f"{name:14s} GPU batch {b}: {gpu[f'{name}@{b}']['samples_per_s']:10.0f} samples/s", flush=True)
     result = {
         "benchmark": "Models Genesis transforms, batched torch vs reference loops",
+        "command": "python benchmarks/bench_proxy_transforms.py --repeats " + str(repeats)
+        + (" --skip-reference" if skip_reference else ""),
         "batch": BATCH,
+        "batches": list(BATCHES),
         "cube_dhw": list(SHAPE),
         "threads": torch.get_num_threads(),
-        "timing": "thread CPU time (time.thread_time) per batch / batch size; reference and ours run in "
-        "alternating blocks (3 rounds, each a warm-up plus repeats/3 back-to-back runs); median (and best) "
-        "of the repeats; wall-clock also given",
+        "timing": "process CPU time (time.process_time) per batch / batch size, median of the repeats; "
+        "functions compared run in alternating blocks (3 rounds, each a warm-up plus repeats/3 runs)",
+        "floor": "one clone + one elementwise pass (x.clone().mul_(1.0)) of the same batch",
         "repeats": repeats,
         "torch": torch.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(),
-        "cpu": rows,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": [load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None],
+        "cpu": ratio,
+        "linearity": linearity,
         "gpu": gpu or None,
         "gpu_device": torch.cuda.get_device_name(0) if gpu else None,
     }
@@ -176,29 +220,58 @@ def run(repeats: int, out_dir: Path) -> dict:
     return result
 
 
+def _fmt(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.1f}"
+
+
 def to_markdown(result: dict) -> str:
     lines = [
         "# Models Genesis transforms: batched torch vs reference loops",
         "",
+        f"Command: `{result['command']}`",
+        "",
         (
-            f"Batch {result['batch']} x (1, {', '.join(map(str, result['cube_dhw']))}), {result['threads']} CPU thread, "
-            f"torch {result['torch']}, {result['repeats']} repeats; {result['timing']}."
-        ),
-        (
-            f"Command: `python benchmarks/bench_proxy_transforms.py --repeats {result['repeats']}`. "
+            f"Cubes (1, {', '.join(map(str, result['cube_dhw']))}), {result['threads']} CPU thread, torch "
+            f"{result['torch']}, {result['repeats']} repeats; {result['timing']}. Floor: {result['floor']}. "
             "`combined+mask` also reads `pair.mask` (computed on first read; the reference makes no mask)."
         ),
         "",
-        "| transform | reference ms/sample | ours ms/sample | speed-up (median CPU) | speed-up (best CPU) | speed-up (median wall) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        (
+            f"Machine: {result['cpu_count']} CPU cores, 1-minute load average {_fmt(result['load_average_1min'][0])} at "
+            f"the start and {_fmt(result['load_average_1min'][1])} at the end of the run; other jobs share the cores and "
+            "their memory bandwidth, and ratios measured here are lower than on a quiet machine (the previous "
+            "version measured 26-29x for `combined` on a quiet machine and 16.8x on a loaded one)."
+        ),
+        "",
+        f"## Against the reference loops (batch {result['batch']})",
+        "",
+        "| transform | reference ms/sample | ours ms/sample | speed-up (median CPU) | speed-up (best CPU) | speed-up (median wall) | floor ms/sample | ours / floor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, row in result["cpu"].items():
-        lines.append(
-            f"| {name} | {row['reference_ms_per_sample']:.2f} | {row['ours_ms_per_sample']:.2f} | "
-            f"{row['speedup']:.1f}x | {row['speedup_min']:.1f}x | {row['speedup_wall']:.1f}x |"
-        )
+        if "speedup" in row:
+            lines.append(
+                f"| {name} | {row['reference_ms_per_sample']:.2f} | {row['ours_ms_per_sample']:.3f} | "
+                f"{row['speedup']:.1f}x | {row['speedup_min']:.1f}x | {row['speedup_wall']:.1f}x | "
+                f"{row['floor_ms_per_sample']:.3f} | {row['x_floor']:.0f}x |"
+            )
+        else:
+            lines.append(
+                f"| {name} | - | {row['ours_ms_per_sample']:.3f} | - | - | - | {row['floor_ms_per_sample']:.3f} | {row['x_floor']:.0f}x |"
+            )
+    batches = result["batches"]
+    lines += [
+        "",
+        "## Per-sample cost against the batch size (ms/sample; floor in brackets)",
+        "",
+        "| transform | " + " | ".join(f"batch {b}" for b in batches) + " |",
+        "| --- | " + " | ".join("---:" for _ in batches) + " |",
+    ]
+    for name, row in result["linearity"].items():
+        cells = [f"{row[str(b)]['ours_ms_per_sample']:.3f} ({row[str(b)]['floor_ms_per_sample']:.3f})" for b in batches]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if result["gpu"]:
-        lines += ["", f"GPU ({result['gpu_device']}):", "", "| transform | samples/s |", "| --- | ---: |"]
+        lines += ["", f"GPU ({result['gpu_device']}):", "", "| transform@batch | samples/s |", "| --- | ---: |"]
         lines += [f"| {k} | {v['samples_per_s']:.0f} |" for k, v in result["gpu"].items()]
     else:
         lines += ["", "GPU: not available on the machine that ran this benchmark."]
@@ -207,10 +280,11 @@ def to_markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=12)
+    parser.add_argument("--skip-reference", action="store_true", help="only our transforms and the floor (fast)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
-    run(args.repeats, args.out)
+    run(args.repeats, args.out, args.skip_reference)
     return 0
 
 

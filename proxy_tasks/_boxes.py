@@ -73,11 +73,13 @@ def union_of_boxes(
     active: torch.Tensor,
     spatial: Sequence[int],
     dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(n, *spatial) union of the active boxes as a 0/1 float mask.
 
     Args:
         start, size: (n, k, ndim) boxes; ``active``: (n, k) bool, which boxes count.
+        out: optional contiguous (n, *spatial) tensor of ``dtype`` to write the mask into.
 
     A box is the outer product of per-axis interval indicators, so the number of boxes covering
     each voxel is one batched matrix product over the box axis; the union is that count clipped
@@ -86,7 +88,7 @@ def union_of_boxes(
     """
     n, k = active.shape
     if k == 0:
-        return torch.zeros((n, *spatial), dtype=dtype, device=active.device)
+        return torch.zeros((n, *spatial), dtype=dtype, device=active.device) if out is None else out.zero_()
     ind = []
     for axis, dim in enumerate(spatial):
         coords = torch.arange(dim, device=active.device)
@@ -94,10 +96,11 @@ def union_of_boxes(
         ind.append(((coords >= first) & (coords < stop)).to(dtype))  # (n, k, dim)
     ind[0] = ind[0] * active.to(dtype)[..., None]
     if len(spatial) == 2:
-        count = torch.bmm(ind[0].transpose(1, 2), ind[1])
+        left, right = ind[0], ind[1]
     else:
-        outer = (ind[0][:, :, :, None] * ind[1][:, :, None, :]).reshape(n, k, -1)  # (n, k, D*H)
-        count = torch.bmm(outer.transpose(1, 2), ind[2])  # (n, D*H, W)
+        left = (ind[0][:, :, :, None] * ind[1][:, :, None, :]).reshape(n, k, -1)  # (n, k, D*H)
+        right = ind[2]
+    count = torch.bmm(left.transpose(1, 2), right, out=None if out is None else out.view(n, -1, spatial[-1]))
     return count.clamp_(max=1.0).view(n, *spatial)
 
 

@@ -6,15 +6,47 @@ half), and report the voxels whose value changed (computed when first read). Eac
 has ``transform_(batch, generator, rows)``, which transforms the samples ``rows`` in place with
 the same draws as ``transform(batch[rows], generator)``: the combined scheme chains them on one
 working copy without sub-batch round trips.
+
+2D batches (B, C, H, W) (Genesis 2D, Zhou et al. 2021, on axial slices) are transformed as a
+depth-1 view (B, C, 1, H, W) of the same memory (:func:`as_volume`), which is exactly the 2D
+transform: every per-axis law of the 3D transforms degenerates to "the whole axis" on a
+depth of one (windows and boxes of depth 1 at depth 0, no shuffling along depth); only the
+flips of the combined scheme need their own 2D draw (over H and W, see ``combined``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
 from proxy_tasks.base import ProxyPair, check_batch
+
+
+def as_volume(batch: torch.Tensor) -> torch.Tensor:
+    """A 2D batch (B, C, H, W) as its depth-1 view (B, C, 1, H, W) (same memory); 3D batches as they are."""
+    return batch.unsqueeze(2) if batch.dim() == 4 else batch
+
+
+_F = TypeVar("_F", bound=Callable[..., torch.Tensor])
+
+
+def dimension_agnostic(method: _F) -> _F:
+    """Let a ``transform``/``transform_`` method written for (B, C, D, H, W) take (B, C, H, W) too.
+
+    The 2D batch is passed as its depth-1 view, so in-place writes land in the caller's tensor,
+    and the result is returned with the caller's rank.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, batch: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if batch.dim() != 4:
+            return method(self, batch, *args, **kwargs)
+        return method(self, batch.unsqueeze(2), *args, **kwargs).squeeze(2)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def check_prob(value: float, name: str, task: str) -> float:
@@ -111,8 +143,8 @@ def run_with_prob(
     generator: torch.Generator | None,
     transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor],
 ) -> ProxyPair:
-    """Shared ``__call__`` of the single transforms: validate, draw who is transformed, transform them."""
-    check_batch(batch, task, spatial_dims=3)
+    """Shared ``__call__`` of the single transforms: validate (2D or 3D), draw who is transformed, transform them."""
+    check_batch(batch, task)
     chosen = bernoulli(batch.shape[0], prob, generator, batch.device)
     out = apply_to_chosen(batch, chosen, lambda sub: transform(sub, generator))
     return restoration_pair(out, batch)
@@ -152,6 +184,49 @@ def uniform_noise(
         return torch.add(offset, bits, alpha=1.0 / 65536, out=out.view(-1)).view(shape)
     noise = torch.add(offset, bits, alpha=1.0 / 65536).view(shape).to(dtype)
     return noise if out is None else out.copy_(noise)
+
+
+def batch_noise(
+    n: int,
+    numel: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    workspace: Workspace | None = None,
+) -> torch.Tensor:
+    """(n, numel) uniform noise (see :func:`uniform_noise`) from one draw per call, not per sample.
+
+    Drawing random numbers dominates the cut-outs on the CPU, so a call draws about 1.5 samples'
+    worth once and sample ``j`` reads it from offset ``r + j s`` (``r``, ``s`` random): within a
+    sample the values are independent uniforms; samples of one call get shifted copies of the same
+    draw (a strided view, no copy). Values are only ever noise fills, never compared across samples.
+    """
+    extra = max(numel // 2, 2 * n)
+    out = workspace.get("noise_bank", (numel + extra,), dtype, device) if workspace is not None else None
+    bank = uniform_noise((numel + extra,), generator, device, dtype, workspace, out=out)
+    u = torch.rand(2, generator=generator, device=device, dtype=torch.float64).tolist()
+    s_max = max(1, (extra // 2) // max(n - 1, 1))
+    r, s = int(u[0] * (extra // 2 + 1)), 1 + int(u[1] * s_max)
+    return bank.as_strided((n, numel), (s, 1), bank.storage_offset() + r)
+
+
+def blend_rows_(
+    batch: torch.Tensor, rows: list[int], other: torch.Tensor, weight: torch.Tensor, keep_where_one: bool
+) -> torch.Tensor:
+    """Per row ``j``: ``batch[rows[j]]`` takes ``other[j]`` where ``weight[j]`` is 0 (``keep_where_one``)
+    or where it is 1 (otherwise), in place; ``weight`` (n, 1 or C, *spatial) holds 0/1.
+
+    ``torch.lerp`` with 0/1 weights is exact and several times faster than a boolean ``where`` on
+    the CPU; it reads and writes each voxel at the same place, so writing into ``batch`` is safe.
+    """
+    for j, row in enumerate(rows):
+        target = batch[row]
+        other_j = other[j].view(target.shape)
+        if keep_where_one:
+            torch.lerp(other_j, target, weight[j], out=target)
+        else:
+            torch.lerp(target, other_j, weight[j], out=target)
+    return batch
 
 
 class Workspace:

@@ -19,6 +19,12 @@ Reference quirk: the reference draws the flip axis from {0, 1, 2} of a (C, rows,
 array, so a third of the draws flip the channel axis (a no-op) and the depth axis is never
 flipped. By default we flip the three spatial axes; ``flip_axes=(None, 1, 2)`` reproduces the
 reference exactly (``None`` = a draw that flips nothing; 0, 1, 2 = D, H, W).
+
+2D batches (B, C, H, W) (Genesis 2D, on slices) get the same probabilities; the depth axis is
+dropped from ``flip_axes``, so by default a flip draws H or W (the reference's 2D quirk is
+``flip_axes=(None, 1, 2)``, a third of the draws a no-op, as in 3D). Everything else runs on the
+depth-1 view of the batch, which is exactly the 2D transforms (see ``_genesis_common``): a 2D
+batch gives the same pair as its depth-1 3D view with the 3D flip axes ``(1, 2)``.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any
 
 import torch
 
-from proxy_tasks._genesis_common import bernoulli, check_prob, restoration_pair
+from proxy_tasks._genesis_common import as_volume, bernoulli, check_prob, restoration_pair
 from proxy_tasks.base import TASKS, ProxyPair, ProxyTask, check_batch, register_task
 
 #: the transforms in the order the reference applies them
@@ -46,7 +52,8 @@ class Combined(ProxyTask):
         inner_prob: share of cut-outs that are inner (reference ``inpaint_rate`` = 1 - ``outpaint_rate`` 0.8).
         flip_prob: probability of each further flip (reference ``flip_rate``).
         max_flips: most flips per sample (reference 3).
-        flip_axes: axes a flip draws from: spatial indices 0, 1, 2 (D, H, W), or None for a no-op.
+        flip_axes: axes a flip draws from: spatial indices 0, 1, 2 (D, H, W), or None for a no-op;
+            2D batches draw from these without the depth axis 0 (default: H and W).
         local_shuffle, nonlinear, inner_cutout, outer_cutout: extra parameters of each transform
             (e.g. ``{"num_windows": 1000}``, the paper's count); their own ``prob`` is ignored.
         prob: probability that a sample is flipped/transformed at all (1.0; 0 gives the identity).
@@ -54,7 +61,7 @@ class Combined(ProxyTask):
 
     kind = "restoration"
     loss_region = "all"
-    spatial_dims = 3
+    spatial_dims = None  # 2D (B, C, H, W) or 3D (B, C, D, H, W)
 
     def __init__(
         self,
@@ -91,20 +98,26 @@ class Combined(ProxyTask):
         keys = ("local_shuffle_prob", "nonlinear_prob", "paint_prob", "inner_prob", "flip_prob", "max_flips", "flip_axes")
         return ", ".join(f"{k}={getattr(self, k)!r}" for k in keys)
 
-    def draw(self, n: int, generator: torch.Generator | None, device: torch.device) -> dict[str, torch.Tensor]:
-        """Draw which sample gets which transform.
+    def draw(
+        self, n: int, generator: torch.Generator | None, device: torch.device, spatial_dims: int = 3
+    ) -> dict[str, torch.Tensor]:
+        """Draw which sample gets which transform (``spatial_dims`` 2: flips without the depth axis).
 
         Returns:
-            (n,) bool tensors: ``flip_d``, ``flip_h``, ``flip_w`` (odd number of flips of that axis),
-            and one per transform in :data:`STEPS` (``inner_cutout`` and ``outer_cutout`` exclusive).
+            (n,) bool tensors: ``flip_d``, ``flip_h``, ``flip_w`` (odd number of flips of that axis;
+            ``flip_d`` never in 2D), and one per transform in :data:`STEPS` (``inner_cutout`` and
+            ``outer_cutout`` exclusive).
         """
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"combined: spatial_dims must be 2 or 3, got {spatial_dims}")
+        axes = self.flip_axes if spatial_dims == 3 else tuple(a for a in self.flip_axes if a != 0)
         keep = bernoulli(n, self.prob, generator, device)
         flips = torch.rand(n, self.max_flips, generator=generator, device=device, dtype=torch.float64) < self.flip_prob
         flips = flips.cumprod(1).bool() & keep[:, None]  # the reference loop stops at the first failed coin
-        axis = torch.randint(len(self.flip_axes), (n, self.max_flips), generator=generator, device=device)
+        axis = torch.randint(max(1, len(axes)), (n, self.max_flips), generator=generator, device=device)
         draws = {}
         for name, spatial_axis in zip(("flip_d", "flip_h", "flip_w"), (0, 1, 2)):
-            hits = [k for k, a in enumerate(self.flip_axes) if a == spatial_axis]
+            hits = [k for k, a in enumerate(axes) if a == spatial_axis]
             count = torch.zeros(n, device=device, dtype=torch.long)
             for k in hits:
                 count += ((axis == k) & flips).sum(1)
@@ -118,7 +131,10 @@ class Combined(ProxyTask):
         return draws
 
     def apply(self, batch: torch.Tensor, draws: dict[str, torch.Tensor], generator: torch.Generator | None) -> ProxyPair:
-        """Apply the drawn flips and transforms to ``batch`` (B, C, D, H, W)."""
+        """Apply the drawn flips and transforms to ``batch`` (B, C, D, H, W) or (B, C, H, W)."""
+        if batch.dim() == 4:
+            pair = self.apply(as_volume(batch), draws, generator)
+            return restoration_pair(pair.input.squeeze(2), pair.target.squeeze(2))
         target = _flip(batch, draws)
         out, owned = target, False  # ``target`` is returned too: never write into it
         for name in STEPS:
@@ -134,8 +150,8 @@ class Combined(ProxyTask):
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:
         """Draw and apply; the draws of the last call stay in ``self.last_draws`` (for inspection)."""
-        check_batch(batch, "combined", spatial_dims=3)
-        draws = self.draw(batch.shape[0], generator, batch.device)
+        check_batch(batch, "combined")
+        draws = self.draw(batch.shape[0], generator, batch.device, spatial_dims=batch.dim() - 2)
         self.last_draws = draws
         return self.apply(batch, draws, generator)
 

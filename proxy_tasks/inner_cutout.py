@@ -4,20 +4,26 @@ Zhou et al. 2021 (Models Genesis, MedIA), section 2.4: the network restores the 
 must infer the content of the holes from their surroundings (context, interpolation). Reference
 ``image_in_painting``: while fewer than 5 boxes and ``random() < 0.95``, a box of sides
 ``randint(dim//6, dim//3)`` per axis, at least 3 voxels from the border, is filled with uniform noise
-(16-bit resolution, see ``uniform_noise``). As in the reference, noise is drawn per box, so the
-cost is that of the holes, not of the cube.
+(16-bit resolution, see ``uniform_noise``).
+
+Speed: the boxes of all samples become one 0/1 mask of their union (a batched matrix product, see
+``_boxes.union_of_boxes``; where boxes overlap a voxel gets one noise value, as the last box
+writes in the reference) and each sample is one blend with noise drawn once per call and read by
+each sample at its own random offset (``batch_noise``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from proxy_tasks._boxes import box_slices, chained_counts, sample_boxes, union_of_boxes
+from proxy_tasks._boxes import chained_counts, sample_boxes, union_of_boxes
 from proxy_tasks._genesis_common import (
     Workspace,
+    batch_noise,
+    blend_rows_,
     check_prob,
+    dimension_agnostic,
     run_with_prob,
-    uniform_noise,
 )
 from proxy_tasks.base import ProxyPair, ProxyTask, register_task
 
@@ -37,7 +43,7 @@ class InnerCutout(ProxyTask):
 
     kind = "restoration"
     loss_region = "all"
-    spatial_dims = 3
+    spatial_dims = None  # 2D batches are transformed as a depth-1 view (Genesis 2D)
 
     def __init__(
         self,
@@ -75,28 +81,28 @@ class InnerCutout(ProxyTask):
         generator: torch.Generator | None,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(n, *spatial) 0/1 mask: union of the boxes drawn for ``n`` samples (same draws as :meth:`transform`)."""
-        return union_of_boxes(*self.draw_boxes(n, spatial, generator, device), spatial, dtype)
+        return union_of_boxes(*self.draw_boxes(n, spatial, generator, device), spatial, dtype, out)
 
+    @dimension_agnostic
     def transform_(
         self, batch: torch.Tensor, generator: torch.Generator | None = None, rows: list[int] | None = None
     ) -> torch.Tensor:
-        """Apply the cut-out in place to the samples ``rows`` of ``batch`` (default: all); returns ``batch``.
-
-        Like the reference, noise is drawn for the boxes only (a few percent of the cube), box by
-        box; a later box overwrites an earlier one where they overlap.
-        """
+        """Apply the cut-out in place to the samples ``rows`` of ``batch`` (default: all); returns ``batch``."""
         rows = list(range(batch.shape[0])) if rows is None else rows
-        boxes = box_slices(*self.draw_boxes(len(rows), tuple(batch.shape[2:]), generator, batch.device))
-        for row, sample_boxes_ in zip(rows, boxes):
-            for box in sample_boxes_:
-                region = batch[(row, slice(None), *box)]
-                region.copy_(uniform_noise(tuple(region.shape), generator, batch.device, batch.dtype, self._workspace))
-        return batch
+        n = len(rows)
+        dtype = batch.dtype if batch.dtype in (torch.float32, torch.float64) else torch.float32
+        spatial = tuple(batch.shape[2:])
+        mask = self._workspace.get("mask", (n, *spatial), dtype, batch.device)
+        holes = self.holes(n, spatial, generator, batch.device, dtype, out=mask).to(batch.dtype).unsqueeze(1)
+        noise = batch_noise(n, batch[0].numel(), generator, batch.device, batch.dtype, self._workspace)
+        return blend_rows_(batch, rows, noise, holes, keep_where_one=False)
 
+    @dimension_agnostic
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Apply the cut-out to every sample of ``batch`` (B, C, D, H, W); ``batch`` is not modified."""
+        """Apply the cut-out to every sample of ``batch`` (B, C, D, H, W) or (B, C, H, W); ``batch`` is not modified."""
         return self.transform_(batch.clone(memory_format=torch.contiguous_format), generator)
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:

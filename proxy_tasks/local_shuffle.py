@@ -21,18 +21,27 @@ overlapping windows can duplicate or drop values):
    least one window, ``1 - exp(-num_windows * c_z * c_y * c_x)`` (``c`` = per-axis chance that one
    window covers that position, border effects included; the Poisson form differs from the exact
    ``1 - (1 - c_z c_y c_x) ** num_windows`` by a relative 1e-4), and otherwise left alone.
-3. A cell is shuffled by three permutations, of the x rows, then the y columns, then the z
-   pillars of the cell, each drawn independently per line. The composition is a permutation of
-   the cell in which each voxel's source is uniform over the cell -- the same law as the
+3. A shuffled cell's voxel (z, y, x) takes the value of (pi(z), sigma(y), tau(x)), three uniform
+   random permutations of the cell's z, y and x segments: tau one per cell, sigma one per column
+   x of the cell, pi one per pillar (y, x). This is a permutation of the cell (solve for x, then
+   y, then z) in which each voxel's source is uniform over the cell -- the same law as the
    reference's source voxel -- so the fraction of moved voxels and the displacement distribution
    match the reference (the tests check both against a loop implementation).
 
-Speed: partitions and segment permutations are drawn for small pools (per batch for x and y, per
-sample for z); each line then only picks a pool row, and whole rows are copied. Permutations of a
-segment of length ``L <= 7`` come from a table of all ``m!`` permutations (indexed by a random
-integer), so no sort is needed; longer windows (cubes above 79 voxels a side) fall back to
-sorting random keys. Pooling correlates lines that pick the same row (1 in ``variants``), and
-samples of a batch share the x/y pools; the law of every voxel's source is unaffected.
+Speed: each source coordinate depends only on the voxel's own coordinates, so the flat source
+index is a sum of three terms, each along an x row a row of a small table (x: pooled partitions
+with ``variants`` permutations; y and z: tables of per-column permutations), and the values move
+in one gather (the cost of a shuffle is one gather, four row copies and five elementwise passes
+of the batch). z and y partitions are drawn per sample and per plane; the x partitions come from
+a pool shared by the batch (``pool_size`` partitions, ``variants`` permutations each), so two
+cells share their x permutation with probability about 1 / (pool_size * variants), and y / z
+column tables are shared likewise (1 in ``variants / 4 * w``); the law of every voxel's source is
+unaffected. Permutations of a segment of length ``L <= 7`` come from a table of all ``m!``
+permutations (indexed by a random integer), so no sort is needed; longer windows (cubes above 79
+voxels a side) fall back to sorting random keys.
+
+2D batches (Genesis 2D) are their depth-1 view: the cells are rectangles of the slice, with the
+reference 2D windows' laws (an axis of size 1 is covered by every window).
 """
 
 from __future__ import annotations
@@ -40,11 +49,12 @@ from __future__ import annotations
 import itertools
 import math
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 
-from proxy_tasks._genesis_common import Workspace, check_prob, run_with_prob
+from proxy_tasks._genesis_common import Workspace, check_prob, dimension_agnostic, run_with_prob
 from proxy_tasks.base import ProxyPair, ProxyTask, register_task
 
 _TABLE_MAX = 7  # largest segment length served by the permutation table (7! = 5040 rows)
@@ -138,7 +148,7 @@ def _draw_lengths(rows: int, n: int, m: int, generator: torch.Generator | None, 
     if cdf.device != torch.device(device):
         cdf, biased = cdf.to(device), biased.to(device)
     u = torch.rand(rows, n + 1, generator=generator, device=device, dtype=torch.float64)
-    lengths = 1 + torch.searchsorted(cdf, u[:, :n].reshape(-1), right=True).view(rows, n)
+    lengths = 1 + torch.searchsorted(cdf, u[:, :n].contiguous().view(-1), right=True).view(rows, n)
     first = 1 + torch.searchsorted(biased, u[:, 0].contiguous(), right=True)
     lengths[:, 0] = first - torch.floor(u[:, n] * first).long()  # 1..first, uniform
     return lengths
@@ -170,6 +180,53 @@ def _pool_permutations(
     return start, src
 
 
+def _column_permutations(
+    count: int, width: int, m: int, generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """(count, m (m + 1) / 2, width) tables of random segment permutations, one per column.
+
+    Row ``L (L - 1) / 2 + o`` of table ``u`` holds, in column ``x``, the offset ``pi(o)`` that a
+    uniform random permutation ``pi`` of ``range(L)`` (drawn for ``(u, x)``) sends offset ``o`` to.
+    Each column draws one id ``k`` in ``[0, m!)`` and reads the ``k mod L!``-th permutation of
+    every length ``L`` (one draw serves all lengths; a segment only ever uses one of them).
+    """
+    lengths, offsets = _length_offset_rows(m, str(device))
+    if m <= _TABLE_MAX:
+        table, _, perm_start = _perm_table(m, device)
+        k = torch.randint(math.factorial(m), (count, 1, width), generator=generator, device=device)
+        entry = perm_start.index_select(0, (k * (m + 1) + lengths).view(-1)).view(count, -1, width)
+        return table.index_select(0, entry.add_(offsets).view(-1)).view(count, -1, width)
+    parts = []  # long segments: sort random keys, one permutation per (table, column, length)
+    for length in range(1, m + 1):
+        keys = torch.rand(count, width, length, generator=generator, device=device)
+        parts.append(torch.argsort(keys, dim=2).transpose(1, 2))
+    return torch.cat(parts, dim=1)
+
+
+@lru_cache(maxsize=32)
+def _length_offset_rows(m: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, 1) segment length and offset of each row ``L (L - 1) / 2 + o`` of a column table (constants)."""
+    lengths = torch.cat([torch.full((length,), length) for length in range(1, m + 1)])
+    offsets = torch.cat([torch.arange(length) for length in range(1, m + 1)])
+    return lengths[:, None].to(device), offsets[:, None].to(device)
+
+
+def _column_rows(table: torch.Tensor, w: int):
+    """Rows of ``w`` columns of column tables ``table`` (count, T, 2 w) and the function that maps
+    (pick in ``[0, count * w)``, segment length, offset) to the row to read: table ``pick // w``,
+    from column ``pick % w`` (a random shift that multiplies the variants by ``w``)."""
+    t = table.shape[1]
+    flat = table.reshape(-1)
+    # overlapping rows: row r is flat[r : r + w], so a row can start at any column
+    rows = flat.as_strided((flat.numel() - w + 1, w), (1, 1))
+
+    def first(pick: torch.Tensor, length: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        u, shift = pick // w, pick % w
+        return (u * t + length * (length - 1) // 2 + offset) * (2 * w) + shift
+
+    return rows, first
+
+
 @register_task("local_shuffle")
 class LocalShuffle(ProxyTask):
     """Shuffle voxels inside small random boxes; exact permutation per sample.
@@ -178,15 +235,16 @@ class LocalShuffle(ProxyTask):
         prob: probability that a sample is transformed (reference ``local_rate`` 0.5).
         num_windows: number of reference windows whose coverage is reproduced (reference 10,000).
         max_side_divisor: window sides are ``1..max(1, dim // max_side_divisor)`` (reference 10).
-        pool_size: y and x partitions drawn per batch; each slab and bar picks one at random.
-        variants: independent permutations drawn per pooled partition; each line picks one.
-            Pooling only correlates lines (two lines share a permutation with probability
-            1/variants); every voxel's source stays uniform over its cell.
+        pool_size: x partitions drawn per batch; each (slab, bar) picks one at random.
+        variants: independent permutations drawn per pooled x partition, and per-column
+            permutation tables for y and z. Pooling only correlates cells (two share a
+            permutation with probability 1/variants or less); every voxel's source stays
+            uniform over its cell.
     """
 
     kind = "restoration"
     loss_region = "all"
-    spatial_dims = 3
+    spatial_dims = None  # 2D batches are transformed as a depth-1 view (Genesis 2D)
 
     def __init__(
         self,
@@ -206,19 +264,21 @@ class LocalShuffle(ProxyTask):
         self.max_side_divisor = int(max_side_divisor)
         self.pool_size = int(pool_size)
         self.variants = int(variants)
-        self._cover_cache: dict[tuple, list[torch.Tensor]] = {}
-        self._bases: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._cover_cache: dict[tuple, Any] = {}  # per-shape constants (instance-level: no global state)
         self._workspace = Workspace()
 
     def max_sides(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(max(1, d // self.max_side_divisor) for d in spatial)
 
+    @dimension_agnostic
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Shuffle every sample of ``batch`` (B, C, D, H, W); all channels get the same permutation."""
+        """Shuffle every sample of ``batch`` (B, C, D, H, W) or (B, C, H, W); all channels get the same permutation."""
+        n, c = batch.shape[:2]
+        shuffled, weight = self._shuffle(batch.contiguous(), generator)
         out = torch.empty_like(batch, memory_format=torch.contiguous_format)
-        shuffled, weight = self._shuffle(batch, generator)
-        return torch.lerp(batch, shuffled, weight, out=out)
+        return torch.lerp(batch, shuffled.transpose(0, 1).view(batch.shape), weight, out=out)
 
+    @dimension_agnostic
     def transform_(
         self, batch: torch.Tensor, generator: torch.Generator | None = None, rows: list[int] | None = None
     ) -> torch.Tensor:
@@ -228,82 +288,79 @@ class LocalShuffle(ProxyTask):
         into the rows, without a sub-batch round trip.
         """
         rows = list(range(batch.shape[0])) if rows is None else rows
+        if not batch.is_contiguous():
+            batch.copy_(self.transform_(batch.contiguous(), generator, rows))
+            return batch
         shuffled, weight = self._shuffle(batch, generator, rows)
-        # lerp reads and writes each voxel at the same place, so writing into ``batch`` is safe
         for j, row in enumerate(rows):
-            torch.lerp(batch[row], shuffled[j], weight[j], out=batch[row])
+            # lerp reads and writes each voxel at the same place, so writing into ``batch`` is safe
+            torch.lerp(batch[row], shuffled[:, j].view(batch.shape[1:]), weight[j], out=batch[row])
         return batch
 
     def _shuffle(
         self, batch: torch.Tensor, generator: torch.Generator | None, rows: list[int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The shuffled samples ``rows`` of ``batch`` (default: all) and the 0/1 weight of the
-        shuffled cells, (len(rows), C, D, H, W) each (workspace tensors: use them at once)."""
+        """The shuffled samples ``rows`` of the contiguous ``batch`` (default: all), (C, len(rows), D*H*W),
+        and the 0/1 weight of the shuffled cells, (len(rows), 1, D, H, W) (workspace tensors: use them at once)."""
         _, c, d, h, w = batch.shape
-        n = batch.shape[0] if rows is None else len(rows)
-        dev = batch.device
+        rows = list(range(batch.shape[0])) if rows is None else rows
+        n, dev, dhw = len(rows), batch.device, d * h * w
         mz, my, mx = self.max_sides((d, h, w))
         pool, variants = self.pool_size, self.variants
-
-        # Pools of partitions, each with ``variants`` independent segment permutations: per line
-        # only a row index is computed, then whole rows are copied (cheap) instead of drawing
-        # and gathering a random permutation id per voxel (expensive).
-        zstart, zsrc = _pool_permutations(n, d, mz, variants, generator, dev)  # (n, d), (n, V, d)
-        # the y and x pools are shared by the batch (drawing them costs as much as a sample)
-        if (h, my) == (w, mx):  # one draw for both pools (the usual square cross-section)
-            start, src = _pool_permutations(2 * pool, h, my, variants, generator, dev)
-            (ystart, xstart), (ysrc, xsrc) = start.chunk(2), src.chunk(2)
-        else:
-            ystart, ysrc = _pool_permutations(pool, h, my, variants, generator, dev)  # (P, h), (P, V, h)
-            xstart, xsrc = _pool_permutations(pool, w, mx, variants, generator, dev)  # (P, w), (P, V, w)
-
-        # guillotine partition: each z slab picks a y partition, each (slab, y bar) an x partition
-        zstart = zstart.view(n, d)
-        pick_y = torch.randint(pool, (n, d), generator=generator, device=dev).gather(1, zstart)
-        ystart_zy = ystart.index_select(0, pick_y.view(-1)).view(n, d, h)  # bar start per (z, y)
-        bar = (zstart[:, :, None] * h + ystart_zy).view(n, d * h)  # flat (slab start, bar start)
-        pick_x = torch.randint(pool, (n, d * h), generator=generator, device=dev).gather(1, bar).view(n, d, h)
-
-        # The three line permutations are applied as flat int32 index_select's (about twice as
-        # fast as torch.gather on the CPU, and half the index memory). Indices are absolute
-        # positions in the previous step's layout: rows come out in (d, h, w) order, columns in
-        # (d, w, h) order, and the pillars are indexed in (d, h, w) order so that the result is
-        # contiguous again.
         ws = self._workspace
-        size = n * d * h * w
-        itype = torch.int32 if batch.numel() < 2**31 else torch.int64
-        base_x, base_y, base_z = self._line_bases(n, d, h, w, itype, dev)
-        if rows is not None and rows != list(range(n)):
-            # the x step reads the chosen samples straight from ``batch``: lines of sample ``rows[j]``
-            first_line = torch.tensor(rows, device=dev, dtype=itype) * (d * h * w)
-            base_x = (first_line[:, None] + base_x.view(n, d * h)[:1]).view(-1, 1)
-        # x rows: every (z, y) line of a bar uses the bar's partition and its own variant
-        line_x = pick_x * variants + torch.randint(variants, (n, d, h), generator=generator, device=dev)
-        index_x = ws.get("index_x", (n * d * h, w), itype, dev)
-        torch.index_select(xsrc.view(-1, w).to(itype), 0, line_x.view(-1), out=index_x).add_(base_x)
-        # y columns: every (z, x) line of a slab uses the slab's partition and its own variant
-        line_y = (pick_y * variants)[:, :, None] + torch.randint(variants, (n, d, w), generator=generator, device=dev)
-        index_y = ws.get("index_y", (n * d * w, h), itype, dev)
-        torch.index_select((ysrc * w).view(-1, h).to(itype), 0, line_y.view(-1), out=index_y).add_(base_y)
-        # z pillars: every (y, x) line uses the sample's z partition and its own variant
-        variant_z = torch.randint(variants, (n, 1, h * w), generator=generator, device=dev)
-        index_z = ws.get("index_z", (n, d, h * w), itype, dev)
-        z_table = (zsrc * (h * w)).to(itype).transpose(1, 2).contiguous()  # (n, d, V)
-        torch.gather(z_table, 2, variant_z.expand(n, d, h * w), out=index_z).add_(base_z)
 
-        values = batch.reshape(batch.shape[0], c, -1).transpose(0, 1).reshape(c, -1)  # a view when c == 1
-        dt = batch.dtype
-        rows = ws.get("rows", (c, size), dt, dev)
-        columns = ws.get("columns", (c, size), dt, dev)
-        out = ws.get("pillars", (n, c, size // n), dt, dev)
-        for ch in range(c):
-            torch.index_select(values[ch], 0, index_x.view(-1), out=rows[ch])
-            torch.index_select(rows[ch], 0, index_y.view(-1), out=columns[ch])
-            if c == 1:
-                torch.index_select(columns[ch], 0, index_z.view(-1), out=out.view(-1))
-            else:
-                out[:, ch] = columns[ch].index_select(0, index_z.view(-1)).view(n, -1)
-        out = out.view(n, c, d, h, w)
+        def randint(high: int, shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.randint(high, shape, generator=generator, device=dev)
+
+        # Partitions: per sample for z; pools shared by the batch for y (partitions) and x
+        # (partitions with ``variants`` segment permutations each), which the slabs and bars pick.
+        zstart, zsize = _partition(_draw_lengths(n, d, mz, generator, dev), d)  # (n, d) each
+        ystart, ysize = _partition(_draw_lengths(n * d, h, my, generator, dev), h)  # (n d, h) each
+        xstart, xsrc = _pool_permutations(pool, w, mx, variants, generator, dev)  # (P, w), (P, V, w)
+
+        # guillotine partition: each z slab has its y partition (drawn per plane, read at the
+        # slab's first plane), each (slab, y bar) picks an x partition from the pool; a value
+        # drawn per position and read at the start of its slab / bar is one per slab / bar
+        slab_first = zstart[:, :, None].expand(n, d, h)
+        ystart_zy = ystart.view(n, d, h).gather(1, slab_first)  # bar start per (z, y)
+        ysize_zy = ysize.view(n, d, h).gather(1, slab_first)
+        bar = (zstart[:, :, None] * h + ystart_zy).view(n, d * h)  # flat (slab start, bar start)
+        pick_x = randint(pool, (n, d * h)).gather(1, bar).view(n, d, h)
+
+        # The source of voxel (z, y, x) of a cell is (pi(z), sigma(y), tau(x)), with tau one
+        # permutation of the cell's x segment, sigma one permutation of its y segment per column x,
+        # pi one permutation of its z segment per pillar (y, x): a bijection of the cell (solve for
+        # x, then y, then z), and each source coordinate is uniform over the cell's side. Each term
+        # is, along a row (z, y, .), a row of a small table: the index is three row copies and two
+        # additions, and the values move in one gather.
+        itype = torch.int32 if batch.numel() < 2**31 else torch.int64
+        index = ws.get("index", (n * d * h, w), itype, dev)
+        line_x = pick_x * variants + randint(variants, (n, d * h)).gather(1, bar).view(n, d, h)
+        torch.index_select(xsrc.reshape(-1, w).to(itype), 0, line_x.view(-1), out=index)
+        term = ws.get("term", (n * d * h, w), itype, dev)
+        # y and z tables are twice as wide as a row; a line reads ``w`` columns from a random
+        # shift (one per slab and bar / slab and y), which multiplies the variants by ``w``
+        # one table of column permutations serves y and z (lines pick independent tables/shifts)
+        tables = max(1, variants // 4)  # the random shift already multiplies the variants by ``w``
+        table = _column_permutations(tables, 2 * w, max(my, mz if d > 1 else 1), generator, dev).to(itype)
+        y_rows, first = _column_rows(table * w, w)
+        line_y = randint(tables * w, (n, d * h)).gather(1, bar).view(n, d, h)
+        line_y = first(line_y, ysize_zy, self._arange(h, dev) - ystart_zy)
+        index.add_(torch.index_select(y_rows, 0, line_y.view(-1), out=term))
+        if d > 1:  # slices (2D) have nothing to shuffle along depth
+            z_rows, first = _column_rows(table * (h * w), w)
+            line_z = randint(tables * w, (n, d, h)).gather(1, zstart[:, :, None].expand(n, d, h))
+            line_z = first(line_z, zsize[:, :, None], (self._arange(d, dev) - zstart)[:, :, None])
+            index.add_(torch.index_select(z_rows, 0, line_z.view(-1), out=term))
+        # flat start of each line's slab and bar (and of its sample in ``batch``)
+        rows_t = torch.tensor(rows, device=dev, dtype=torch.int64) * (c * dhw)
+        line_base = rows_t[:, None, None] + zstart[:, :, None] * (h * w) + ystart_zy * w
+        index.add_(line_base.view(-1, 1).to(itype))
+
+        flat = batch.view(-1)
+        shuffled = ws.get("shuffled", (c, n, dhw), batch.dtype, dev)
+        for ch in range(c):  # channel ``ch`` of every sample: the same index, shifted by ``ch * dhw``
+            torch.index_select(flat[ch * dhw :], 0, index.view(-1), out=shuffled[ch].view(-1))
 
         # Which cells are shuffled: the reference covers a voxel Poisson(lam) times,
         # lam = num_windows * c_z * c_y * c_x (c: per-axis chance that one window covers it; the
@@ -314,31 +371,22 @@ class LocalShuffle(ProxyTask):
         e = -torch.log1p(-torch.rand(pool, variants, w, generator=generator, device=dev, dtype=torch.float64))
         xs_v = xstart[:, None, :].expand(-1, variants, -1)
         scaled = (e.gather(2, xs_v) / (self.num_windows * cover[2][xs_v])).to(torch.float32)
-        pick_e = torch.randint(variants, (n, d * h), generator=generator, device=dev).gather(1, bar).view(n, d, h)
+        pick_e = randint(variants, (n, d * h)).gather(1, bar).view(n, d, h)
         scaled = torch.index_select(
             scaled.view(-1, w), 0, (pick_x * variants + pick_e).view(-1), out=ws.get("scaled", (n * d * h, w), torch.float32, dev)
         ).view(n, 1, d, h, w)
         zy = (cover[0][zstart][:, :, None] * cover[1][ystart_zy]).to(torch.float32).view(n, 1, d, h, 1)
         # 0/1 weight (1 = shuffled cell), written by the comparison itself; lerp with it is exact
         # and several times faster than torch.where with a boolean mask on the CPU
-        weight = torch.lt(scaled, zy, out=ws.get("weight", (n, 1, d, h, w), dt, dev))
-        return out, weight
+        weight = torch.lt(scaled, zy, out=ws.get("weight", (n, 1, d, h, w), batch.dtype, dev))
+        return shuffled, weight
 
-    def _line_bases(
-        self, n: int, d: int, h: int, w: int, itype: torch.dtype, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Flat offsets of the x rows, y columns and z pillars (see :meth:`_shuffle`; cached per shape)."""
-        key = (n, d, h, w, itype, str(device))
-        if key not in self._bases:
-            def ar(k: int) -> torch.Tensor:
-                return torch.arange(k, device=device, dtype=torch.int64)
-
-            size = d * h * w
-            base_x = (ar(n * d * h) * w)[:, None]  # start of line (sample, z, y) in (d, h, w) order
-            base_y = ((ar(n * d) * (h * w))[:, None] + ar(w)).view(-1, 1)  # (sample, z, ., x)
-            base_z = (ar(n) * size)[:, None, None] + (ar(w) * h)[None, None, :] + ar(h)[None, :, None]
-            self._bases = {key: (base_x.to(itype), base_y.to(itype), base_z.view(n, 1, h * w).to(itype))}
-        return self._bases[key]
+    def _arange(self, k: int, device: torch.device) -> torch.Tensor:
+        """``torch.arange(k)`` on ``device`` (cached: a constant)."""
+        key = ("arange", k, str(device))
+        if key not in self._cover_cache:
+            self._cover_cache[key] = torch.arange(k, device=device)
+        return self._cover_cache[key]
 
     def _axis_cover(self, spatial: tuple[int, int, int], device: torch.device) -> list[torch.Tensor]:
         """Per-axis probability that one reference window covers each position (cached per shape)."""

@@ -4,18 +4,24 @@ Zhou et al. 2021 (Models Genesis, MedIA), section 2.4: the cube is replaced by n
 boxes of the original, and the network extrapolates the rest. Reference ``image_out_painting``:
 one box is always kept, then while fewer than 4 more and ``random() < 0.95`` another one; each
 side is ``dim - randint(3*dim//7, 4*dim//7)`` and the box starts at least 3 voxels from the border.
+
+Speed: the kept boxes of all samples become one 0/1 mask (a batched matrix product, see
+``_boxes.union_of_boxes``) and each sample is one blend of the noise and the original; the noise
+is drawn once per call and read by each sample at its own random offset (``batch_noise``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from proxy_tasks._boxes import box_slices, chained_counts, sample_boxes, union_of_boxes
+from proxy_tasks._boxes import chained_counts, sample_boxes, union_of_boxes
 from proxy_tasks._genesis_common import (
     Workspace,
+    batch_noise,
+    blend_rows_,
     check_prob,
+    dimension_agnostic,
     run_with_prob,
-    uniform_noise,
 )
 from proxy_tasks.base import ProxyPair, ProxyTask, register_task
 
@@ -35,7 +41,7 @@ class OuterCutout(ProxyTask):
 
     kind = "restoration"
     loss_region = "all"
-    spatial_dims = 3
+    spatial_dims = None  # 2D batches are transformed as a depth-1 view (Genesis 2D)
 
     def __init__(
         self,
@@ -76,39 +82,36 @@ class OuterCutout(ProxyTask):
         generator: torch.Generator | None,
         device: torch.device,
         dtype: torch.dtype = torch.float32,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """(n, *spatial) 0/1 mask: union of the boxes of the original that are kept (same draws as :meth:`transform`)."""
-        return union_of_boxes(*self.draw_boxes(n, spatial, generator, device), spatial, dtype)
+        return union_of_boxes(*self.draw_boxes(n, spatial, generator, device), spatial, dtype, out)
 
+    @dimension_agnostic
     def transform_(
         self, batch: torch.Tensor, generator: torch.Generator | None = None, rows: list[int] | None = None
     ) -> torch.Tensor:
         """Apply the out-painting in place to the samples ``rows`` of ``batch`` (default: all); returns ``batch``."""
         rows = list(range(batch.shape[0])) if rows is None else rows
-        boxes = box_slices(*self.draw_boxes(len(rows), tuple(batch.shape[2:]), generator, batch.device))
-        shape = (len(rows), *batch.shape[1:])
-        noise = uniform_noise(
-            shape, generator, batch.device, batch.dtype, self._workspace,
-            out=self._workspace.get("noise", shape, batch.dtype, batch.device),
-        )
-        # paste the kept boxes of the original into the noise (slices: only the kept voxels are
-        # touched), then write the noise back over the samples
-        for j, (row, kept) in enumerate(zip(rows, boxes)):
-            for box in kept:
-                index = (slice(None), *box)
-                noise[j][index] = batch[row][index]
-            batch[row] = noise[j]
-        return batch
+        kept, noise = self._draw(len(rows), batch, generator)
+        return blend_rows_(batch, rows, noise, kept, keep_where_one=True)
 
+    @dimension_agnostic
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Apply the out-painting to every sample of ``batch`` (B, C, D, H, W); ``batch`` is not modified."""
-        kept = self.draw_boxes(batch.shape[0], tuple(batch.shape[2:]), generator, batch.device)
-        noise = uniform_noise(tuple(batch.shape), generator, batch.device, batch.dtype, self._workspace)
-        for i, boxes in enumerate(box_slices(*kept)):
-            for box in boxes:
-                index = (i, slice(None), *box)
-                noise[index] = batch[index]
-        return noise
+        """Apply the out-painting to every sample of ``batch`` (B, C, D, H, W) or (B, C, H, W); ``batch`` is not modified."""
+        kept, noise = self._draw(batch.shape[0], batch, generator)
+        return torch.lerp(noise.view(batch.shape), batch, kept)
+
+    def _draw(
+        self, n: int, batch: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept-box mask (n, 1, *spatial) (0/1 in the batch's float type) and the noise (n, C * voxels)."""
+        dtype = batch.dtype if batch.dtype in (torch.float32, torch.float64) else torch.float32
+        spatial = tuple(batch.shape[2:])
+        mask = self._workspace.get("mask", (n, *spatial), dtype, batch.device)
+        kept = self.kept(n, spatial, generator, batch.device, dtype, out=mask).to(batch.dtype).unsqueeze(1)
+        noise = batch_noise(n, batch[0].numel(), generator, batch.device, batch.dtype, self._workspace)
+        return kept, noise
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:
         return run_with_prob("outer_cutout", batch, self.prob, generator, self.transform)

@@ -90,7 +90,7 @@ def test_bad_inputs_raise_clear_errors() -> None:
     with pytest.raises(ValueError, match="nonlinear"):
         proxy_tasks.build("nonlinear", prob=1.5)
     with pytest.raises(ValueError, match="local_shuffle"):
-        proxy_tasks.build("local_shuffle")(torch.rand(2, 1, 8, 8), generator=_gen())
+        proxy_tasks.build("local_shuffle")(torch.rand(2, 1, 8), generator=_gen())  # 1D: neither 2D nor 3D
     with pytest.raises(ValueError, match="combined"):
         proxy_tasks.build("combined", flip_axes=(3,))
 

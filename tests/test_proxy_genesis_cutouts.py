@@ -73,3 +73,17 @@ def test_cutouts_fill_with_uniform_noise() -> None:
     assert noise.numel() > 0.3 * out.numel()
     assert abs(noise.mean().item() - 0.5) < 0.01 and abs(noise.var().item() - 1 / 12) < 0.005
     assert float(noise.max()) < 1.0
+
+
+def test_noise_is_drawn_once_per_call_and_is_uniform_within_each_sample() -> None:
+    from proxy_tasks._genesis_common import batch_noise
+
+    gen = torch.Generator().manual_seed(4)
+    noise = batch_noise(5, 20000, gen, torch.device("cpu"), torch.float32)
+    assert noise.shape == (5, 20000) and float(noise.min()) > 0.0 and float(noise.max()) < 1.0
+    for row in noise:  # independent uniforms within a sample
+        assert abs(row.mean().item() - 0.5) < 0.01 and abs(row.var().item() - 1 / 12) < 0.003
+        assert row.unique().numel() > 0.7 * row.numel()  # 16-bit values: few repeats
+    assert not torch.equal(noise[0], noise[1])
+    again = batch_noise(5, 20000, torch.Generator().manual_seed(4), torch.device("cpu"), torch.float32)
+    assert torch.equal(noise, again)
