@@ -24,7 +24,10 @@ class DataConfig:
     Attributes:
         data: a folder of scans, a CSV/YAML manifest or one file; None = the embedded synthetic
             chest CT default (outputs are then marked synthetic).
-        cache_dir: cache of preprocessed volumes (None: no cache).
+        cache_dir: cache of preprocessed volumes, read as memory maps (None: the per-user default,
+            ``$GENESIS_CACHE/volumes`` or ``~/.cache/genesis/volumes``).
+        cache: False turns the cache off (every volume is then preprocessed in memory, again in
+            every loader worker and epoch; only for read-only machines).
         window: HU window mapped to [0, 1] (Models Genesis: [-1000, 1000]).
         spacing: resample to this (z, y, x) spacing in mm; None keeps the native spacing.
         crop_body: crop to the body's bounding box before sampling.
@@ -44,6 +47,7 @@ class DataConfig:
 
     data: str | None = None
     cache_dir: str | None = None
+    cache: bool = True
     window: tuple[float, float] = (-1000.0, 1000.0)
     spacing: tuple[float, float, float] | None = None
     crop_body: bool = False

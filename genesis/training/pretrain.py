@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,35 @@ def build_source(cfg: PretrainConfig) -> Any:
         # keep the whole chest in view: a smaller grid gets proportionally coarser voxels
         spacing = tuple(s * b / n for s, b, n in zip(base.spacing, base.shape, d.synthetic_shape))
         synthetic_cfg = replace(base, shape=tuple(d.synthetic_shape), spacing=spacing)
-    return volume_source_from_arg(d.data, pre, d.cache_dir, synthetic_n=d.synthetic_volumes, seed=cfg.seed,
-                                  synthetic_cfg=synthetic_cfg)
+    return volume_source_from_arg(d.data, pre, volume_cache_dir(cfg), synthetic_n=d.synthetic_volumes,
+                                  seed=cfg.seed, synthetic_cfg=synthetic_cfg)
+
+
+def volume_cache_dir(cfg: PretrainConfig) -> Path | None:
+    """The cache of preprocessed volumes: ``data.cache_dir``, else the per-user default (None: off)."""
+    from genesis.data.cache import default_cache_dir
+
+    if not cfg.data.cache:
+        return None
+    return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
+
+
+def prepare_volumes(source: Any, cfg: PretrainConfig, dist: DistInfo, workers: int | None = None) -> None:
+    """Build or verify every cache entry before training (each rank; file locks share the work).
+
+    Loader workers then only memory-map verified entries: no whole volume is held in memory.
+    """
+    from genesis.data.prepare import prepare_source
+
+    if getattr(source, "cache", None) is None:
+        return
+    n = len(source)
+    order = [(i + dist.rank * n // max(dist.world_size, 1)) % n for i in range(n)]  # ranks start apart
+    log = (lambda line: print(line, file=sys.stderr)) if dist.is_main else None
+    if log is not None:
+        log(f"volume cache: {source.cache.root}")
+    prepare_source(source, workers=cfg.data.workers if workers is None else workers,
+                   progress=cfg.log.progress and dist.is_main, order=order, log=log)
 
 
 def sampler_config(cfg: PretrainConfig) -> Any:
@@ -417,18 +445,16 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     region = getattr(task.stages[0] if getattr(task, "stages", None) else task, "loss_region", "all")
 
     source = build_source(cfg)
+    prepare_volumes(source, cfg, dist)
     train_idx, val_idx = split_volumes(len(source), cfg.data.val_fraction)
     train_src, val_src = SubsetSource(source, train_idx), SubsetSource(source, val_idx)
     steps = effective_steps(cfg, len(train_src), dist.world_size)
     cfg = replace(cfg, steps_per_epoch=steps, optim=resolve_optim(cfg.optim, cfg.task, kind))
     default_val = min(MAX_DEFAULT_VAL_CUBES, len(val_src) * cfg.data.cubes_per_volume)
     n_val = cfg.data.val_cubes or max(cfg.batch_size, default_val)
-    train_ds = CubeDataset(train_src, sampler_config(cfg), steps * cfg.batch_size * dist.world_size, cfg.seed,
-                           lru_volumes=max(8, min(len(train_src), 32)))
-    # Load (or generate) the training volumes once here: forked workers inherit them, so
-    # non-persistent per-epoch workers do not re-read or re-generate them every epoch.
-    for i in range(min(len(train_src), train_ds.lru_volumes)):
-        train_ds.volume(i)
+    # With the cache (default) the dataset's LRU holds memory maps of verified entries, not
+    # volumes: workers get keys, read cubes as slices, and share pages through the page cache.
+    train_ds = CubeDataset(train_src, sampler_config(cfg), steps * cfg.batch_size * dist.world_size, cfg.seed)
     val_cubes = load_val_cubes(val_src, cfg, n_val) if dist.is_main else torch.empty(0)
     synthetic = bool(getattr(source, "is_synthetic", False))
 
