@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of data, proxy randomness and weights")
     p.add_argument("--device", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="compute precision (default auto: bf16 autocast on CUDA where supported, else fp16 "
+                   "with loss scaling; bf16 on CPUs with AVX512-BF16/AMX; fp32 otherwise)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt until --epochs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -98,6 +101,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "data.workers": args.workers,
         "resume": True if args.resume else None,
         "amp": False if args.no_amp else None,
+        "precision": args.precision,
         "log.progress": False if args.no_progress else None,
     }
     o.update({k: v for k, v in flags.items() if v is not None})  # flags given explicitly beat the preset

@@ -127,7 +127,10 @@ class PretrainConfig:
         batch_size: cubes per step and process (Models Genesis: 6).
         seed: seeds data order, cube sampling, proxy randomness and weight initialisation.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:n]``.
-        amp: mixed precision on CUDA (bf16 or fp16); ignored on CPU.
+        amp: mixed precision allowed (False: fp32 when ``precision`` is ``auto``; ``--no-amp``).
+        precision: ``auto`` (bf16 autocast on CUDA where supported, else fp16 with loss scaling;
+            bf16 on CPUs with native bf16 (AVX512-BF16/AMX); fp32 otherwise), ``fp32``, ``bf16``
+            or ``fp16`` (CUDA only). See :func:`genesis.device.resolve_precision`.
         out: output folder.
         resume: continue from ``out/last.pt``.
     """
@@ -145,6 +148,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    precision: str = "auto"
     out: str = "runs/pretrain"
     resume: bool = False
     data: DataConfig = field(default_factory=DataConfig)
@@ -182,6 +186,8 @@ class PretrainConfig:
             raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}")
         if self.schedule.name not in ("plateau", "step", "none"):
             raise ConfigError(f"schedule.name must be plateau, step or none, got {self.schedule.name!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.loss not in ("auto", "mse", "composite", "ce"):
             raise ConfigError(f"loss must be auto, mse, composite or ce, got {self.loss!r}")
 

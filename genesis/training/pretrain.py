@@ -434,7 +434,12 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
 def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainResult:
     from genesis.data.datasets import CubeDataset, make_loader
 
+    from genesis.device import describe_precision, resolve_precision
+
     out = Path(cfg.out)
+    precision = resolve_precision(cfg.precision, device, cfg.amp)  # an impossible choice fails here
+    if dist.is_main:
+        print(describe_precision(precision, device), file=sys.stderr)
     if cfg.resume:
         _check_resume(out / "last.pt", cfg)  # before the (possibly slow) data loading
     task = build_task(cfg)
