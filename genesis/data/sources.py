@@ -80,6 +80,11 @@ class _CachedLoading:
             self._entries[i] = str(self.cache.path_for(self._key(i)))
         return self._entries[i]
 
+    def entry_path(self, i: int) -> str:
+        """Where the cache entry of volume ``i`` is (whether or not it exists yet)."""
+        assert self.cache is not None
+        return str(self.cache.path_for(self._key(_check_index(i, len(self)))))  # type: ignore[arg-type]
+
     def adopt(self, i: int, entry: str) -> None:
         """Record the entry file of volume ``i`` that another process prepared and verified."""
         self._entries[_check_index(i, len(self))] = str(entry)  # type: ignore[arg-type]

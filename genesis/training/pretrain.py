@@ -137,21 +137,34 @@ def volume_cache_dir(cfg: PretrainConfig) -> Path | None:
 
 
 def prepare_volumes(source: Any, cfg: PretrainConfig, dist: DistInfo, workers: int | None = None) -> None:
-    """Build or verify every cache entry before training (each rank; file locks share the work).
+    """Build or verify every cache entry before training; loader workers then only memory-map
+    verified entries, and no whole volume is held in memory.
 
-    Loader workers then only memory-map verified entries: no whole volume is held in memory.
+    Under DDP the ranks of a node split the entries (each verifies or builds its share, the
+    file locks keep an entry from being built twice), wait for each other, and take over the
+    rest unverified-by-them: a node reads its cache once, not once per rank.
     """
+    import os
+
     from genesis.data.prepare import prepare_source
+    from genesis.training.ddp import barrier
 
     if getattr(source, "cache", None) is None:
         return
     n = len(source)
-    order = [(i + dist.rank * n // max(dist.world_size, 1)) % n for i in range(n)]  # ranks start apart
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size)) if dist.distributed else 1
+    local_rank = dist.local_rank if dist.distributed else 0
+    mine = [i for i in range(n) if i % local_world == local_rank]
     log = (lambda line: print(line, file=sys.stderr)) if dist.is_main else None
     if log is not None:
         log(f"volume cache: {source.cache.root}")
     prepare_source(source, workers=cfg.data.workers if workers is None else workers,
-                   progress=cfg.log.progress and dist.is_main, order=order, log=log)
+                   progress=cfg.log.progress and dist.is_main, order=mine, log=log)
+    if local_world > 1:
+        barrier(dist)
+        for i in range(n):
+            if i % local_world != local_rank:
+                source.adopt(i, source.entry_path(i))
 
 
 def sampler_config(cfg: PretrainConfig) -> Any:
