@@ -287,16 +287,22 @@ def _loader_rate(n: int, cache_dir: Path, cubes: int) -> float:
                   spacing=tuple(s * b / k for s, b, k in zip(base.spacing, base.shape, SCALE_SHAPE)))
     source = SyntheticVolumeSource(n, 0, synthetic_cfg=cfg, cache_dir=cache_dir)
     prepare_source(source, progress=False)
-    ds = CubeDataset(source, SamplerConfig.models_genesis(crop=(16, 32, 32)), cubes_per_epoch=cubes, seed=0)
+    # lru_volumes as genesis-pretrain sets it for a cached source
+    ds = CubeDataset(source, SamplerConfig.models_genesis(crop=(16, 32, 32)), cubes_per_epoch=cubes, seed=0,
+                     lru_volumes=32)
     start = time.process_time()
     for _ in make_loader(ds, BATCH_SIZE, epoch=0, workers=0):
         pass
     return cubes / (time.process_time() - start)
 
 
-def run_scale(workdir: Path, rounds: int, log: Callable = print) -> dict:
-    """10 vs 200 synthetic scans through ``genesis-pretrain`` (see the module docstring)."""
-    env = {**os.environ, "GENESIS_CACHE": str(workdir / "cache"), "OMP_NUM_THREADS": "1"}
+def run_scale(workdir: Path, rounds: int, log: Callable = print, cache: Path | None = None) -> dict:
+    """10 vs 200 synthetic scans through ``genesis-pretrain`` (see the module docstring).
+
+    ``cache``: an existing ``$GENESIS_CACHE`` folder to reuse (entries are verified, not rebuilt).
+    """
+    cache = cache or workdir / "cache"
+    env = {**os.environ, "GENESIS_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     shape = f"data.synthetic_shape=[{','.join(map(str, SCALE_SHAPE))}]"
     prepare = {}
     for n in SCALE_VOLUMES:
@@ -304,7 +310,7 @@ def run_scale(workdir: Path, rounds: int, log: Callable = print) -> dict:
         _pretrain_child(["--prepare-only", "--workers", "2", "--no-progress", "--set", shape,
                          "--set", f"data.synthetic_volumes={n}", "--crop", "16", "32", "32"], env)
         prepare[n] = time.perf_counter() - start
-        log(f"prepared {n} synthetic volumes {shape_str(SCALE_SHAPE)} in {prepare[n]:.1f} s")
+        log(f"prepared {n} synthetic volumes {shape_str(SCALE_SHAPE)} in {prepare[n]:.1f} s (wall, with start-up)")
     runs: dict[int, list[dict]] = {n: [] for n in SCALE_VOLUMES}
     loader: dict[int, list[float]] = {n: [] for n in SCALE_VOLUMES}
     for r in range(rounds):  # interleaved: both sides see the same machine load
@@ -318,7 +324,7 @@ def run_scale(workdir: Path, rounds: int, log: Callable = print) -> dict:
                 rows = list(csv.DictReader(handle))
             res["samples_per_s"] = statistics.mean(float(row["samples_per_s"]) for row in rows)
             runs[n].append(res)
-            loader[n].append(_loader_rate(n, workdir / "cache" / "volumes", 256))
+            loader[n].append(_loader_rate(n, cache / "volumes", 256))
             log(f"round {r + 1}: {n} volumes: {res['samples_per_s']:.1f} samples/s, peak RSS "
                 f"{max(res['maxrss_mb'], res['children_maxrss_mb']):.0f} MB, loader {loader[n][-1]:.0f} cubes/CPU s")
     summary = {}
@@ -351,7 +357,7 @@ def scale_markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
-        "| Scans | Prepare (`--prepare-only --workers 2`) | Peak RSS (training + workers) | Training samples/s "
+        "| Scans | `--prepare-only --workers 2` (wall, incl. start-up) | Peak RSS (training + workers) | Training samples/s "
         "| Training CPU s | Loader cubes per CPU s |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
@@ -413,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cubes", type=int, help="cubes per loader epoch (default 128 quick, 256 full)")
     parser.add_argument("--scale", action="store_true", help="only the 10 vs 200 scans study (see above)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --scale")
+    parser.add_argument("--cache", type=Path, help="--scale: reuse this $GENESIS_CACHE folder (default: a fresh one)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -420,13 +427,14 @@ def main(argv: list[str] | None = None) -> int:
         info = machine_info()
         workdir = Path(tempfile.mkdtemp(prefix="genesis-bench-scale-"))
         try:
-            scale = run_scale(workdir, args.rounds)
+            scale = run_scale(workdir, args.rounds, cache=args.cache)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         report = {"benchmark": "data_pipeline_scale",
                   "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "command": "python benchmarks/bench_data_pipeline.py --scale" + (
-                      f" --rounds {args.rounds}" if args.rounds != 2 else ""),
+                      f" --rounds {args.rounds}" if args.rounds != 2 else "") + (
+                      f" --cache {args.cache}" if args.cache else ""),
                   "shape": shape_str(SCALE_SHAPE), "rounds": args.rounds, "train_args": SCALE_TRAIN,
                   "machine": info, "scale": scale}
         atomic_write_text(args.out / "data_pipeline_scale.json", json.dumps(report, indent=2) + "\n")

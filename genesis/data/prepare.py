@@ -55,14 +55,14 @@ def _init_pool(source: Any) -> None:
         pass
 
 
-def _prepare_one(i: int) -> tuple[int, str, bool]:
+def _prepare_one(i: int) -> tuple[int, str, bool, Any]:
     return _prepare_in(_POOL_SOURCE, i)
 
 
-def _prepare_in(source: Any, i: int) -> tuple[int, str, bool]:
+def _prepare_in(source: Any, i: int) -> tuple[int, str, bool, Any]:
     builds = source.cache.builds
     entry = source.prepare(i)
-    return i, entry, source.cache.builds > builds
+    return i, entry, source.cache.builds > builds, getattr(source, "_layouts", {}).get(i)
 
 
 def prepare_source(
@@ -99,15 +99,15 @@ def prepare_source(
     try:
         if workers <= 1 or len(indices) <= 1:
             for i in indices:
-                _, entry, was_built = _prepare_in(source, i)
+                _, entry, was_built, _ = _prepare_in(source, i)
                 built += was_built
                 bar.update(1)
         else:
             context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
             with ProcessPoolExecutor(min(workers, len(indices)), mp_context=context, initializer=_init_pool,
                                      initargs=(source,)) as pool:
-                for i, entry, was_built in pool.map(_prepare_one, indices, chunksize=1):
-                    source.adopt(i, entry)  # verified by the pool process
+                for i, entry, was_built, layout in pool.map(_prepare_one, indices, chunksize=1):
+                    source.adopt(i, entry, layout)  # verified by the pool process
                     built += was_built
                     bar.update(1)
     finally:

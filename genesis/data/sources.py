@@ -63,6 +63,7 @@ class _CachedLoading:
 
     cache: VolumeCache | None
     _entries: dict[int, str]
+    _layouts: dict[int, tuple[str, str, int, tuple[int, ...]]]  # entry, dtype, offset, shape
 
     def _key(self, i: int) -> Any:
         raise NotImplementedError
@@ -76,8 +77,9 @@ class _CachedLoading:
             return None
         i = _check_index(i, len(self))  # type: ignore[arg-type]
         if i not in self._entries:
-            self.cache.get_or_compute(self._key(i), lambda: self._compute(i))
+            array = self.cache.get_or_compute(self._key(i), lambda: self._compute(i))
             self._entries[i] = str(self.cache.path_for(self._key(i)))
+            self._remember_layout(i, self._entries[i], array)
         return self._entries[i]
 
     def entry_path(self, i: int) -> str:
@@ -85,9 +87,13 @@ class _CachedLoading:
         assert self.cache is not None
         return str(self.cache.path_for(self._key(_check_index(i, len(self)))))  # type: ignore[arg-type]
 
-    def adopt(self, i: int, entry: str) -> None:
-        """Record the entry file of volume ``i`` that another process prepared and verified."""
-        self._entries[_check_index(i, len(self))] = str(entry)  # type: ignore[arg-type]
+    def adopt(self, i: int, entry: str, layout: tuple | None = None) -> None:
+        """Record the entry file (and its array layout) of volume ``i`` that another process
+        prepared and verified."""
+        i = _check_index(i, len(self))  # type: ignore[arg-type]
+        self._entries[i] = str(entry)
+        if layout is not None and layout[0] == str(entry):
+            self._layouts[i] = tuple(layout)  # type: ignore[assignment]
 
     def load(self, i: int) -> np.ndarray:
         """Volume ``i`` as float32 [0, 1] (z, y, x): a read-only memory map when cached.
@@ -98,13 +104,31 @@ class _CachedLoading:
         i = _check_index(i, len(self))  # type: ignore[arg-type]
         if self.cache is None:
             return self._compute(i)
+        layout = self._layouts.get(i)
         entry = self._entries.get(i)
+        if layout is not None and layout[0] == entry:
+            try:
+                # The header was read once: np.memmap with its offset costs ~70 us against
+                # ~250 us for np.load(mmap_mode="r"), which parses the header every time.
+                return np.memmap(entry, dtype=np.dtype(layout[1]), mode="r", offset=layout[2], shape=layout[3])
+            except (OSError, ValueError):
+                pass
         if entry is not None:
             try:
-                return np.load(entry, mmap_mode="r", allow_pickle=False)
+                array = np.load(entry, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError, EOFError):
                 del self._entries[i]  # removed or replaced since: go through the checks again
-        return np.load(self.prepare(i), mmap_mode="r", allow_pickle=False)
+            else:
+                self._remember_layout(i, entry, array)
+                return array
+        entry = self.prepare(i)
+        array = np.load(entry, mmap_mode="r", allow_pickle=False)
+        self._remember_layout(i, entry, array)
+        return array
+
+    def _remember_layout(self, i: int, entry: str, array: np.ndarray) -> None:
+        if isinstance(array, np.memmap) and array.flags.c_contiguous:
+            self._layouts[i] = (entry, array.dtype.str, int(array.offset), tuple(array.shape))
 
 
 class FileVolumeSource(_CachedLoading):
@@ -133,6 +157,7 @@ class FileVolumeSource(_CachedLoading):
         self.preprocess_cfg = preprocess_cfg or PreprocessConfig()
         self.cache = VolumeCache(cache_dir) if cache_dir is not None else None
         self._entries: dict[int, str] = {}
+        self._layouts: dict[int, tuple[str, str, int, tuple[int, ...]]] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -191,6 +216,7 @@ class SyntheticVolumeSource(_CachedLoading):
         self.synthetic_cfg = synthetic_cfg
         self.cache = VolumeCache(cache_dir) if cache_dir is not None else None
         self._entries: dict[int, str] = {}
+        self._layouts: dict[int, tuple[str, str, int, tuple[int, ...]]] = {}
 
     def __len__(self) -> int:
         return self.n

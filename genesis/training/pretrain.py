@@ -472,7 +472,10 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     n_val = cfg.data.val_cubes or max(cfg.batch_size, default_val)
     # With the cache (default) the dataset's LRU holds memory maps of verified entries, not
     # volumes: workers get keys, read cubes as slices, and share pages through the page cache.
-    train_ds = CubeDataset(train_src, sampler_config(cfg), steps * cfg.batch_size * dist.world_size, cfg.seed)
+    # Memory maps are cheap handles (one file descriptor each): keep many; in-memory volumes few.
+    lru = 32 if getattr(source, "cache", None) is not None else 8
+    train_ds = CubeDataset(train_src, sampler_config(cfg), steps * cfg.batch_size * dist.world_size, cfg.seed,
+                           lru_volumes=lru)
     val_cubes = load_val_cubes(val_src, cfg, n_val) if dist.is_main else torch.empty(0)
     synthetic = bool(getattr(source, "is_synthetic", False))
 
