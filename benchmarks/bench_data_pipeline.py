@@ -7,16 +7,24 @@ and a NIfTI file, then times, in one run and on the same machine:
 * the HU window alone, and body crop + resampling to 1 mm (``preprocess``);
 * the Models Genesis sampler (rejection rule of Zhou et al. 2021) drawing 32 cubes;
 * ``FileVolumeSource`` with a cache: first load (read + hash + preprocess + write) vs a hit;
-* ``make_loader`` throughput in cubes/s with 0 and 2 worker processes;
+* ``make_loader`` throughput in cubes/s with 0, 1, 2 and 4 worker processes on the memory-mapped
+  cache (the default path of ``genesis-pretrain``);
 * ``genesis.data.synthetic.generate_chest_ct`` per default volume (when the module exists).
 
 Each number is the median of ``--repeats`` runs. Results are printed and written atomically to
 ``<out>/data_pipeline.json`` and ``<out>/data_pipeline.md``.
 
+``--scale`` instead measures how the default pretraining path scales with the number of scans:
+``genesis-pretrain`` on 10 and on 200 synthetic volumes (small shape, default settings otherwise,
+cache prepared first with ``--prepare-only``), in interleaved rounds: peak RSS of the training
+process and its workers, training samples/s, and the loader's cubes/s per CPU second over the
+same sources. Written to ``<out>/data_pipeline_scale.json`` / ``.md``.
+
 Run::
 
     python benchmarks/bench_data_pipeline.py --quick     # 64x256x256 phantom, ~15 s on 2 busy cores
     python benchmarks/bench_data_pipeline.py             # 200x512x512 phantom (a LUNA16-like scan)
+    python benchmarks/bench_data_pipeline.py --scale     # 10 vs 200 scans, ~4 min on 2 busy cores
 """
 
 from __future__ import annotations
@@ -198,7 +206,7 @@ def run(
     ds = CubeDataset(FileVolumeSource([dicom_dir], cache_dir=cache_dirs[0]), SamplerConfig.models_genesis(),
                      cubes_per_epoch=cubes_per_epoch, seed=0)
     ds[0]  # the volume is cached on disk already; this fills the in-process LRU
-    for workers in (0, 2):
+    for workers in (0, 1, 2, 4):
         first_batch: list[float] = []
         steady: list[float] = []
 
@@ -235,6 +243,132 @@ def run(
                         statistics.median(runs), runs, f"{60 / statistics.median(runs):.0f} volumes/min",
                         "SYNTHETIC phantom, seeds 0..n-1"))
     return rows, setup
+
+
+# ------------------------------------------------------------------------------ scaling study
+SCALE_SHAPE = (32, 64, 64)
+SCALE_VOLUMES = (10, 200)
+SCALE_TRAIN = ["--device", "cpu", "--no-progress", "--width", "4", "--crop", "16", "32", "32", "--batch-size", "4",
+               "--steps-per-epoch", "25", "--epochs", "2", "--set", "data.val_cubes=8", "--set", "log.grids=false",
+               "--set", "log.tensorboard=false"]
+
+_CHILD = """
+import json, resource, sys, time
+from genesis.cli.pretrain import main
+t0 = time.process_time()
+code = main(sys.argv[1:])
+self_ru, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print("RESULT " + json.dumps({"code": code, "maxrss_mb": self_ru.ru_maxrss / 1024,
+      "children_maxrss_mb": kids.ru_maxrss / 1024, "cpu_s": self_ru.ru_utime + self_ru.ru_stime + kids.ru_utime
+      + kids.ru_stime, "minflt": self_ru.ru_minflt}))
+"""
+
+
+def _pretrain_child(args: list[str], env: dict) -> dict:
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"pretraining failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1][7:])
+
+
+def _loader_rate(n: int, cache_dir: Path, cubes: int) -> float:
+    """Cubes per CPU second of the default loader (workers=0) over ``n`` prepared synthetic volumes."""
+    from dataclasses import replace
+
+    from genesis.data.prepare import prepare_source
+    from genesis.data.sources import SyntheticVolumeSource
+    from genesis.data.synthetic import SyntheticConfig
+
+    base = SyntheticConfig()
+    cfg = replace(base, shape=SCALE_SHAPE,
+                  spacing=tuple(s * b / k for s, b, k in zip(base.spacing, base.shape, SCALE_SHAPE)))
+    source = SyntheticVolumeSource(n, 0, synthetic_cfg=cfg, cache_dir=cache_dir)
+    prepare_source(source, progress=False)
+    # lru_volumes as genesis-pretrain sets it for a cached source
+    ds = CubeDataset(source, SamplerConfig.models_genesis(crop=(16, 32, 32)), cubes_per_epoch=cubes, seed=0,
+                     lru_volumes=32)
+    start = time.process_time()
+    for _ in make_loader(ds, BATCH_SIZE, epoch=0, workers=0):
+        pass
+    return cubes / (time.process_time() - start)
+
+
+def run_scale(workdir: Path, rounds: int, log: Callable = print, cache: Path | None = None) -> dict:
+    """10 vs 200 synthetic scans through ``genesis-pretrain`` (see the module docstring).
+
+    ``cache``: an existing ``$GENESIS_CACHE`` folder to reuse (entries are verified, not rebuilt).
+    """
+    cache = cache or workdir / "cache"
+    env = {**os.environ, "GENESIS_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    shape = f"data.synthetic_shape=[{','.join(map(str, SCALE_SHAPE))}]"
+    prepare = {}
+    for n in SCALE_VOLUMES:
+        start = time.perf_counter()
+        _pretrain_child(["--prepare-only", "--workers", "2", "--no-progress", "--set", shape,
+                         "--set", f"data.synthetic_volumes={n}", "--crop", "16", "32", "32"], env)
+        prepare[n] = time.perf_counter() - start
+        log(f"prepared {n} synthetic volumes {shape_str(SCALE_SHAPE)} in {prepare[n]:.1f} s (wall, with start-up)")
+    runs: dict[int, list[dict]] = {n: [] for n in SCALE_VOLUMES}
+    loader: dict[int, list[float]] = {n: [] for n in SCALE_VOLUMES}
+    for r in range(rounds):  # interleaved: both sides see the same machine load
+        for n in SCALE_VOLUMES:
+            out = workdir / f"run{n}_{r}"
+            res = _pretrain_child([*SCALE_TRAIN, "--set", shape, "--set", f"data.synthetic_volumes={n}",
+                                   "--out", str(out)], env)
+            import csv
+
+            with open(out / "log.csv") as handle:
+                rows = list(csv.DictReader(handle))
+            res["samples_per_s"] = statistics.mean(float(row["samples_per_s"]) for row in rows)
+            runs[n].append(res)
+            loader[n].append(_loader_rate(n, cache / "volumes", 256))
+            log(f"round {r + 1}: {n} volumes: {res['samples_per_s']:.1f} samples/s, peak RSS "
+                f"{max(res['maxrss_mb'], res['children_maxrss_mb']):.0f} MB, loader {loader[n][-1]:.0f} cubes/CPU s")
+    summary = {}
+    for n in SCALE_VOLUMES:
+        summary[str(n)] = {
+            "prepare_s": prepare[n],
+            "train_samples_per_s_median": statistics.median(r["samples_per_s"] for r in runs[n]),
+            "peak_rss_mb": max(max(r["maxrss_mb"], r["children_maxrss_mb"]) for r in runs[n]),
+            "train_cpu_s_median": statistics.median(r["cpu_s"] for r in runs[n]),
+            "loader_cubes_per_cpu_s_median": statistics.median(loader[n]),
+            "runs": runs[n],
+            "loader_runs": loader[n],
+        }
+    lo, hi = (summary[str(n)] for n in SCALE_VOLUMES)
+    summary["ratio_train_samples_per_s"] = hi["train_samples_per_s_median"] / lo["train_samples_per_s_median"]
+    summary["ratio_loader_cubes_per_cpu_s"] = hi["loader_cubes_per_cpu_s_median"] / lo["loader_cubes_per_cpu_s_median"]
+    return summary
+
+
+def scale_markdown(report: dict) -> str:
+    s = report["scale"]
+    m = report["machine"]
+    lines = [
+        "# Data path at scale: 10 vs 200 scans",
+        "",
+        f"{report['date']}: `genesis-pretrain` with default data settings (memory-mapped cache, Models Genesis "
+        f"sampler, workers 0) on synthetic volumes of {report['shape']}, width-4 U-Net, crop 16x32x32, batch 4, "
+        f"2 epochs of 25 steps; {report['rounds']} interleaved rounds, medians. Machine: {m['cpus_usable']} usable "
+        f"CPUs, load {m.get('load_avg_1min', '?')} at start.",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "| Scans | `--prepare-only --workers 2` (wall, incl. start-up) | Peak RSS (training + workers) | Training samples/s "
+        "| Training CPU s | Loader cubes per CPU s |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in SCALE_VOLUMES:
+        r = s[str(n)]
+        lines.append(f"| {n} | {r['prepare_s']:.1f} s | {r['peak_rss_mb']:.0f} MB | "
+                     f"{r['train_samples_per_s_median']:.1f} | {r['train_cpu_s_median']:.1f} | "
+                     f"{r['loader_cubes_per_cpu_s_median']:.0f} |")
+    lines += ["", f"200 / 10 scans: training samples/s x{s['ratio_train_samples_per_s']:.2f}, loader cubes per CPU "
+              f"second x{s['ratio_loader_cubes_per_cpu_s']:.2f} (target: within 20%); peak RSS target < 1500 MB.", ""]
+    return "\n".join(lines)
 
 
 def format_seconds(s: float) -> str:
@@ -283,9 +417,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per stage (the median is reported)")
     parser.add_argument("--shape", type=int, nargs=3, metavar=("Z", "Y", "X"), help="phantom size override")
     parser.add_argument("--cubes", type=int, help="cubes per loader epoch (default 128 quick, 256 full)")
+    parser.add_argument("--scale", action="store_true", help="only the 10 vs 200 scans study (see above)")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --scale")
+    parser.add_argument("--cache", type=Path, help="--scale: reuse this $GENESIS_CACHE folder (default: a fresh one)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.scale:
+        info = machine_info()
+        workdir = Path(tempfile.mkdtemp(prefix="genesis-bench-scale-"))
+        try:
+            scale = run_scale(workdir, args.rounds, cache=args.cache)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        report = {"benchmark": "data_pipeline_scale",
+                  "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  "command": "python benchmarks/bench_data_pipeline.py --scale" + (
+                      f" --rounds {args.rounds}" if args.rounds != 2 else "") + (
+                      f" --cache {args.cache}" if args.cache else ""),
+                  "shape": shape_str(SCALE_SHAPE), "rounds": args.rounds, "train_args": SCALE_TRAIN,
+                  "machine": info, "scale": scale}
+        atomic_write_text(args.out / "data_pipeline_scale.json", json.dumps(report, indent=2) + "\n")
+        atomic_write_text(args.out / "data_pipeline_scale.md", scale_markdown(report))
+        print(scale_markdown(report))
+        return 0
 
     shape = tuple(args.shape) if args.shape else (QUICK_SHAPE if args.quick else FULL_SHAPE)
     cubes = args.cubes or (128 if args.quick else 256)

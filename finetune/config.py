@@ -141,6 +141,7 @@ class FinetuneConfig:
     repeats: int = 1
     device: str = "auto"
     amp: bool = True
+    precision: str = "auto"
     balance: bool = True
     precise_bn_batches: int = 0
     max_negatives_per_scan: int | None = None
@@ -153,6 +154,8 @@ class FinetuneConfig:
 
     def validate(self) -> "FinetuneConfig":
         """Check value ranges; raises :class:`ConfigError` naming the setting."""
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.model is not None and (not isinstance(self.model, str) or not self.model):
             raise ConfigError(f"model must be a registered network name, got {self.model!r}")
         if not isinstance(self.model_args, dict):

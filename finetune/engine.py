@@ -119,7 +119,7 @@ def recompute_bn_stats(
     rng = numpy_generator(seed, 1_000_003)  # a stream no (epoch, step) batch uses
     for _ in range(cfg.precise_bn_batches):
         images, _ = sample_batch(task, train, crop, cfg.batch_size, rng, cfg.balance)
-        with autocast(device, cfg.amp):
+        with autocast(device, cfg.amp, cfg.precision):
             model(images.to(device))
     for m, momentum in zip(layers, momenta):
         m.momentum = momentum
@@ -137,7 +137,7 @@ def predict_volume(
 ) -> np.ndarray:
     """Foreground probability of a whole (z, y, x) volume by sliding-window inference."""
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    with autocast(device, cfg.amp):
+    with autocast(device, cfg.amp, cfg.precision):
         logits = sliding_window_inference(
             x,
             roi_size=crop,
@@ -180,7 +180,7 @@ def evaluate(
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
         x = torch.from_numpy(np.stack([s.image for s in chunk])[:, None].astype(np.float32)).to(device)
-        with autocast(device, cfg.amp):
+        with autocast(device, cfg.amp, cfg.precision):
             logits = _forward(model, x)
         scores.extend(torch.sigmoid(logits.float()).reshape(len(chunk), -1)[:, 0].cpu().tolist())
     labels = [int(s.label) for s in samples]
@@ -258,7 +258,7 @@ def train_run(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                                  weight_decay=cfg.optim.weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, cfg.amp) else None
+    scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, cfg.amp, cfg.precision) else None
     augmenter = Augmenter(cfg.augment, crop, with_mask=target.task == "segmentation")
 
     state: dict[str, Any] = {"epoch": 0, "best_metric": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
@@ -289,7 +289,7 @@ def train_run(
             images, masks = augmenter.batch(images, masks, rng.integers(0, 2**31, images.shape[0]))
             images = images.to(device)
             targets = (masks if masks is not None else targets).to(device)
-            with autocast(device, cfg.amp):
+            with autocast(device, cfg.amp, cfg.precision):
                 out = unpack_output(model(images))
             logits = out.output.float()
             if target.task == "segmentation":

@@ -1,8 +1,9 @@
-"""Device choice and mixed precision: CUDA when there is one, CPU otherwise."""
+"""Device choice and mixed precision: CUDA when there is one, CPU otherwise; fp32, bf16 or fp16."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import ContextManager
 
 import torch
@@ -29,17 +30,73 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-def autocast(device: torch.device, enabled: bool = True) -> ContextManager:
-    """Mixed precision on CUDA (bf16 where supported, else fp16); a no-op on CPU.
+#: Values of ``--precision``.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-    CPU autocast is left off on purpose: on the small CPUs we target it is slower than fp32.
+
+@functools.lru_cache(maxsize=None)
+def cpu_supports_bf16() -> bool:
+    """True when this CPU runs bf16 convolutions natively (AVX512-BF16 or AMX, through oneDNN).
+
+    Conservative on purpose: without these instructions bf16 is emulated and slower than fp32,
+    so ``auto`` keeps fp32 there.
     """
-    if not enabled or device.type != "cuda":
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # private helpers: absent in some torch builds
+        return False
+
+
+def resolve_precision(precision: str = "auto", device: torch.device | str = "cpu", amp: bool = True) -> str:
+    """The compute precision actually used: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+
+    ``auto``: on CUDA, bf16 autocast where the GPU supports it, else fp16 with loss scaling; on a
+    CPU with native bf16 (:func:`cpu_supports_bf16`), bf16 autocast; fp32 otherwise (and when
+    ``amp`` is False, the older ``--no-amp`` switch). Explicit values are honoured when the
+    device can run them.
+
+    Raises:
+        ConfigError: unknown value, fp16 on a CPU, bf16 on a GPU without it.
+    """
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        if not amp:
+            return "fp32"
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if device.type == "cpu" and cpu_supports_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device (it relies on loss scaling); use bf16 or fp32 on CPU")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("this GPU does not support bf16; use --precision fp16 or auto")
+    return precision
+
+
+def describe_precision(precision: str, device: torch.device | str) -> str:
+    """One log line: what runs in which precision, and why for ``auto``."""
+    device = torch.device(device)
+    if precision == "fp32":
+        return f"precision: fp32 on {device.type}"
+    scaler = " with gradient scaling" if precision == "fp16" else ""
+    return f"precision: {precision} autocast on {device.type}{scaler}"
+
+
+def autocast(device: torch.device, enabled: bool = True, precision: str = "auto") -> ContextManager:
+    """Mixed precision as :func:`resolve_precision` decides; a no-op for fp32.
+
+    Losses are computed in float32 by the callers (``logits.float()``).
+    """
+    resolved = resolve_precision(precision, device, enabled)
+    if resolved == "fp32":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    dtype = torch.bfloat16 if resolved == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def needs_grad_scaler(device: torch.device, enabled: bool = True) -> bool:
+def needs_grad_scaler(device: torch.device, enabled: bool = True, precision: str = "auto") -> bool:
     """fp16 autocast needs loss scaling; bf16 and fp32 do not."""
-    return enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    return resolve_precision(precision, device, enabled) == "fp16"

@@ -28,3 +28,17 @@ def real_data() -> Path:
 def test_data() -> Path:
     """Small files committed under tests/data (licensed for redistribution, see its README)."""
     return TEST_DATA
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _volume_cache_in_tmp(tmp_path_factory):
+    """Tests never write the per-user volume cache (``~/.cache/genesis``): point
+    ``$GENESIS_CACHE`` at a session folder unless the caller chose one."""
+    if os.environ.get("GENESIS_CACHE"):
+        yield
+        return
+    os.environ["GENESIS_CACHE"] = str(tmp_path_factory.mktemp("genesis-cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("GENESIS_CACHE", None)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 
 import numpy as np
 import pydicom
 import pytest
 
+import genesis.data.cache as cache_module
 import genesis.data.sources as sources_module
 from genesis.data.cache import VolumeCache, volume_files
 from genesis.data.preprocess import PreprocessConfig
 from genesis.data.sources import FileVolumeSource
+from genesis.errors import GenesisWarning
 from genesis.io import Volume, save_volume, write_dicom_series
 
 
@@ -43,7 +47,8 @@ def test_damaged_entry_is_recomputed(tmp_path) -> None:
     cache = VolumeCache(tmp_path)
     cache.get_or_compute("k", lambda: np.ones(3, np.float32))
     cache.path_for("k").write_bytes(b"broken")
-    np.testing.assert_array_equal(cache.get_or_compute("k", lambda: np.zeros(3, np.float32)), 0)
+    with pytest.warns(GenesisWarning, match="damaged cache entry"):
+        np.testing.assert_array_equal(cache.get_or_compute("k", lambda: np.zeros(3, np.float32)), 0)
 
 
 def test_fingerprint_follows_content_and_companion_files(tmp_path) -> None:
@@ -99,3 +104,118 @@ def test_changed_dicom_slice_invalidates(tmp_path) -> None:
     ds.save_as(series / "slice0002.dcm")
     after = FileVolumeSource([series], cache_dir=tmp_path / "cache").load(0)
     assert not np.array_equal(before, after)
+
+
+# ---- integrity: checksums, damaged entries rebuilt -------------------------------------------
+def _entry(tmp_path, seed=0):
+    """A cache with two entries; returns (cache root, the first key's array, compute log)."""
+    arrays = {k: np.random.default_rng([ord(k), seed]).random((6, 8, 10), dtype=np.float32) for k in ("a", "b")}
+    calls: list[str] = []
+    cache = VolumeCache(tmp_path)
+    for k, arr in arrays.items():
+        cache.get_or_compute(k, lambda arr=arr, k=k: calls.append(k) or arr)
+    return arrays, calls
+
+
+def _rewrite_same_size(path, mutate) -> None:
+    array = np.load(path)
+    size = path.stat().st_size
+    with open(path, "wb") as handle:
+        np.save(handle, mutate(array))
+    assert path.stat().st_size == size
+
+
+@pytest.mark.parametrize("damage", ["huge", "nan", "swapped_shape", "other_array", "empty", "truncated", "record"])
+def test_damaged_entries_are_detected_and_rebuilt(tmp_path, damage) -> None:
+    arrays, calls = _entry(tmp_path)
+    path = VolumeCache(tmp_path).path_for("a")
+    if damage == "huge":  # one bit-flipped float of the same file size
+        _rewrite_same_size(path, lambda a: np.where(np.arange(a.size).reshape(a.shape) == 7, -1.7e38, a).astype(a.dtype))
+    elif damage == "nan":
+        _rewrite_same_size(path, lambda a: np.where(np.arange(a.size).reshape(a.shape) == 3, np.nan, a).astype(a.dtype))
+    elif damage == "swapped_shape":
+        _rewrite_same_size(path, lambda a: np.ascontiguousarray(a).reshape(a.shape[::-1]))
+    elif damage == "other_array":
+        path.write_bytes(VolumeCache(tmp_path).path_for("b").read_bytes())
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:-100])
+    elif damage == "record":  # the other entry's record copied over: its key does not match
+        path.with_suffix(".json").write_text(VolumeCache(tmp_path).path_for("b").with_suffix(".json").read_text())
+    fresh = VolumeCache(tmp_path)  # a new process: verifies on first open
+    with pytest.warns(GenesisWarning, match="damaged cache entry"):
+        out = fresh.get_or_compute("a", lambda: calls.append("a") or arrays["a"])
+    assert calls == ["a", "b", "a"]  # rebuilt
+    np.testing.assert_array_equal(out, arrays["a"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rebuilt entry is valid: no warning, no recompute
+        np.testing.assert_array_equal(VolumeCache(tmp_path).get("a"), arrays["a"])
+
+
+def test_verification_happens_once_per_process(tmp_path, monkeypatch) -> None:
+    arrays, _ = _entry(tmp_path)
+    cache = VolumeCache(tmp_path)
+    seen: list = []
+    real = cache_module.checksums_of
+    monkeypatch.setattr(cache_module, "checksums_of", lambda *a, **k: seen.append(a[0]) or real(*a, **k))
+    for _ in range(3):
+        np.testing.assert_array_equal(cache.get("b"), arrays["b"])
+    assert len(seen) == 1
+    record = json.loads(cache.path_for("b").with_suffix(".json").read_text())
+    assert record["shape"] == [6, 8, 10] and record["dtype"] == "<f4" and "sha256" in record["checksums"]
+
+
+def test_concurrent_builders_compute_an_entry_once(tmp_path) -> None:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(2) as pool:
+        results = pool.map(_slow_build, [str(tmp_path)] * 4)
+    assert sum(results) == 1  # one process computed, the others found it built
+
+
+def _slow_build(root: str) -> int:
+    import time
+
+    cache = VolumeCache(root)
+
+    def compute():
+        time.sleep(0.2)
+        return np.ones((2, 3, 4), np.float32)
+
+    cache.get_or_compute("shared", compute)
+    return cache.builds
+
+
+# ---- prepare: parallel, resumable ---------------------------------------------------------------
+def test_prepare_source_parallel_resumable_and_adopted(tmp_path, monkeypatch) -> None:
+    from genesis.data.prepare import prepare_source
+
+    files = [save_volume(_ct(i), tmp_path / f"ct{i}.nii.gz") for i in range(3)]
+    root = tmp_path / "cache"
+    first = prepare_source(FileVolumeSource(files, cache_dir=root), workers=2, progress=False)
+    assert (first.volumes, first.built, first.valid) == (3, 3, 0)
+    source = FileVolumeSource(files, cache_dir=root)
+    again = prepare_source(source, workers=2, progress=False)
+    assert (again.built, again.valid) == (0, 3)
+    # the pool's verified entries are adopted: loads only map them (no fingerprint, no read)
+    monkeypatch.setattr(source.cache, "fingerprint", lambda *a: (_ for _ in ()).throw(AssertionError("re-keyed")))
+    expected = FileVolumeSource(files).load(1)
+    loaded = source.load(1)
+    assert isinstance(loaded, np.memmap)
+    np.testing.assert_array_equal(loaded, expected)
+    # a damaged entry is the only one rebuilt on the next pass
+    entry = VolumeCache(root).path_for(FileVolumeSource(files, cache_dir=root)._key(2))
+    entry.write_bytes(b"")
+    with pytest.warns(GenesisWarning, match="damaged cache entry"):
+        third = prepare_source(FileVolumeSource(files, cache_dir=root), workers=0, progress=False)
+    assert (third.built, third.valid) == (1, 2)
+
+
+def test_default_cache_dir_rule(tmp_path) -> None:
+    from genesis.data.cache import default_cache_dir
+
+    assert default_cache_dir({"GENESIS_CACHE": str(tmp_path)}) == tmp_path / "volumes"
+    assert default_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "genesis" / "volumes"
+    assert default_cache_dir({}).parts[-3:] == (".cache", "genesis", "volumes")

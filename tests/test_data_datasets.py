@@ -137,3 +137,47 @@ def test_pickled_dataset_drops_loaded_volumes_and_matches() -> None:
     clone = pickle.loads(pickle.dumps(ds))
     assert len(clone._lru) == 0
     torch.testing.assert_close(clone[3], expected, rtol=0, atol=0)
+
+
+# ---- the memory-mapped path ---------------------------------------------------------------------
+def _nifti_files(tmp_path, n=3):
+    from genesis.io import Volume, save_volume
+
+    rng = np.random.default_rng(5)
+    return [save_volume(Volume(rng.uniform(-1000, 1000, (14 + i, 20, 22)).astype(np.float32), (1.0, 1.0, 1.0)),
+                        tmp_path / f"v{i}.nii.gz") for i in range(n)]
+
+
+def test_memmap_source_matches_in_memory_loading(tmp_path) -> None:
+    import pickle
+
+    from genesis.data.prepare import prepare_source
+    from genesis.data.sources import FileVolumeSource
+
+    files = _nifti_files(tmp_path)
+    in_memory = CubeDataset(FileVolumeSource(files), CFG, cubes_per_epoch=24, seed=3)
+    source = FileVolumeSource(files, cache_dir=tmp_path / "cache")
+    prepare_source(source, progress=False)
+    mapped = CubeDataset(source, CFG, cubes_per_epoch=24, seed=3)
+    for i in range(len(files)):
+        volume = mapped.volume(i)
+        assert isinstance(volume, np.memmap) and not volume.flags.writeable
+        np.testing.assert_array_equal(volume, in_memory.volume(i))
+    for key in range(0, 60, 7):  # the same cubes for the same keys
+        torch.testing.assert_close(mapped[key], in_memory[key], rtol=0, atol=0)
+    # what a worker receives: keys and entry paths, no array (a few kB at most)
+    assert len(pickle.dumps(mapped)) < 5000
+
+
+def test_memmap_loader_workers_give_identical_batches(tmp_path) -> None:
+    from genesis.data.prepare import prepare_source
+    from genesis.data.sources import FileVolumeSource
+
+    source = FileVolumeSource(_nifti_files(tmp_path), cache_dir=tmp_path / "cache")
+    prepare_source(source, progress=False)
+    ds = CubeDataset(source, CFG, cubes_per_epoch=16, seed=1)
+    plain = [b for b in make_loader(ds, 4, epoch=1, workers=0)]
+    forked = [b for b in make_loader(ds, 4, epoch=1, workers=2)]
+    assert len(plain) == len(forked) == 4
+    for a, b in zip(plain, forked):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

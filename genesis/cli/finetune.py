@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--repeats", type=int, help="runs per fraction (seeds seed, seed+1, ...)")
     p.add_argument("--device", help="auto, cpu or cuda[:n]")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="compute precision (default auto: bf16 autocast on CUDA where supported, else fp16 "
+                   "with loss scaling; bf16 on CPUs with AVX512-BF16/AMX; fp32 otherwise)")
     p.add_argument("--config", help="YAML file with FinetuneConfig settings")
     p.add_argument("--compare", metavar="OTHER_OUT", help="t-test our runs against another output folder")
     p.add_argument("--preset", choices=sorted(PRESETS), help="quick: tiny CPU demo (about a minute)")
@@ -72,7 +75,7 @@ _FLAG_KEYS = {
     "linear_probe": "linear_probe", "out": "out", "epochs": "epochs", "steps_per_epoch": "steps_per_epoch",
     "batch_size": "batch_size", "width": "width", "lr": "optim.lr", "patience": "patience", "crop": "crop",
     "label_fraction": "label_fractions", "seed": "seed", "repeats": "repeats", "device": "device",
-    "compare": "compare", "resume": "resume",
+    "precision": "precision", "compare": "compare", "resume": "resume",
 }
 
 

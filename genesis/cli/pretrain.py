@@ -40,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="YAML file with any PretrainConfig settings")
     p.add_argument("--preset", choices=PRESETS, help="quick: tiny CPU demo that finishes in about a minute")
     p.add_argument("--data", help="folder of scans, CSV/YAML manifest or one scan (default: synthetic)")
-    p.add_argument("--cache-dir", help="cache of preprocessed volumes")
+    p.add_argument("--cache-dir", help="cache of preprocessed volumes, read as memory maps "
+                   "(default: $GENESIS_CACHE/volumes, else ~/.cache/genesis/volumes)")
+    p.add_argument("--no-cache", action="store_true", help="do not cache preprocessed volumes (slow with many scans)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="preprocess every volume of --data into the cache (in parallel with --workers, "
+                   "default: all CPUs), skip entries already valid, and exit")
     p.add_argument("--assume-spacing", type=float, metavar="MM",
                    help="use MM where a scan's voxel spacing is missing or invalid (default: such a scan is an error)")
     p.add_argument("--out", help="output folder (default: runs/pretrain)")
@@ -57,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of data, proxy randomness and weights")
     p.add_argument("--device", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="compute precision (default auto: bf16 autocast on CUDA where supported, else fp16 "
+                   "with loss scaling; bf16 on CPUs with AVX512-BF16/AMX; fp32 otherwise)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt until --epochs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,6 +87,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "data.data": args.data,
         "data.cache_dir": args.cache_dir,
         "data.assume_spacing": args.assume_spacing,
+        "data.cache": False if args.no_cache else None,
         "out": args.out,
         "epochs": args.epochs,
         "steps_per_epoch": args.steps_per_epoch,
@@ -95,6 +104,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "data.workers": args.workers,
         "resume": True if args.resume else None,
         "amp": False if args.no_amp else None,
+        "precision": args.precision,
         "log.progress": False if args.no_progress else None,
     }
     o.update({k: v for k, v in flags.items() if v is not None})  # flags given explicitly beat the preset
@@ -133,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from genesis.training.pretrain import run_pretraining
 
     cfg = load_config(PretrainConfig, args.config, overrides_from_args(args))
+    if args.prepare_only:
+        return prepare_only(cfg, args.workers)
     result = run_pretraining(cfg)
     from genesis.training.ddp import env_dist_info
 
@@ -141,6 +153,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = ", ".join(f"{k}={last[k]:.4g}" for k in ("train_loss", "val_loss", "val_mse") if k in last)
         note = " (trained on synthetic data)" if result.synthetic else ""
         print(f"done{note}: best {result.best_path}, last {result.last_path}; {summary}", file=sys.stderr)
+    return 0
+
+
+def prepare_only(cfg: Any, workers: int | None) -> int:
+    """``--prepare-only``: fill the volume cache for ``cfg.data`` and exit."""
+    import os
+
+    from genesis.training.ddp import DistInfo
+    from genesis.training.pretrain import build_source, prepare_volumes
+
+    if not cfg.data.cache:
+        raise ConfigError("--prepare-only fills the volume cache; it cannot be combined with --no-cache")
+    source = build_source(cfg)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    prepare_volumes(source, cfg, DistInfo(), workers=usable if workers is None else workers)
     return 0
 
 

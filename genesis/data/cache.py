@@ -9,26 +9,35 @@ index entry keyed by (absolute path, size, mtime_ns), and each volume's fingerpr
 stamps of all its files: on a second run only ``stat`` is called (plus one small JSON read).
 Editing a file changes its size or mtime, so it is hashed again and the key changes. (A rewrite
 of the same size within the file system's mtime resolution would go unnoticed: the price of not
-reading the bytes.) Entries and arrays are written atomically (:mod:`genesis.fileio`), so
-parallel workers may race harmlessly.
+reading the bytes.) Entries and arrays are written atomically (:mod:`genesis.fileio`), and a
+per-entry file lock makes concurrent builders (DDP ranks, workers, ``--prepare-only``) compute
+each entry once.
+
+Integrity: every array has a checksum record (shape, dtype, size, digests of the file's bytes).
+The first open in a process verifies it; a damaged entry (bit flips, a truncated or 0-byte
+file, another entry's array, a header with swapped shape) is rebuilt with a warning, never fed
+to training.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from genesis.errors import InputFileError
+from genesis.errors import GenesisWarning, InputFileError
 from genesis.fileio import atomic_write, atomic_write_text
 
 #: Bumped when the meaning of cached arrays changes (invalidates every entry).
-CACHE_FORMAT_VERSION = 1
+#: 2: every entry has a checksum record (``<key>.json``).
+CACHE_FORMAT_VERSION = 2
 _CHUNK = 1 << 20
 
 
@@ -90,16 +99,39 @@ def volume_files(path: str | Path) -> list[Path]:
     return [path, *extra]
 
 
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where preprocessed volumes go when no cache folder is given: ``<genesis cache>/volumes``.
+
+    ``<genesis cache>`` follows the weights' rule: ``$GENESIS_CACHE``, else
+    ``$XDG_CACHE_HOME/genesis``, else ``~/.cache/genesis``.
+    """
+    env = os.environ if env is None else env
+    if env.get("GENESIS_CACHE"):
+        base = Path(env["GENESIS_CACHE"]).expanduser()
+    elif env.get("XDG_CACHE_HOME"):
+        base = Path(env["XDG_CACHE_HOME"]).expanduser() / "genesis"
+    else:
+        base = Path.home() / ".cache" / "genesis"
+    return base / "volumes"
+
+
 class VolumeCache:
     """Preprocessed arrays under ``root``, plus the file-hash index that makes hits cheap.
 
-    Layout: ``root/arrays/ab/<key>.npy``, ``root/files/cd/<sha256(abs path)>.json`` (file hashes)
-    and ``root/volumes/ef/<sha256(stamps)>.json`` (volume fingerprints).
+    Layout: ``root/arrays/ab/<key>.npy`` with its checksum record ``<key>.json`` (key, shape,
+    dtype, size, sha256 and, with ``xxhash`` installed, xxh3_128 of the file's bytes),
+    ``root/files/cd/<sha256(abs path)>.json`` (file hashes) and
+    ``root/volumes/ef/<sha256(stamps)>.json`` (volume fingerprints).
+
+    Entries are verified against their record on the first open in each process (the set of
+    verified files travels with the object to loader workers, so they do not hash again).
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.hash_calls = 0  # number of files hashed from their bytes (tests check cache hits)
+        self.builds = 0  # number of entries written by this object
+        self._verified: dict[str, tuple[int, int, int]] = {}  # path -> (inode, size, mtime_ns)
 
     # ---- file fingerprints -------------------------------------------------------------------
     def file_hash(self, path: str | Path) -> str:
@@ -158,31 +190,64 @@ class VolumeCache:
         return f"{digest[:2]}/{digest}{suffix}"
 
     def path_for(self, key_parts: Any) -> Path:
+        """The ``.npy`` of an entry (its checksum record is the ``.json`` next to it)."""
         return self.root / "arrays" / self._shard(self.key(key_parts), ".npy")
 
-    def get(self, key_parts: Any) -> np.ndarray | None:
-        """The cached array (read-only memory map) or None when absent or unreadable."""
+    def get(self, key_parts: Any, warn: bool = True) -> np.ndarray | None:
+        """The verified entry as a read-only memory map, or None when absent or damaged.
+
+        The first open of an entry in a process checks the whole file against its checksum
+        record (see :func:`verify_entry`); later opens of the same file (same inode, size and
+        mtime) only ``stat`` it. A damaged entry gives a :class:`GenesisWarning` and None, so the
+        caller rebuilds it (``warn=False``: None without the warning).
+        """
         path = self.path_for(key_parts)
-        if not path.exists():
+        try:
+            st = path.stat()
+        except OSError:
             return None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._verified.get(str(path)) != stamp:
+            problem = verify_entry(path, self.key(key_parts))
+            if problem is not None:
+                if warn:
+                    warnings.warn(f"{path}: damaged cache entry ({problem}); rebuilding it", GenesisWarning,
+                                  stacklevel=2)
+                self._verified.pop(str(path), None)
+                return None
+            self._verified[str(path)] = stamp
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
-            return None  # a damaged entry is recomputed and overwritten
+        except (OSError, ValueError, EOFError):  # replaced between the check and the map
+            return None
 
     def put(self, key_parts: Any, array: np.ndarray) -> np.ndarray:
-        """Store ``array`` atomically and return it as a memory map."""
+        """Store ``array`` atomically with its checksum record and return it as a memory map."""
         path = self.path_for(key_parts)
+        array = np.ascontiguousarray(array)
+        record: dict[str, Any] = {}
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as handle:  # a handle: np.save(path) would append ".npy"
-                np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
+                np.save(handle, array, allow_pickle=False)
+            record.update(checksums_of(tmp))
 
         atomic_write(path, write)
+        self.builds += 1
+        meta = {"key": self.key(key_parts), "shape": list(array.shape), "dtype": array.dtype.str,
+                "size": path.stat().st_size, "checksums": record}
+        # The record goes second: an .npy without (or with a stale) record is rebuilt, never trusted.
+        atomic_write_text(path.with_suffix(".json"), json.dumps(meta))
+        st = path.stat()
+        self._verified[str(path)] = (st.st_ino, st.st_size, st.st_mtime_ns)
         return np.load(path, mmap_mode="r", allow_pickle=False)
 
     def get_or_compute(self, key_parts: Any, compute: Callable[[], np.ndarray]) -> np.ndarray:
         """The cached array for ``key_parts``, computing and storing it on a miss.
+
+        Concurrent processes (DDP ranks, loader workers, ``--prepare-only`` pools) building the
+        same entry take a per-entry file lock, so each entry is computed once; whoever waited
+        finds it built.
 
         Args:
             key_parts: JSON-able description (e.g. ``{"source": fingerprint, "preprocess": {...}}``).
@@ -193,4 +258,86 @@ class VolumeCache:
         hit = self.get(key_parts)
         if hit is not None:
             return hit
-        return self.put(key_parts, compute())
+        path = self.path_for(key_parts)
+        with _entry_lock(path.with_suffix(".lock")):
+            hit = self.get(key_parts, warn=False)  # built by another process while we waited
+            if hit is not None:
+                return hit
+            return self.put(key_parts, compute())
+
+
+# ---- checksums -------------------------------------------------------------------------------
+def _hashers() -> dict[str, Any]:
+    """sha256 always (portable); xxh3_128 too when ``xxhash`` is installed (measured 8.8 GB/s
+    against 1.3 GB/s for sha256 and 0.53 GB/s for blake2b on one core here), so that verifying
+    a large cache on open stays cheap."""
+    hashers: dict[str, Any] = {"sha256": hashlib.sha256()}
+    try:
+        import xxhash
+    except ImportError:
+        return hashers
+    hashers["xxh3_128"] = xxhash.xxh3_128()
+    return hashers
+
+
+def checksums_of(path: Path, algorithms: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Hex digests of a file's bytes (all available algorithms, or only ``algorithms``)."""
+    hashers = {k: v for k, v in _hashers().items() if algorithms is None or k in algorithms}
+    buffer = bytearray(_CHUNK * 4)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:  # plain reads: hashing must not grow the RSS
+        while True:
+            n = handle.readinto(buffer)
+            if not n:
+                break
+            for h in hashers.values():
+                h.update(view[:n])
+    return {name: h.hexdigest() for name, h in hashers.items()}
+
+
+def verify_entry(path: Path, key: str) -> str | None:
+    """What is wrong with a cache entry (None: nothing).
+
+    Checks, cheapest first: the checksum record exists and belongs to this key; the file size;
+    the checksum of every byte (header included, so a swapped shape or dtype is caught); the
+    shape and dtype ``np.load`` reads against the record.
+    """
+    try:
+        meta = json.loads(path.with_suffix(".json").read_text())
+        key_ok, size, shape, dtype, sums = meta["key"] == key, int(meta["size"]), meta["shape"], meta["dtype"], meta["checksums"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no readable checksum record"
+    if not key_ok:
+        return "its checksum record belongs to another entry"
+    actual = path.stat().st_size
+    if actual != size:
+        return f"{actual} bytes instead of {size}"
+    algo = "xxh3_128" if "xxh3_128" in sums and "xxh3_128" in _hashers() else "sha256"
+    if algo not in sums:
+        return "no usable checksum in its record"
+    if checksums_of(path, (algo,))[algo] != sums[algo]:
+        return f"{algo} checksum mismatch"
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        return f"unreadable ({exc})"
+    if list(array.shape) != list(shape) or array.dtype.str != dtype:
+        return f"shape/dtype {array.shape} {array.dtype.str} instead of {tuple(shape)} {dtype}"
+    return None
+
+
+@contextlib.contextmanager
+def _entry_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (POSIX ``flock``); a no-op where there is none."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent builders may duplicate work; atomic writes keep it safe
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

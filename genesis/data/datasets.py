@@ -5,9 +5,12 @@ with ``(seed, k)``, for any ``k >= 0``. Epoch ``e`` uses keys ``e * len(ds) + i`
 gives the same cubes whatever the number of workers or processes, which is what exact resume and
 DDP sharding need (:func:`epoch_keys`, :func:`make_loader`).
 
-The volume is drawn uniformly per key, so consecutive keys rarely share a volume: each worker keeps
-a small LRU of loaded volumes, and a file source should use ``cache_dir`` so that a miss is only a
-memory map of the preprocessed ``.npy``.
+The volume is drawn uniformly per key, so consecutive keys rarely share a volume. With a cached
+source (the default in ``genesis-pretrain``) ``source.load`` returns a read-only memory map of a
+verified ``.npy``: a miss costs one ``np.load(mmap_mode="r")`` (tens of microseconds), a cube is a
+slice of the map, and worker processes share the pages through the page cache. Each process keeps
+a small LRU of these maps (handles, not data). Workers receive keys, never arrays: the pickled
+dataset carries no volume.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class CubeDataset(Dataset):
         sampler_cfg: crop size and rejection rule (default :class:`SamplerConfig`).
         cubes_per_epoch: ``len(ds)``; keys of epoch e are ``e * len(ds) .. (e + 1) * len(ds) - 1``.
         seed: base seed; ``ds[k]`` depends only on (source, sampler_cfg, seed, k).
-        lru_volumes: loaded volumes kept per worker process.
+        lru_volumes: loaded volumes (memory maps with a cached source) kept per worker process.
     """
 
     def __init__(

@@ -24,7 +24,10 @@ class DataConfig:
     Attributes:
         data: a folder of scans, a CSV/YAML manifest or one file; None = the embedded synthetic
             chest CT default (outputs are then marked synthetic).
-        cache_dir: cache of preprocessed volumes (None: no cache).
+        cache_dir: cache of preprocessed volumes, read as memory maps (None: the per-user default,
+            ``$GENESIS_CACHE/volumes`` or ``~/.cache/genesis/volumes``).
+        cache: False turns the cache off (every volume is then preprocessed in memory, again in
+            every loader worker and epoch; only for read-only machines).
         window: HU window mapped to [0, 1] (Models Genesis: [-1000, 1000]).
         spacing: resample to this (z, y, x) spacing in mm; None keeps the native spacing.
         crop_body: crop to the body's bounding box before sampling.
@@ -46,6 +49,7 @@ class DataConfig:
 
     data: str | None = None
     cache_dir: str | None = None
+    cache: bool = True
     window: tuple[float, float] = (-1000.0, 1000.0)
     spacing: tuple[float, float, float] | None = None
     crop_body: bool = False
@@ -126,7 +130,10 @@ class PretrainConfig:
         batch_size: cubes per step and process (Models Genesis: 6).
         seed: seeds data order, cube sampling, proxy randomness and weight initialisation.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:n]``.
-        amp: mixed precision on CUDA (bf16 or fp16); ignored on CPU.
+        amp: mixed precision allowed (False: fp32 when ``precision`` is ``auto``; ``--no-amp``).
+        precision: ``auto`` (bf16 autocast on CUDA where supported, else fp16 with loss scaling;
+            bf16 on CPUs with native bf16 (AVX512-BF16/AMX); fp32 otherwise), ``fp32``, ``bf16``
+            or ``fp16`` (CUDA only). See :func:`genesis.device.resolve_precision`.
         out: output folder.
         resume: continue from ``out/last.pt``.
     """
@@ -144,6 +151,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    precision: str = "auto"
     out: str = "runs/pretrain"
     resume: bool = False
     data: DataConfig = field(default_factory=DataConfig)
@@ -181,6 +189,8 @@ class PretrainConfig:
             raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}")
         if self.schedule.name not in ("plateau", "step", "none"):
             raise ConfigError(f"schedule.name must be plateau, step or none, got {self.schedule.name!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.loss not in ("auto", "mse", "composite", "ce"):
             raise ConfigError(f"loss must be auto, mse, composite or ce, got {self.loss!r}")
         d, o, sch, es = self.data, self.optim, self.schedule, self.early_stop

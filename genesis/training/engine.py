@@ -250,7 +250,7 @@ class Trainer:
             model.load_state_dict(stage.init_weights)
         optimizer = build_optimizer(model.parameters(), cfg.optim)
         scheduler = EpochScheduler(optimizer, cfg.schedule)
-        scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, cfg.amp))
+        scaler = torch.amp.GradScaler("cuda", enabled=needs_grad_scaler(device, cfg.amp, cfg.precision))
         early = EarlyStopping.from_config(cfg.early_stop)
         history: list[dict[str, Any]] = []
         start_epoch, global_step = 0, 0
@@ -333,7 +333,7 @@ class Trainer:
             cubes = _cubes_of(cubes).to(device, non_blocking=True)
             gen = make_generator(step_seed(cfg.seed, stage.index, epoch, step, dist.rank), device)
             pair = prepare_pair(task, cubes, gen, cfg.dims)
-            with autocast(device, cfg.amp):
+            with autocast(device, cfg.amp, cfg.precision):
                 out = unpack_output(net(pair.input))
             loss, _ = self.loss_fn(out, pair)
             if not torch.isfinite(loss):
@@ -398,7 +398,7 @@ class Trainer:
             cubes = self.val_cubes[i:i + bs].to(device)
             gen = make_generator(step_seed(cfg.seed, stage.index, 1 << 30, i), device)
             pair = prepare_pair(stage.task, cubes, gen, cfg.dims)
-            with autocast(device, cfg.amp):
+            with autocast(device, cfg.amp, cfg.precision):
                 out = unpack_output(model(pair.input))
             loss, _ = self.loss_fn(out, pair)
             b = int(pair.input.shape[0])

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,48 @@ def build_source(cfg: PretrainConfig) -> Any:
         # keep the whole chest in view: a smaller grid gets proportionally coarser voxels
         spacing = tuple(s * b / n for s, b, n in zip(base.spacing, base.shape, d.synthetic_shape))
         synthetic_cfg = replace(base, shape=tuple(d.synthetic_shape), spacing=spacing)
-    return volume_source_from_arg(d.data, pre, d.cache_dir, synthetic_n=d.synthetic_volumes, seed=cfg.seed,
-                                  synthetic_cfg=synthetic_cfg)
+    return volume_source_from_arg(d.data, pre, volume_cache_dir(cfg), synthetic_n=d.synthetic_volumes,
+                                  seed=cfg.seed, synthetic_cfg=synthetic_cfg)
+
+
+def volume_cache_dir(cfg: PretrainConfig) -> Path | None:
+    """The cache of preprocessed volumes: ``data.cache_dir``, else the per-user default (None: off)."""
+    from genesis.data.cache import default_cache_dir
+
+    if not cfg.data.cache:
+        return None
+    return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else default_cache_dir()
+
+
+def prepare_volumes(source: Any, cfg: PretrainConfig, dist: DistInfo, workers: int | None = None) -> None:
+    """Build or verify every cache entry before training; loader workers then only memory-map
+    verified entries, and no whole volume is held in memory.
+
+    Under DDP the ranks of a node split the entries (each verifies or builds its share, the
+    file locks keep an entry from being built twice), wait for each other, and take over the
+    rest unverified-by-them: a node reads its cache once, not once per rank.
+    """
+    import os
+
+    from genesis.data.prepare import prepare_source
+    from genesis.training.ddp import barrier
+
+    if getattr(source, "cache", None) is None:
+        return
+    n = len(source)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size)) if dist.distributed else 1
+    local_rank = dist.local_rank if dist.distributed else 0
+    mine = [i for i in range(n) if i % local_world == local_rank]
+    log = (lambda line: print(line, file=sys.stderr)) if dist.is_main else None
+    if log is not None:
+        log(f"volume cache: {source.cache.root}")
+    prepare_source(source, workers=cfg.data.workers if workers is None else workers,
+                   progress=cfg.log.progress and dist.is_main, order=mine, log=log)
+    if local_world > 1:
+        barrier(dist)
+        for i in range(n):
+            if i % local_world != local_rank:
+                source.adopt(i, source.entry_path(i))
 
 
 def sampler_config(cfg: PretrainConfig) -> Any:
@@ -406,7 +447,12 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
 def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainResult:
     from genesis.data.datasets import CubeDataset, make_loader
 
+    from genesis.device import describe_precision, resolve_precision
+
     out = Path(cfg.out)
+    precision = resolve_precision(cfg.precision, device, cfg.amp)  # an impossible choice fails here
+    if dist.is_main:
+        print(describe_precision(precision, device), file=sys.stderr)
     if cfg.resume:
         _check_resume(out / "last.pt", cfg)  # before the (possibly slow) data loading
     task = build_task(cfg)
@@ -417,18 +463,19 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     region = getattr(task.stages[0] if getattr(task, "stages", None) else task, "loss_region", "all")
 
     source = build_source(cfg)
+    prepare_volumes(source, cfg, dist)
     train_idx, val_idx = split_volumes(len(source), cfg.data.val_fraction)
     train_src, val_src = SubsetSource(source, train_idx), SubsetSource(source, val_idx)
     steps = effective_steps(cfg, len(train_src), dist.world_size)
     cfg = replace(cfg, steps_per_epoch=steps, optim=resolve_optim(cfg.optim, cfg.task, kind))
     default_val = min(MAX_DEFAULT_VAL_CUBES, len(val_src) * cfg.data.cubes_per_volume)
     n_val = cfg.data.val_cubes or max(cfg.batch_size, default_val)
+    # With the cache (default) the dataset's LRU holds memory maps of verified entries, not
+    # volumes: workers get keys, read cubes as slices, and share pages through the page cache.
+    # Memory maps are cheap handles (one file descriptor each): keep many; in-memory volumes few.
+    lru = 32 if getattr(source, "cache", None) is not None else 8
     train_ds = CubeDataset(train_src, sampler_config(cfg), steps * cfg.batch_size * dist.world_size, cfg.seed,
-                           lru_volumes=max(8, min(len(train_src), 32)))
-    # Load (or generate) the training volumes once here: forked workers inherit them, so
-    # non-persistent per-epoch workers do not re-read or re-generate them every epoch.
-    for i in range(min(len(train_src), train_ds.lru_volumes)):
-        train_ds.volume(i)
+                           lru_volumes=lru)
     sampler_report = report_acceptance(train_ds, train_src, dist.is_main)
     val_cubes = load_val_cubes(val_src, cfg, n_val) if dist.is_main else torch.empty(0)
     synthetic = bool(getattr(source, "is_synthetic", False))
