@@ -40,6 +40,8 @@ class DataConfig:
         synthetic_shape: (z, y, x) voxels of each synthetic scan; None = the generator's default.
         workers: DataLoader worker processes (they only read and crop cubes; proxy transforms
             run in the training process, on the GPU when there is one).
+        keep_labels: use label maps found in a ``data`` folder (skipped by default).
+        keep_non_hu: use images without Hounsfield units found in a ``data`` folder (skipped by default).
     """
 
     data: str | None = None
@@ -55,6 +57,8 @@ class DataConfig:
     synthetic_volumes: int = 8
     synthetic_shape: tuple[int, int, int] | None = None
     workers: int = 0
+    keep_labels: bool = False
+    keep_non_hu: bool = False
 
 
 @dataclass
@@ -126,6 +130,7 @@ class PretrainConfig:
         amp: mixed precision on CUDA (bf16 or fp16); ignored on CPU.
         out: output folder.
         resume: continue from ``out/last.pt``.
+        overwrite: replace a run already in ``out`` (without it, or ``resume``, that is an error).
     """
 
     task: str = "combined"
@@ -143,6 +148,7 @@ class PretrainConfig:
     amp: bool = True
     out: str = "runs/pretrain"
     resume: bool = False
+    overwrite: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
