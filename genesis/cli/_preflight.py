@@ -29,7 +29,7 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 def static_names(package: str, decorator: str) -> list[str]:
     """Names registered with ``@decorator("name")`` in the modules of ``package`` (not imported)."""
     folder = _ROOT / package.replace(".", "/")
-    pattern = re.compile(rf"@{re.escape(decorator)}\(\s*[\"']([^\"']+)[\"']")
+    pattern = re.compile(rf"^@{re.escape(decorator)}\(\s*[\"']([^\"']+)[\"']", re.MULTILINE)
     names: set[str] = set()
     for path in folder.glob("*.py"):
         try:

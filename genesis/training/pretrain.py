@@ -350,7 +350,7 @@ def monitor_metrics(kind: str, region: str, task: Any = None):
 
 
 # -------------------------------------------------------------------------------------- grids
-def grid_writer(kind: str, n: int, task: Any = None):
+def grid_writer(kind: str, n: int, task: Any = None, task_name: str | None = None):
     """Writes (input, restored, original) middle axial slices of ``n`` validation samples."""
 
     def middle(x: torch.Tensor) -> np.ndarray:
@@ -361,7 +361,7 @@ def grid_writer(kind: str, n: int, task: Any = None):
         return img.numpy()
 
     def write(pair: Any, out: ModelOutput, path: Path, title: str) -> None:
-        from genesis.viz import save_grid
+        from genesis.viz import restoration_columns, save_grid
 
         rows, names = [], []
         k = min(n, pair.input.shape[0])
@@ -377,8 +377,7 @@ def grid_writer(kind: str, n: int, task: Any = None):
         for i in range(k):
             rows.append([middle(pair.input[i]), middle(restored[i]), middle(pair.target[i])])
             names.append(f"sample {i}")
-        save_grid(rows, path, row_titles=names, col_titles=["input (transformed)", "restored", "original"],
-                  title=title)
+        save_grid(rows, path, row_titles=names, col_titles=list(restoration_columns(task, task_name)), title=title)
 
     return write
 
@@ -406,11 +405,14 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
     if device.type == "cuda" and device.index is None:  # one GPU per torchrun process
         device = torch.device("cuda", env_dist_info().local_rank)
     dist = setup_distributed(device)
+    success = False
     try:
         with warnings.catch_warnings():  # data warnings summarised before training are not repeated in it
-            return _run(cfg, device, dist)
+            result = _run(cfg, device, dist)
+        success = True
+        return result
     finally:
-        cleanup_distributed(dist)
+        cleanup_distributed(dist, success)
 
 
 def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainResult:
@@ -472,7 +474,7 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     monitor_key = "val_loss" if kind == "classification" else "val_mse"
     trainer = Trainer(cfg, model, loss_fn, monitor_metrics(kind, region, task), train_ds, make_loader, val_cubes,
                       device, dist, meta, monitor_key=monitor_key,
-                      grid_fn=grid_writer(kind, cfg.log.grid_samples, task) if dist.is_main else None)
+                      grid_fn=grid_writer(kind, cfg.log.grid_samples, task, cfg.task) if dist.is_main else None)
 
     stages = list(getattr(task, "stages", None) or [])
     if not stages:
