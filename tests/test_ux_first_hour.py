@@ -281,3 +281,41 @@ def test_grid_columns_are_labelled_per_task() -> None:
     assert restoration_columns(None, "next_slice") == ("slice", "predicted next", "true next")
     assert restoration_columns(None, "combined") == ("transformed input", "restoration", "target")
     assert stage_name(StageSpec(1, MaskedRegion(fraction=0.1), Path("."), n_stages=4)) == "stage 2/4, mask 10%"
+
+
+def test_a_file_that_is_no_checkpoint_is_named_for_what_it_is(tmp_path: Path) -> None:
+    from genesis.training.checkpoint import load_checkpoint
+
+    volume = _save(tmp_path / "scan.nii", _ct((4, 8, 8)))
+    (tmp_path / "page.pt").write_text("<!DOCTYPE html><html>sign in</html>")
+    with pytest.raises(CheckpointError, match="not a PyTorch checkpoint: this file looks like a NIfTI image"):
+        load_checkpoint(volume)
+    with pytest.raises(CheckpointError, match="looks like an HTML page"):
+        load_checkpoint(tmp_path / "page.pt")
+
+
+def test_finetune_out_with_results_needs_resume_or_overwrite(tmp_path: Path) -> None:
+    from genesis.cli.finetune import _check_finetune_out, build_parser
+
+    out = tmp_path / "ft"
+    (out / "fraction-1" / "seed-0").mkdir(parents=True)
+    (out / "metrics.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds fine-tuning results"):
+        _check_finetune_out(build_parser().parse_args(["--out", str(out)]))
+    _check_finetune_out(build_parser().parse_args(["--out", str(out), "--resume"]))
+    assert (out / "metrics.json").exists()
+    _check_finetune_out(build_parser().parse_args(["--out", str(out), "--overwrite"]))
+    assert not (out / "metrics.json").exists() and not (out / "fraction-1").exists()
+
+
+def test_demo_says_plainly_whether_it_shows_a_difference() -> None:
+    from genesis.cli.demo import ttest_lines, verdict
+
+    def result(p, a, b):
+        c = {"mean_a": a, "mean_b": b, "t_student": 1.0, "p_student": p, "p_welch": p}
+        return {"primary_metric": "dice", "metrics": ["dice"], "comparison": {"fractions": [{"fraction": 1.0, "dice": c}]}}
+
+    assert verdict(result(0.3, 0.5, 0.4)).startswith("Result: no difference shown (Welch p = 0.3)")
+    assert verdict(result(0.01, 0.6, 0.4)).startswith("Result: the pretrained network is better on dice")
+    table = ttest_lines(result(0.3, 0.5, 0.4))
+    assert "p (Student)" in table[0] and table[1].split() == ["dice", "0.500", "0.400", "1.000", "0.300", "0.300"]
