@@ -214,7 +214,9 @@ def test_help_shows_every_default() -> None:
     from genesis.cli import finetune as finetune_cli
     from genesis.cli import pretrain as pretrain_cli
 
-    for parser in (pretrain_cli.build_parser(), finetune_cli.build_parser()):
+    from genesis.cli import demo
+
+    for parser in (pretrain_cli.build_parser(), finetune_cli.build_parser(), demo.build_parser()):
         for action in parser._actions:
             if action.dest != "help":
                 assert action.help and "default" in action.help.lower(), (parser.prog, action.dest)
@@ -319,3 +321,31 @@ def test_demo_says_plainly_whether_it_shows_a_difference() -> None:
     assert verdict(result(0.01, 0.6, 0.4)).startswith("Result: the pretrained network is better on dice")
     table = ttest_lines(result(0.3, 0.5, 0.4))
     assert "p (Student)" in table[0] and table[1].split() == ["dice", "0.500", "0.400", "1.000", "0.300", "0.300"]
+
+
+def test_threads_default_to_the_cores_of_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from genesis.cli._preflight import apply_threads, default_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert default_threads() == len(os.sched_getaffinity(0))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * len(os.sched_getaffinity(0))))
+        assert default_threads() == 1  # never zero, shared among torchrun processes
+        assert apply_threads(1) == 1 and torch.get_num_threads() == 1
+        with pytest.raises(ConfigError):
+            apply_threads(0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_paper_sized_finetuning_on_cpu_warns_with_an_estimate(capsys: pytest.CaptureFixture) -> None:
+    from finetune.config import FinetuneConfig
+
+    from genesis.cli.finetune import _cpu_estimate, build_parser
+
+    cfg = FinetuneConfig(width=2, crop=(8, 16, 16), device="cpu")  # the paper's 100 x 50 steps
+    _cpu_estimate(cfg, build_parser().parse_args([]))
+    err = capsys.readouterr().err
+    assert "warning: fine-tuning with these settings on a CPU: 5000 steps" in err and "--preset quick" in err
+    _cpu_estimate(cfg, build_parser().parse_args(["--preset", "quick"]))
+    assert capsys.readouterr().err == ""

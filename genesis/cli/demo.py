@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="ncs", help="fine-tuning target (default ncs: nodule segmentation)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:n]")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
+    from genesis.cli._help import document_defaults
+
+    return document_defaults(p)
 
 
 def _run(step: str, main, argv: list[str]) -> None:

@@ -50,6 +50,8 @@ class ScanInfo:
     hu_range: tuple[float, float] | None = None
     split: str = ""
     warnings: list[str] = field(default_factory=list)
+    #: every reader warning met, including those the status already says (not repeated in training)
+    seen_warnings: list[str] = field(default_factory=list)
 
     @property
     def used(self) -> bool:
@@ -58,7 +60,7 @@ class ScanInfo:
     @property
     def kind(self) -> str:
         """The skip reason without its detail (``"label map"`` of ``"label map (3 values)"``)."""
-        return next((r for r in REASONS if self.reason.startswith(r)), self.reason)
+        return next((r for r in REASONS if self.reason.startswith(r)), self.reason.split(" (")[0])
 
 
 @dataclass
@@ -195,8 +197,8 @@ def inspect_scan(
             info.status, info.reason = "skipped", f"{UNREADABLE}: {str(exc).splitlines()[0]}"
             return info
     # the reader's HU warning repeats what the status says; keep the others as notes
-    info.warnings = [str(w.message) for w in caught
-                     if issubclass(w.category, GenesisWarning) and "Hounsfield" not in str(w.message)]
+    info.seen_warnings = [str(w.message) for w in caught if issubclass(w.category, GenesisWarning)]
+    info.warnings = [m for m in info.seen_warnings if "Hounsfield" not in m]
     array = volume.array
     info.shape, info.spacing = tuple(int(n) for n in array.shape), tuple(float(s) for s in volume.spacing)
     info.hu_range = (float(array.min()), float(array.max()))
@@ -204,9 +206,12 @@ def inspect_scan(
     keep = {LABEL_MAP: keep_labels, NOT_HU: keep_non_hu}
     if not verdict and crop is not None:
         est = _estimated_shape(info.shape, info.spacing, spacing)
+        size = f"{'x'.join(map(str, est))} voxels for a {'x'.join(map(str, crop))} crop"
         if any(n * 2 < c for n, c in zip(est, crop)):
-            verdict = f"{TOO_SMALL} ({'x'.join(map(str, est))} voxels for a {'x'.join(map(str, crop))} crop)"
+            verdict = f"{TOO_SMALL} ({size})"
             keep[TOO_SMALL] = keep_small
+        elif any(n < c for n, c in zip(est, crop)):
+            info.reason = f"padded ({size})"  # used; the sampler pads it with air
     if verdict:
         info.reason = verdict
         if not keep.get(info.kind, False):

@@ -44,6 +44,7 @@ from genesis.training.ddp import (
 )
 from genesis.training.collapse import collapse_note
 from genesis.training.logging import (
+    MAX_ETA_EPOCHS,
     TensorBoardLogger,
     epoch_line,
     format_seconds,
@@ -283,8 +284,10 @@ class Trainer:
                       file=sys.stderr)
         return StageResult(out, best_path, last_path, history, stopped_early, epochs_run=len(history) - first_epoch)
 
-    def _eta(self, history: list[dict[str, Any]], first_epoch: int, epoch: int) -> float:
+    def _eta(self, history: list[dict[str, Any]], first_epoch: int, epoch: int) -> float | None:
         """Seconds until ``cfg.epochs`` at the pace of this call's epochs (early stopping may end sooner)."""
+        if self.cfg.epochs > MAX_ETA_EPOCHS:
+            return None
         recent = [float(r.get("seconds", 0.0)) for r in history[first_epoch:]]
         return (sum(recent) / max(len(recent), 1)) * (self.cfg.epochs - epoch - 1)
 
@@ -333,8 +336,9 @@ class Trainer:
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 # the bar's own ETA covers this epoch; run_eta adds the epochs still to come
                 rest = elapsed / (step + 1) * (self.steps_per_epoch * (cfg.epochs - epoch) - step - 1)
+                eta = {"run_eta": format_seconds(rest)} if cfg.epochs <= MAX_ETA_EPOCHS else {}
                 bar.set_postfix(loss=f"{total / count:.4f}", samples_s=f"{samples * dist.world_size / elapsed:.1f}",
-                                run_eta=format_seconds(rest))
+                                **eta)
         if hasattr(bar, "close"):
             bar.close()
         seconds = time.perf_counter() - start

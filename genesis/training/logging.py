@@ -70,6 +70,10 @@ def progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterat
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
+#: Above this many epochs (the paper's 10000 = "until early stopping") no run ETA is shown.
+MAX_ETA_EPOCHS = 1000
+
+
 def format_seconds(seconds: float) -> str:
     """``42s``, ``3m05s``, ``2h07m``: compact durations for the progress bar and epoch lines."""
     seconds = max(0, int(round(seconds)))

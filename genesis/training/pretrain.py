@@ -528,8 +528,8 @@ def _report_data(source: Any, cfg: PretrainConfig, out: Path, train_idx: list[in
         kind = "synthetic chest CT (generated)" if getattr(source, "is_synthetic", False) else type(source).__name__
         report = report_without_reading([VolumeRecord(Path(source.name(i))) for i in range(len(source))], kind)
     report.set_split(train_idx, val_idx)
-    for scan in report.scans:
-        warnings.filterwarnings("ignore", message=re.escape(f"{scan.record.path}:"), category=GenesisWarning)
+    for message in {m for scan in report.scans for m in scan.seen_warnings}:
+        warnings.filterwarnings("ignore", message=re.escape(message) + "$", category=GenesisWarning)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         path = report.write_csv(out / "data.csv")
