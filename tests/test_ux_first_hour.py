@@ -328,9 +328,12 @@ def test_threads_default_to_the_cores_of_this_process(monkeypatch: pytest.Monkey
 
     before = torch.get_num_threads()
     try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         assert default_threads() == len(os.sched_getaffinity(0))
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * len(os.sched_getaffinity(0))))
         assert default_threads() == 1  # never zero, shared among torchrun processes
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert default_threads() == 3  # an explicit setting wins
         assert apply_threads(1) == 1 and torch.get_num_threads() == 1
         with pytest.raises(ConfigError):
             apply_threads(0)

@@ -70,7 +70,11 @@ def check_exists(path: str | Path | None, what: str) -> None:
 
 
 def default_threads() -> int:
-    """CPU cores this process may use (its affinity mask), shared among the local torchrun processes."""
+    """``OMP_NUM_THREADS`` when set (torchrun sets it), else the CPU cores this process may use
+    (its affinity mask), shared among the local torchrun processes."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not Linux

@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", default=None, help="continue interrupted runs from last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads of torch (default: the cores available to this process)")
+                   help="CPU threads of torch (default: $OMP_NUM_THREADS if set, else the cores available to this "
+                   "process)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other setting by dotted key, e.g. --set evaluation.bootstrap_resamples=2000 (YAML value)")
     keys = {k: v for k, v in _FLAG_KEYS.items() if k not in ("resume", "linear_probe")}

@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-non-hu", action="store_true",
                    help="use images without Hounsfield units (e.g. 8-bit, [0, 1]) found in a --data folder")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="CPU threads of torch (default: the cores available to this process, split among torchrun "
-                   "processes)")
+                   help="CPU threads of torch (default: $OMP_NUM_THREADS if set, else the cores available to this "
+                   "process, split among torchrun processes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any setting by dotted key, value in YAML syntax (repeatable)")
