@@ -12,8 +12,38 @@ from typing import Any, Callable
 
 from genesis.registry import Registry, import_submodules
 
+
+
+class _TargetRegistry(Registry):
+    """The target registry; the target modules (and torch) are imported on first use, so that
+    ``finetune.config`` and the CLI's argument checks stay fast."""
+
+    _loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            type(self)._loaded = True
+            import_submodules("finetune.targets")
+
+    def get(self, name: str):
+        self._load()
+        return super().get(name)
+
+    def names(self) -> list[str]:
+        self._load()
+        return super().names()
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return super().__contains__(name)
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
+
+
 #: name -> Target subclass
-TARGETS: Registry = Registry("fine-tuning target")
+TARGETS: Registry = _TargetRegistry("fine-tuning target")
 register_target = TARGETS.register
 
 
@@ -28,7 +58,5 @@ def run_finetune(cfg: Any, log: Callable[[str], None] = print) -> dict:
 
     return _run(cfg, log=log)
 
-
-import_submodules("finetune.targets")
 
 __all__ = ["TARGETS", "register_target", "get_target", "run_finetune"]

@@ -381,6 +381,9 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
+    from finetune.load_report import write_load_report
+
+    write_load_report(cfg, target.task, out, log)  # before the data: a wrong file fails at once
     data = target.load(cfg)
     _check_splits(data, target)
     if data.synthetic:

@@ -209,6 +209,21 @@ def plot(metrics: dict[str, Any], path: Path, other: dict[str, Any] | None = Non
         has_ci = all(x is not None for x in lo + hi)
         return ([f["fraction"] for f in fr], clean(ys), clean(lo) if has_ci else None, clean(hi) if has_ci else None)
 
+    docs = {metrics["configuration"]: metrics}
+    if other is not None and other.get("primary_metric") == m:
+        docs[f"{other.get('configuration', 'other')} (compared)"] = other
+    if all(len(d["label_fractions"]) == 1 for d in docs.values()):
+        # one label fraction: a curve would be one point per configuration; show every run instead
+        from genesis.viz import save_points
+
+        groups = {}
+        for name, doc in docs.items():
+            agg = doc["label_fractions"][0]["aggregate"].get(m, {})
+            groups[name] = (agg.get("values", []), agg.get("mean"), agg.get("ci_low"), agg.get("ci_high"))
+        fraction = metrics["label_fractions"][0]["fraction"]
+        title = (f"{metrics['target']}: {m} at label fraction {fraction:g}"
+                 + (" (SYNTHETIC DATA)" if metrics["synthetic"] else ""))
+        return save_points(groups, path, ylabel=m, title=title)
     curves = {metrics["configuration"]: series(metrics)}
     if other is not None and other.get("primary_metric") == m:
         curves[f"{other.get('configuration', 'other')} (compared)"] = series(other)

@@ -90,16 +90,37 @@ def load_pretrained(dest: nn.Module, weights: str, part: str, hint: str = "is --
     from genesis.weights import load_weights
 
     report = load_weights(dest, weights, part=part)
+    details = load_report_dict(report, part)
     if report.mismatched:
         key, got, want = report.mismatched[0]
-        raise CheckpointError(
+        exc = CheckpointError(
             f"{len(report.mismatched)} tensors do not fit the network (e.g. {key}: weights {got} vs "
             f"network {want}); {hint}", weights)
+        exc.load_report = details  # the caller writes it to OUT/load_report.json
+        raise exc
     if not report.loaded:
-        raise CheckpointError("no parameter names match the network", weights)
+        exc = CheckpointError("no parameter names match the network", weights)
+        exc.load_report = details
+        raise exc
     return {"weights_source": str(report.source), "loaded": len(report.loaded),
             "missing": len(report.missing), "unexpected": len(report.unexpected),
-            "inflated_2d_to_3d": len(report.inflated)}
+            "inflated_2d_to_3d": len(report.inflated), "load_report": details}
+
+
+def load_report_dict(report: Any, part: str) -> dict[str, Any]:
+    """A :class:`genesis.weights.load.LoadReport` as JSON: what was loaded, missing, skipped, mismatched."""
+    return {
+        "source": str(report.source),
+        "part": part,
+        "target": report.target,
+        "converted": report.converted,
+        "summary": report.summary(),
+        "loaded": list(report.loaded),
+        "missing": list(report.missing),
+        "skipped_unexpected": list(report.unexpected),
+        "shape_mismatches": [{"name": k, "weights": list(a), "network": list(b)} for k, a, b in report.mismatched],
+        "inflated_2d_to_3d": list(report.inflated),
+    }
 
 
 def build_model(task: str, cfg: Any) -> tuple[nn.Module, str, dict[str, Any], dict[str, Any]]:

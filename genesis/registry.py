@@ -39,8 +39,12 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            import difflib
+
             available = ", ".join(sorted(self._entries)) or "none"
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {available}") from None
+            close = difflib.get_close_matches(str(name), sorted(self._entries), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint}; available: {available}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)

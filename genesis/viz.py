@@ -155,3 +155,65 @@ def save_curves(
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     return path
+
+
+def save_points(
+    groups: dict[str, tuple[Sequence[float], float | None, float | None, float | None]],
+    path: str | Path,
+    *,
+    ylabel: str,
+    title: str | None = None,
+) -> Path:
+    """One column per configuration: every run as a dot, the mean as a bar with its CI whiskers.
+
+    ``groups`` maps a name to ``(run values, mean, ci_low, ci_high)``; a missing CI draws no whiskers.
+    Used where a curve has a single x (one label fraction): the spread of the runs stays visible.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(4.0, 2.2 * len(groups)), 4))
+    rng = np.random.default_rng(0)  # fixed jitter: the same picture for the same numbers
+    for k, (name, (values, mean, lo, hi)) in enumerate(groups.items()):
+        vals = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+        if vals.size:
+            ax.scatter(k + rng.uniform(-0.12, 0.12, vals.size), vals, s=18, alpha=0.7, label=f"{name}: runs")
+        if mean is not None and np.isfinite(mean):
+            err = None
+            if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+                err = [[max(mean - lo, 0.0)], [max(hi - mean, 0.0)]]
+            ax.errorbar([k + 0.3], [mean], yerr=err, fmt="D", color="black", capsize=6, markersize=5)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([n if len(n) <= 28 else n[:26] + "..." for n in groups], fontsize=8)
+    ax.set_xlim(-0.6, len(groups) - 0.3)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, axis="y")
+    ax.text(0.01, 0.01, "dots: runs; diamond and whiskers: mean and 95% CI", transform=ax.transAxes,
+            fontsize=7, alpha=0.7)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+#: Column titles of restoration pictures for tasks whose input and target are not "the same image".
+_GRID_COLUMNS = {
+    "next_slice": ("slice", "predicted next", "true next"),
+    "masked_region": ("masked input", "restoration", "original"),
+    "masked_curriculum": ("masked input", "restoration", "original"),
+    "inpainting": ("masked input", "restoration", "original"),
+    "denoise_sp": ("noisy input", "restoration", "original"),
+    "denoise_gaussian": ("noisy input", "restoration", "original"),
+}
+
+
+def restoration_columns(task: object, name: str | None = None) -> tuple[str, str, str]:
+    """(input, output, target) column titles for a task: its ``grid_columns`` attribute when it has
+    one, else by name (next slice: "slice / predicted next / true next"), else the Models Genesis
+    wording ("transformed input / restoration / target")."""
+    cols = getattr(task, "grid_columns", None)
+    if cols and len(cols) == 3:
+        return tuple(str(c) for c in cols)  # type: ignore[return-value]
+    return _GRID_COLUMNS.get(name or "", ("transformed input", "restoration", "target"))

@@ -136,7 +136,11 @@ def test_single_file_and_bad_arguments(tree, tmp_path) -> None:
 def test_real_data_folder(real_data) -> None:
     source = volume_source_from_arg(real_data / "cip_copdgene")
     names = [Path(source.name(i)).name for i in range(len(source))]
-    assert names == ["crop_ct_2slices.nrrd", "ct-64.nrrd", "lm-64.nrrd", "wholeLung-64.nrrd", "simple_dicom"]
+    # the lung label maps lm-64.nrrd and wholeLung-64.nrrd are skipped by content, with the reason
+    assert names == ["crop_ct_2slices.nrrd", "ct-64.nrrd", "simple_dicom"]
+    skipped = {Path(s.record.path).name: s.reason for s in source.data_report.scans if not s.used}
+    assert sorted(skipped) == ["lm-64.nrrd", "wholeLung-64.nrrd"]
+    assert all(r.startswith("label map") for r in skipped.values())
     assert source.load(1).shape == (79, 64, 64)
 
 

@@ -186,3 +186,17 @@ def test_user_errors_exit_2(tmp_path: Path, capsys) -> None:
     assert "no_such_task" in capsys.readouterr().err
     assert main([*TINY, "--out", str(tmp_path / "y"), "--data", str(tmp_path / "missing")]) == 2
     assert main([*TINY, "--out", str(tmp_path / "z"), "--resume"]) == 2
+
+
+def test_resume_of_a_finished_run_says_so_and_collapse_columns_are_logged(two_epochs: Path, capsys) -> None:
+    before = (two_epochs / "last.pt").stat().st_mtime_ns
+    assert main([*TINY, "--out", str(two_epochs), "--task", "combined", "--epochs", "2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "already at epoch 2 of 2" in err and "done" in err
+    assert (two_epochs / "last.pt").stat().st_mtime_ns == before  # nothing retrained or rewritten
+    rows = list(csv.DictReader((two_epochs / "log.csv").open()))
+    assert all(float(r["val_mean_mse"]) > 0 and float(r["val_output_std"]) >= 0 for r in rows)
+    assert "collapse" in rows[0]
+    # a second run into the same folder without --resume/--overwrite is refused in one line
+    assert main([*TINY, "--out", str(two_epochs), "--task", "combined", "--epochs", "2"]) == 2
+    assert "already holds a run" in capsys.readouterr().err

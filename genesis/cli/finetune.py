@@ -27,15 +27,19 @@ from genesis.errors import ConfigError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from finetune import TARGETS
-    from finetune.config import INIT_CHOICES, PRESETS
+    from finetune.config import INIT_CHOICES, PRESETS, FinetuneConfig
+
+    from genesis.cli._help import document_defaults
+    from genesis.cli._preflight import static_names
+
+    targets = static_names("finetune.targets", "register_target")  # without importing torch
 
     p = argparse.ArgumentParser(
         prog="genesis-finetune",
         description="Fine-tune a (pretrained) 3D U-Net, or a video/ImageNet/MedicalNet baseline on classification "
                     "targets, on a target task: metrics.json, metrics.md, metrics.png.",
     )
-    p.add_argument("--target", choices=TARGETS.names(), help="target task (default from config: ncs)")
+    p.add_argument("--target", metavar="NAME", help=f"target task: {', '.join(targets)}")
     p.add_argument("--data", help="dataset root in the target's real layout; omitted: embedded synthetic chest CT")
     p.add_argument("--weights", help="pretrained weights: checkpoint path (e.g. genesis-pretrain best.pt) or released name "
                    "(genesis-weights list: unet3d.genesis_chest_ct, r3d_18.kinetics400, resnet18.imagenet1k_v1 ...)")
@@ -49,13 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default runs/finetune)")
     p.add_argument("--epochs", type=int, help="maximum epochs")
     p.add_argument("--steps-per-epoch", type=int, help="training batches per epoch")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="crops per training step")
     p.add_argument("--width", type=int, help="U-Net base width (32 in the paper; read from our checkpoints; U-Net only)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     p.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"), help="training crop / sliding window size")
     p.add_argument("--label-fraction", type=float, nargs="+", help="one or several fractions of the training labels")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the first run (runs use seed, seed+1, ...)")
     p.add_argument("--repeats", type=int, help="runs per fraction (seeds seed, seed+1, ...)")
     p.add_argument("--device", help="auto, cpu or cuda[:n]")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
@@ -65,9 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="OTHER_OUT", help="t-test our runs against another output folder")
     p.add_argument("--preset", choices=sorted(PRESETS), help="quick: tiny CPU demo (about a minute)")
     p.add_argument("--resume", action="store_true", default=None, help="continue interrupted runs from last.pt")
+    p.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads of torch (default: $OMP_NUM_THREADS if set, else the cores available to this "
+                   "process)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other setting by dotted key, e.g. --set evaluation.bootstrap_resamples=2000 (YAML value)")
-    return p
+    keys = {k: v for k, v in _FLAG_KEYS.items() if k not in ("resume", "linear_probe")}
+    return document_defaults(p, FinetuneConfig(), keys, "Defaults shown are FinetuneConfig's (the papers'); "
+                             "--preset quick changes several.")
 
 
 _FLAG_KEYS = {
@@ -107,10 +117,24 @@ def config_from_args(args: argparse.Namespace) -> Any:
 @user_errors_exit
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``genesis-finetune``; returns the exit code."""
-    from finetune import run_finetune
+    from pathlib import Path
+
+    from genesis.cli import _preflight
 
     args = build_parser().parse_args(argv)
+    # cheap checks first: a typo fails before torch is imported
+    _preflight.check_name("fine-tuning target", args.target, "finetune.targets", "register_target")
+    _preflight.check_file(args.config, "--config file")
+    _preflight.check_exists(args.data, "--data")
+    _preflight.check_exists(args.compare, "--compare folder")
+    if args.weights and (Path(args.weights).suffix or "/" in args.weights) and not Path(args.weights).exists():
+        raise ConfigError(f"--weights {args.weights}: no such file (registered names look like unet3d.genesis_chest_ct)")
+    _check_finetune_out(args)
+    _preflight.apply_threads(args.threads)
+    from finetune import run_finetune
+
     cfg = config_from_args(args)
+    _cpu_estimate(cfg, args)
     metrics = run_finetune(cfg)
     primary = metrics["primary_metric"]
     banner = "  [SYNTHETIC DATA]" if metrics["synthetic"] else ""
@@ -122,6 +146,69 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{metrics['target']} {primary} at label fraction {f['fraction']:g}: {mean}{ci}{banner}")
     print(f"wrote {cfg.out}/metrics.json, metrics.md, metrics.png")
     return 0
+
+
+def _check_finetune_out(args: argparse.Namespace) -> None:
+    """An --out holding results needs --resume (continue, reuse finished runs) or --overwrite."""
+    import shutil
+    from pathlib import Path
+
+    from finetune.config import FinetuneConfig
+
+    out = Path(args.out or FinetuneConfig().out)
+    runs = [p for p in out.glob("fraction-*") if p.is_dir()]
+    if not (runs or (out / "metrics.json").exists()):
+        return
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; choose one")
+    if args.resume:
+        return
+    if not args.overwrite:
+        raise ConfigError(f"{out} already holds fine-tuning results; add --resume to continue (finished runs are "
+                          "reused) or --overwrite to replace them, or choose another --out")
+    for p in runs:
+        shutil.rmtree(p)
+    for name in ("metrics.json", "metrics.md", "metrics.png", "load_report.json"):
+        (out / name).unlink(missing_ok=True)
+
+
+#: Paper-scale fine-tuning on a CPU: warn above this many training steps (all runs together).
+CPU_WARN_STEPS = 2000
+
+
+def _cpu_estimate(cfg: Any, args: argparse.Namespace) -> None:
+    """Warn, with an estimate, before a paper-sized fine-tuning on a CPU (point to --preset quick)."""
+    import sys
+
+    from genesis.device import resolve_device
+
+    steps = cfg.epochs * cfg.steps_per_epoch * cfg.repeats * len(cfg.label_fractions)
+    if args.preset or steps < CPU_WARN_STEPS or resolve_device(cfg.device).type != "cpu":
+        return
+    seconds = _seconds_per_step(cfg)
+    hours = steps * seconds / 3600
+    print(f"warning: fine-tuning with these settings on a CPU: {steps} steps at about {seconds:.1f} s each, "
+          f"up to {hours:.1f} h (early stopping may end sooner); --preset quick runs in about a minute",
+          file=sys.stderr, flush=True)
+
+
+def _seconds_per_step(cfg: Any) -> float:
+    """Time of one training step (forward and backward on a batch of crops) of a U-Net of this width."""
+    import time
+
+    import torch
+
+    from genesis.models import create_model
+
+    crop = tuple(cfg.crop) if cfg.crop else (32, 64, 64)
+    with torch.random.fork_rng(devices=[]):
+        model = create_model("unet3d", in_channels=1, out_channels=1, base_width=cfg.width)
+    x = torch.rand(1, 1, *crop)  # one crop, scaled to the batch: a paper-sized batch takes long on a CPU
+    start = time.perf_counter()
+    out = model(x)
+    out = getattr(out, "output", out)
+    out.float().mean().backward()
+    return (time.perf_counter() - start) * cfg.batch_size
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -67,12 +67,34 @@ def build_parser() -> argparse.ArgumentParser:
                    "with loss scaling; bf16 on CPUs with AVX512-BF16/AMX; fp32 otherwise)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt until --epochs")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoints, "
+                   "logs and stage folders are deleted first)")
+    p.add_argument("--keep-labels", action="store_true",
+                   help="use label maps found in a --data folder (skipped by default, see OUT/data.csv)")
+    p.add_argument("--keep-non-hu", action="store_true",
+                   help="use images without Hounsfield units (e.g. 8-bit, [0, 1]) found in a --data folder")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads of torch (default: $OMP_NUM_THREADS if set, else the cores available to this "
+                   "process, split among torchrun processes)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any setting by dotted key, value in YAML syntax (repeatable)")
     p.add_argument("--evaluate", type=Path, metavar="CKPT", help="evaluate a pretrained checkpoint and exit")
     p.add_argument("--eval-cubes", type=int, default=None, help="held-out cubes for --evaluate (default 32)")
-    return p
+    from genesis.cli._help import document_defaults
+    from genesis.training.config import PretrainConfig
+
+    return document_defaults(p, PretrainConfig(), _DEFAULT_KEYS,
+                             "Defaults shown are PretrainConfig's; --preset quick changes several.")
+
+
+#: Flags whose default comes from :class:`PretrainConfig` (for ``--help``).
+_DEFAULT_KEYS = {
+    "task": "task", "data": "data.data", "cache_dir": "data.cache_dir", "out": "out", "epochs": "epochs",
+    "steps_per_epoch": "steps_per_epoch", "batch_size": "batch_size", "width": "width", "crop": "data.crop",
+    "dims": "dims", "model": "model", "loss": "loss", "optimizer": "optim.name", "lr": "optim.lr", "seed": "seed",
+    "device": "device", "workers": "data.workers",
+}
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -103,6 +125,9 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "device": args.device,
         "data.workers": args.workers,
         "resume": True if args.resume else None,
+        "overwrite": True if args.overwrite else None,
+        "data.keep_labels": True if args.keep_labels else None,
+        "data.keep_non_hu": True if args.keep_non_hu else None,
         "amp": False if args.no_amp else None,
         "precision": args.precision,
         "log.progress": False if args.no_progress else None,
@@ -122,6 +147,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
 @user_errors_exit
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``genesis-pretrain``; returns the exit code (2 for user errors)."""
+    from genesis.cli import _preflight
+
     args = build_parser().parse_args(argv)
     if args.list_tasks:
         import proxy_tasks
@@ -129,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(proxy_tasks.list_tasks()))
         return 0
     if args.evaluate is not None:
+        _preflight.check_file(args.evaluate, "--evaluate checkpoint")
+        _preflight.check_exists(args.data, "--data")
+        _preflight.apply_threads(args.threads)
         from genesis.training.evaluate import evaluate_checkpoint
 
         out = Path(args.out) if args.out else args.evaluate.parent / "eval"
@@ -140,19 +170,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     from genesis.training.config import PretrainConfig
+    from genesis.training.rundir import check_out_dir
+
+    # everything that can be checked without torch is checked here, before the heavy imports
+    _preflight.check_file(args.config, "--config file")
+    overrides = overrides_from_args(args)
+    config_file = args.config
+    run_config = Path(overrides.get("out", PretrainConfig().out)) / "config.yaml"
+    if args.resume and config_file is None and run_config.is_file():
+        config_file = run_config  # a resumed run keeps its settings; flags given now change them
+    cfg = load_config(PretrainConfig, config_file, overrides)
+    _preflight.check_name("proxy task", cfg.task, "proxy_tasks", "register_task", " (see --list-tasks)")
+    cfg.validate()
+    _preflight.check_exists(cfg.data.data, "--data")
+    if not args.prepare_only:  # --prepare-only writes only to the cache, never to --out
+        check_out_dir(cfg.out, cfg.resume, cfg.overwrite, remove=False)
+    if cfg.resume and not _resumable(Path(cfg.out)):
+        raise ConfigError(f"--resume: nothing to resume in {cfg.out} (no last.pt)")
+    if cfg.resume and run_config.is_file():
+        from genesis.config import config_to_dict
+        from genesis.training.rundir import check_resume_settings
+
+        saved = yaml.safe_load(run_config.read_text()) or {}
+        check_resume_settings(saved, config_to_dict(cfg), run_config)
+    _preflight.apply_threads(args.threads)
+
+    from genesis.training.collapse import final_warning
+    from genesis.training.ddp import env_dist_info
     from genesis.training.pretrain import run_pretraining
 
-    cfg = load_config(PretrainConfig, args.config, overrides_from_args(args))
     if args.prepare_only:
         return prepare_only(cfg, args.workers)
     result = run_pretraining(cfg)
-    from genesis.training.ddp import env_dist_info
-
     if env_dist_info().is_main:
         last = result.history[-1] if result.history else {}
         summary = ", ".join(f"{k}={last[k]:.4g}" for k in ("train_loss", "val_loss", "val_mse") if k in last)
         note = " (trained on synthetic data)" if result.synthetic else ""
         print(f"done{note}: best {result.best_path}, last {result.last_path}; {summary}", file=sys.stderr)
+        warning = final_warning(result.history)
+        if warning:
+            print(warning, file=sys.stderr)
     return 0
 
 
@@ -169,6 +226,10 @@ def prepare_only(cfg: Any, workers: int | None) -> int:
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     prepare_volumes(source, cfg, DistInfo(), workers=usable if workers is None else workers)
     return 0
+
+
+def _resumable(out: Path) -> bool:
+    return (out / "last.pt").is_file() or (out / "stage1" / "last.pt").is_file()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import numpy as np
 
 from genesis.data.cache import VolumeCache
 from genesis.data.preprocess import PreprocessConfig, preprocess
-from genesis.data.public.folder import VolumeRecord, find_volumes
+from genesis.data.public.folder import VolumeRecord
 from genesis.data.public.manifest import MANIFEST_SUFFIXES, read_manifest
 from genesis.errors import DatasetLayoutError, InputFileError
 from genesis.io.readers import load_volume, volume_suffix
@@ -257,6 +257,10 @@ def volume_source_from_arg(
     seed: int = 0,
     synthetic_cfg: Any = None,
     split: str | None = None,
+    *,
+    keep_labels: bool = False,
+    keep_non_hu: bool = False,
+    crop: Sequence[int] | None = None,
 ) -> VolumeSource:
     """The source a ``--data`` argument means.
 
@@ -271,8 +275,11 @@ def volume_source_from_arg(
         seed: seed of the synthetic volumes.
         synthetic_cfg: ``SyntheticConfig`` for synthetic volumes.
         split: keep only this split of a manifest.
+        keep_labels / keep_non_hu: use label maps / non-HU images found in a folder (skipped by
+            default, see :func:`genesis.data.discovery.discover_scans`).
+        crop: the training crop; folder scans under half of it are skipped as too small.
     Returns:
-        A :class:`VolumeSource`.
+        A :class:`VolumeSource`; a folder's has ``data_report`` (what was used, skipped and why).
     Raises:
         InputFileError: ``data`` does not exist or is not a known kind of file.
         DatasetLayoutError: empty folder or bad manifest (message names it).
@@ -283,7 +290,13 @@ def volume_source_from_arg(
     if not path.exists():
         raise InputFileError("data path does not exist", path)
     if path.is_dir():
-        records = find_volumes(path)
+        from genesis.data.discovery import discover_scans
+
+        report = discover_scans(path, crop=crop, keep_labels=keep_labels, keep_non_hu=keep_non_hu,
+                                spacing=preprocess_cfg.spacing if preprocess_cfg is not None else None)
+        source = FileVolumeSource(report.records, preprocess_cfg, cache_dir)
+        source.data_report = report
+        return source
     elif path.suffix.lower() in MANIFEST_SUFFIXES:
         records = read_manifest(path, split=split)
     elif volume_suffix(path) is not None or path.suffix.lower() == ".dcm":

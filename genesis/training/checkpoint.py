@@ -69,6 +69,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        what = describe_non_checkpoint(path)
+        if what is not None:  # not a checkpoint at all: say what it is instead of "unsafe pickle"
+            raise CheckpointError(f"not a PyTorch checkpoint: this file looks like {what}", path) from None
         raise CheckpointError(
             "refused: this checkpoint needs arbitrary Python objects to load (unsafe pickle); "
             f"re-save it as a plain state_dict or safetensors ({str(exc).splitlines()[0]})",
@@ -80,3 +83,42 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(obj, dict):
         raise CheckpointError(f"expected a dict checkpoint, found {type(obj).__name__}", path)
     return obj
+
+
+#: Leading bytes of files people pass by mistake where a checkpoint is expected.
+_SIGNATURES = (
+    (0, b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras .h5 model? genesis-finetune --weights reads those)"),
+    (0, b"\x93NUMPY", "a NumPy .npy array"),
+    (0, b"\x89PNG", "a PNG image"),
+    (0, b"\xff\xd8\xff", "a JPEG image"),
+    (0, b"NRRD", "an NRRD image volume"),
+    (0, b"ObjectType", "a MetaImage (.mhd) header"),
+    (128, b"DICM", "a DICOM file"),
+    (344, b"n+1\x00", "a NIfTI image volume"),
+    (344, b"ni1\x00", "a NIfTI image header"),
+    (0, b"\x1f\x8b", "a gzip-compressed file (e.g. a .nii.gz volume)"),
+)
+
+
+def describe_non_checkpoint(path: str | Path) -> str | None:
+    """What a file that is not a PyTorch checkpoint looks like (an image, HTML, text...), or None."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(512)
+    except OSError:
+        return None
+    for offset, magic, what in _SIGNATURES:
+        if head[offset:offset + len(magic)] == magic:
+            return what
+    if not head:
+        return "an empty file"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 27):
+        return "a safetensors file (give it a .safetensors name)"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lowered = text.lstrip().lower()
+    if lowered.startswith(("<!doctype html", "<html")):
+        return "an HTML page (a failed download or a login page?)"
+    return f"a text file starting {text.strip().splitlines()[0][:40]!r}" if text.strip() else "a blank text file"

@@ -45,6 +45,8 @@ class DataConfig:
             run in the training process, on the GPU when there is one).
         assume_spacing: mm used where a scan's spacing is missing, zero, negative or NaN (an
             explicit opt-in, with a warning); None (default) makes such a scan an error.
+        keep_labels: use label maps found in a ``data`` folder (skipped by default).
+        keep_non_hu: use images without Hounsfield units found in a ``data`` folder (skipped by default).
     """
 
     data: str | None = None
@@ -62,6 +64,8 @@ class DataConfig:
     synthetic_shape: tuple[int, int, int] | None = None
     workers: int = 0
     assume_spacing: float | None = None
+    keep_labels: bool = False
+    keep_non_hu: bool = False
 
 
 @dataclass
@@ -136,6 +140,7 @@ class PretrainConfig:
             or ``fp16`` (CUDA only). See :func:`genesis.device.resolve_precision`.
         out: output folder.
         resume: continue from ``out/last.pt``.
+        overwrite: replace a run already in ``out`` (without it, or ``resume``, that is an error).
     """
 
     task: str = "combined"
@@ -154,6 +159,7 @@ class PretrainConfig:
     precision: str = "auto"
     out: str = "runs/pretrain"
     resume: bool = False
+    overwrite: bool = False
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)

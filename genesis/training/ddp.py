@@ -60,9 +60,17 @@ def setup_distributed(device: torch.device) -> DistInfo:
     return DistInfo(info.rank, info.world_size, info.local_rank, initialized_here=True)
 
 
-def cleanup_distributed(info: DistInfo) -> None:
-    """Leave the process group if :func:`setup_distributed` joined it."""
+def cleanup_distributed(info: DistInfo, success: bool = True) -> None:
+    """Leave the process group if :func:`setup_distributed` joined it.
+
+    After a successful run every rank first meets at a barrier: a rank that tears its gloo/NCCL
+    group down while another still talks to it aborts the job ("terminate called without an
+    active exception") although training finished. After an error no barrier (the others may
+    never arrive).
+    """
     if info.initialized_here and dist.is_initialized():
+        if success:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -43,7 +43,16 @@ from genesis.training.ddp import (
     weights_checksums,
     wrap_model,
 )
-from genesis.training.logging import TensorBoardLogger, progress, write_csv_log
+from genesis.training.collapse import collapse_note
+from genesis.training.logging import (
+    MAX_ETA_EPOCHS,
+    TensorBoardLogger,
+    epoch_line,
+    format_seconds,
+    progress,
+    stage_name,
+    write_csv_log,
+)
 from genesis.training.schedule import EarlyStopping, EpochScheduler, build_optimizer
 from proxy_tasks.base import ProxyTask
 
@@ -282,6 +291,7 @@ class Trainer:
                 global_step = record["step"]
                 record.update(self._validate(model, stage, epoch))
                 self._check_finite(model, record, optimizer, stage)  # before any checkpoint is written
+                record["collapse"] = collapse_note(record) if "val_mean_mse" in record else ""
                 monitored = broadcast_float(record.get(self.monitor_key, record["val_loss"]), dist, device)
                 improved = early.update(monitored)
                 scheduler.step(monitored)
@@ -297,6 +307,8 @@ class Trainer:
                     save_checkpoint(state, last_path)
                     write_csv_log(history, out / "log.csv")
                     tb.scalars(record, epoch + 1)
+                    print(epoch_line(record, cfg.epochs, stage, self._eta(history, first_epoch, epoch)),
+                          file=sys.stderr, flush=True)
                 barrier(dist)
         finally:
             tb.close()
@@ -308,6 +320,13 @@ class Trainer:
                 print(f"DDP: {dist.world_size} processes finished with identical weights (checksum {sums[0]:.6f})",
                       file=sys.stderr)
         return StageResult(out, best_path, last_path, history, stopped_early, epochs_run=len(history) - first_epoch)
+
+    def _eta(self, history: list[dict[str, Any]], first_epoch: int, epoch: int) -> float | None:
+        """Seconds until ``cfg.epochs`` at the pace of this call's epochs (early stopping may end sooner)."""
+        if self.cfg.epochs > MAX_ETA_EPOCHS:
+            return None
+        recent = [float(r.get("seconds", 0.0)) for r in history[first_epoch:]]
+        return (sum(recent) / max(len(recent), 1)) * (self.cfg.epochs - epoch - 1)
 
     # ------------------------------------------------------------------------------------ epochs
     def _train_epoch(self, net: nn.Module, model: nn.Module, stage: StageSpec, epoch: int,
@@ -325,7 +344,8 @@ class Trainer:
         net.train()
         total, count, samples = 0.0, 0, 0
         start = time.perf_counter()
-        bar = progress(loader, self.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}",
+        where = f"{stage_name(stage)}, " if stage.n_stages > 1 else ""
+        bar = progress(loader, self.steps_per_epoch, f"{where}epoch {epoch + 1}/{cfg.epochs}",
                        cfg.log.progress and dist.is_main)
         for step, cubes in enumerate(bar):
             if step >= self.steps_per_epoch:
@@ -353,7 +373,11 @@ class Trainer:
             global_step += 1
             if hasattr(bar, "set_postfix"):
                 elapsed = max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(loss=f"{total / count:.4f}", samples_s=f"{samples * dist.world_size / elapsed:.1f}")
+                # the bar's own ETA covers this epoch; run_eta adds the epochs still to come
+                rest = elapsed / (step + 1) * (self.steps_per_epoch * (cfg.epochs - epoch) - step - 1)
+                eta = {"run_eta": format_seconds(rest)} if cfg.epochs <= MAX_ETA_EPOCHS else {}
+                bar.set_postfix(loss=f"{total / count:.4f}", samples_s=f"{samples * dist.world_size / elapsed:.1f}",
+                                **eta)
         if hasattr(bar, "close"):
             bar.close()
         seconds = time.perf_counter() - start
@@ -411,7 +435,7 @@ class Trainer:
         model.train()
         metrics = {k: v / max(n, 1) for k, v in sums.items()}
         if self.grid_fn is not None and first is not None and cfg.log.grids:
-            staged = f" stage {stage.index + 1}/{stage.n_stages}" if stage.n_stages > 1 else ""
+            staged = f" {stage_name(stage)}" if stage.n_stages > 1 else ""
             synthetic = " (synthetic data)" if self.meta.get("synthetic") else ""
             self.grid_fn(first[0], first[1], stage.out_dir / "grids" / f"epoch_{epoch + 1:04d}.png",
                          f"{self.meta.get('task')}{staged}, epoch {epoch + 1}{synthetic}")

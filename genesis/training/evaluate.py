@@ -246,6 +246,10 @@ def _save_examples(examples: dict[str, tuple[Any, Any]], kind: str, path: Path, 
     if not rows:
         return
     synthetic = " (synthetic data)" if report.get("synthetic") else ""
-    cols = ["input"] if kind == "classification" else ["input", "output", "original", "|difference|"]
+    from genesis.viz import restoration_columns
+
+    # rows are different transforms: say what each column is, per the evaluated task's wording
+    wording = restoration_columns(None, report["task"] if len(rows) == 1 else None)
+    cols = ["input"] if kind == "classification" else [*wording, "|restoration - target|"]
     save_grid(rows, path, row_titles=names, col_titles=cols, title=f"{report['task']}{synthetic}",
               vmin=[0.0, 0.0, 0.0, 0.0], vmax=[1.0, 1.0, 1.0, 0.5], cmap=["gray", "gray", "gray", "magma"])

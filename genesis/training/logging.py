@@ -15,7 +15,7 @@ from genesis.fileio import atomic_write_text
 
 LOG_COLUMNS: tuple[str, ...] = (
     "epoch", "step", "train_loss", "val_loss", "val_mse", "val_masked_mse", "val_ce", "val_acc", "lr",
-    "samples_per_s", "seconds",
+    "samples_per_s", "seconds", "val_identity_mse", "val_mean_mse", "val_output_std", "collapse",
 )
 
 
@@ -68,3 +68,52 @@ def progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterat
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+#: Above this many epochs (the paper's 10000 = "until early stopping") no run ETA is shown.
+MAX_ETA_EPOCHS = 1000
+
+
+def format_seconds(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h07m``: compact durations for the progress bar and epoch lines."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def epoch_line(record: dict[str, Any], epochs: int, stage: Any = None, eta_s: float | None = None) -> str:
+    """One line per finished epoch: stage, epoch, losses, speed, ETA and any collapse warning."""
+    where = f"{stage_name(stage)}, " if stage is not None and getattr(stage, "n_stages", 1) > 1 else ""
+    parts = [f"{where}epoch {record.get('epoch')}/{epochs}"]
+    for key in ("train_loss", "val_loss", "val_mse", "val_acc"):
+        if isinstance(record.get(key), float):
+            parts.append(f"{key} {record[key]:.4g}")
+    if record.get("seconds") is not None:
+        parts.append(f"{record['seconds']:.1f}s")
+    if eta_s is not None and record.get("epoch", 0) < epochs:
+        parts.append(f"ETA {format_seconds(eta_s)} (at most)")
+    line = "  ".join(parts)
+    return line + (f"  WARNING: {record['collapse']}" if record.get("collapse") else "")
+
+
+def stage_label(task: Any) -> str:
+    """A short description of a stage's task (``mask 10%`` for masked curriculum stages)."""
+    if task is None:
+        return ""
+    describe = getattr(task, "describe", None)
+    if callable(describe):
+        return str(describe())
+    for attr in ("mask_ratio", "ratio", "mask_fraction", "fraction"):
+        value = getattr(task, attr, None)
+        if isinstance(value, (int, float)) and 0 < value <= 1:
+            return f"mask {value * 100:g}%"
+    return ""
+
+
+def stage_name(stage: Any) -> str:
+    """``stage 2/4, mask 10%``: the position and task of a stage of a multi-stage scheme."""
+    label = stage_label(getattr(stage, "task", None))
+    return f"stage {stage.index + 1}/{stage.n_stages}" + (f", {label}" if label else "")

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import sys
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,10 @@ from genesis.device import resolve_device
 from genesis.errors import ConfigError, GenesisError
 from genesis.models import ModelOutput, create_model
 from genesis.training.checkpoint import load_checkpoint, save_checkpoint
+from genesis.training.collapse import baseline_sums
 from genesis.training.config import TARIQ_TASKS, PretrainConfig, resolve_optim
 from genesis.training.ddp import DistInfo, cleanup_distributed, env_dist_info, setup_distributed
+from genesis.training import rundir
 from genesis.training.engine import StageResult, StageSpec, Trainer, make_generator, prepare_pair
 from genesis.training.logging import write_csv_log
 
@@ -123,8 +127,9 @@ def build_source(cfg: PretrainConfig) -> Any:
         # keep the whole chest in view: a smaller grid gets proportionally coarser voxels
         spacing = tuple(s * b / n for s, b, n in zip(base.spacing, base.shape, d.synthetic_shape))
         synthetic_cfg = replace(base, shape=tuple(d.synthetic_shape), spacing=spacing)
-    return volume_source_from_arg(d.data, pre, volume_cache_dir(cfg), synthetic_n=d.synthetic_volumes,
-                                  seed=cfg.seed, synthetic_cfg=synthetic_cfg)
+    return volume_source_from_arg(d.data, pre, volume_cache_dir(cfg), synthetic_n=d.synthetic_volumes, seed=cfg.seed,
+                                  synthetic_cfg=synthetic_cfg, keep_labels=d.keep_labels,
+                                  keep_non_hu=d.keep_non_hu, crop=tuple(d.crop))
 
 
 def volume_cache_dir(cfg: PretrainConfig) -> Path | None:
@@ -367,9 +372,12 @@ def monitor_metrics(kind: str, region: str, task: Any = None):
             ce = F.cross_entropy(logits, label, reduction="sum")
             acc = (logits.argmax(1) == label).sum()
             return {"val_ce": float(ce), "val_acc": float(acc)}
-        err = (torch.sigmoid(logits) - pair.target.float()) ** 2
+        restored = torch.sigmoid(logits)
+        err = (restored - pair.target.float()) ** 2
         per_sample = err.flatten(1).mean(1)
         result = {"val_mse": float(per_sample.sum())}
+        if restored.shape == pair.target.shape:  # trivial predictors to beat (collapse detection)
+            result.update(baseline_sums(restored, pair, region))
         if pair.mask is not None:
             mask = pair.mask.expand_as(err).float()
             masked = (err * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp_min(1)
@@ -382,7 +390,7 @@ def monitor_metrics(kind: str, region: str, task: Any = None):
 
 
 # -------------------------------------------------------------------------------------- grids
-def grid_writer(kind: str, n: int, task: Any = None):
+def grid_writer(kind: str, n: int, task: Any = None, task_name: str | None = None):
     """Writes (input, restored, original) middle axial slices of ``n`` validation samples."""
 
     def middle(x: torch.Tensor) -> np.ndarray:
@@ -393,7 +401,7 @@ def grid_writer(kind: str, n: int, task: Any = None):
         return img.numpy()
 
     def write(pair: Any, out: ModelOutput, path: Path, title: str) -> None:
-        from genesis.viz import save_grid
+        from genesis.viz import restoration_columns, save_grid
 
         rows, names = [], []
         k = min(n, pair.input.shape[0])
@@ -409,8 +417,7 @@ def grid_writer(kind: str, n: int, task: Any = None):
         for i in range(k):
             rows.append([middle(pair.input[i]), middle(restored[i]), middle(pair.target[i])])
             names.append(f"sample {i}")
-        save_grid(rows, path, row_titles=names, col_titles=["input (transformed)", "restored", "original"],
-                  title=title)
+        save_grid(rows, path, row_titles=names, col_titles=list(restoration_columns(task, task_name)), title=title)
 
     return write
 
@@ -438,10 +445,14 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
     if device.type == "cuda" and device.index is None:  # one GPU per torchrun process
         device = torch.device("cuda", env_dist_info().local_rank)
     dist = setup_distributed(device)
+    success = False
     try:
-        return _run(cfg, device, dist)
+        with warnings.catch_warnings():  # data warnings summarised before training are not repeated in it
+            result = _run(cfg, device, dist)
+        success = True
+        return result
     finally:
-        cleanup_distributed(dist)
+        cleanup_distributed(dist, success)
 
 
 def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainResult:
@@ -453,10 +464,15 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     precision = resolve_precision(cfg.precision, device, cfg.amp)  # an impossible choice fails here
     if dist.is_main:
         print(describe_precision(precision, device), file=sys.stderr)
+    rundir.check_out_dir(out, cfg.resume, cfg.overwrite, remove=dist.is_main)
     if cfg.resume:
         _check_resume(out / "last.pt", cfg)  # before the (possibly slow) data loading
     task = build_task(cfg)
     kind = task_kind(task)
+    if cfg.resume:
+        done = _already_done(out, cfg, task)
+        if done is not None:
+            return done
     shape = probe_pairs(task, cfg)
     model_name, model_kwargs = resolve_model(cfg, task, shape)
     loss_fn, loss_name = build_loss(cfg, task, model_name)
@@ -465,6 +481,7 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     source = build_source(cfg)
     prepare_volumes(source, cfg, dist)
     train_idx, val_idx = split_volumes(len(source), cfg.data.val_fraction)
+    _report_data(source, cfg, out, train_idx, val_idx, dist.is_main)
     train_src, val_src = SubsetSource(source, train_idx), SubsetSource(source, val_idx)
     steps = effective_steps(cfg, len(train_src), dist.world_size)
     cfg = replace(cfg, steps_per_epoch=steps, optim=resolve_optim(cfg.optim, cfg.task, kind))
@@ -505,7 +522,7 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     monitor_key = "val_loss" if kind == "classification" else "val_mse"
     trainer = Trainer(cfg, model, loss_fn, monitor_metrics(kind, region, task), train_ds, make_loader, val_cubes,
                       device, dist, meta, monitor_key=monitor_key,
-                      grid_fn=grid_writer(kind, cfg.log.grid_samples, task) if dist.is_main else None)
+                      grid_fn=grid_writer(kind, cfg.log.grid_samples, task, cfg.task) if dist.is_main else None)
 
     stages = list(getattr(task, "stages", None) or [])
     if not stages:
@@ -565,8 +582,56 @@ def _log_columns() -> tuple[str, ...]:
     return LOG_COLUMNS
 
 
+def _report_data(source: Any, cfg: PretrainConfig, out: Path, train_idx: list[int], val_idx: list[int],
+                 is_main: bool) -> None:
+    """Print what data the run uses (found/used/skipped, split) and write ``out/data.csv``.
+
+    Reader warnings of those scans were collected by the discovery and are summarised in the
+    table; they are not repeated while training (the caller holds a ``catch_warnings`` context).
+    """
+    from genesis.data.discovery import inspect_records, report_without_reading
+    from genesis.data.public.folder import VolumeRecord
+    from genesis.errors import GenesisWarning
+
+    report = getattr(source, "data_report", None)
+    if report is None and hasattr(source, "records"):  # a manifest or one file: listed scans, all kept
+        report = inspect_records(source.records, str(cfg.data.data))
+    if report is None:
+        kind = "synthetic chest CT (generated)" if getattr(source, "is_synthetic", False) else type(source).__name__
+        report = report_without_reading([VolumeRecord(Path(source.name(i))) for i in range(len(source))], kind)
+    report.set_split(train_idx, val_idx)
+    for message in {m for scan in report.scans for m in scan.seen_warnings}:
+        warnings.filterwarnings("ignore", message=re.escape(message) + "$", category=GenesisWarning)
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        path = report.write_csv(out / "data.csv")
+        print(report.table(path), file=sys.stderr, flush=True)
+
+
+def _already_done(out: Path, cfg: PretrainConfig, task: Any) -> PretrainResult | None:
+    """The finished run in ``out`` when ``--resume`` has nothing left to do ("already at epoch N of N")."""
+    stages = list(getattr(task, "stages", None) or [])
+    lasts = [out / f"stage{i + 1}" / "last.pt" for i in range(len(stages))] if stages else [out / "last.pt"]
+    if not (out / "last.pt").is_file() or not all(p.is_file() for p in lasts):
+        return None
+    ckpts = [load_checkpoint(p) for p in lasts]
+    if not all(rundir.finished_epochs(c, cfg.epochs) for c in ckpts):
+        return None
+    last = load_checkpoint(out / "last.pt")
+    epoch = int(last.get("epoch", 0))
+    how = " (stopped early)" if last.get("stopped_early") else ""
+    staged = f" in each of {len(stages)} stages" if stages else ""
+    if env_dist_info().is_main:
+        print(f"already at epoch {epoch} of {cfg.epochs}{staged}{how}: nothing left to train "
+              "(raise --epochs to continue)", file=sys.stderr)
+    history: list[dict[str, Any]] = []
+    for i, c in enumerate(ckpts):
+        history += [{**h, "stage": i + 1} if stages else dict(h) for h in c.get("history", [])]
+    return PretrainResult(out, out / "best.pt", out / "last.pt", history, bool(last.get("synthetic")))
+
+
 def _check_resume(last: Path, cfg: PretrainConfig) -> None:
-    """Refuse to resume a run of another task (a likely wrong --out)."""
+    """Refuse to resume a run of another task or other settings (a likely wrong --out or flag)."""
     if not last.is_file():
         stage1 = last.parent / "stage1" / "last.pt"
         if not stage1.is_file():
@@ -581,3 +646,5 @@ def _check_resume(last: Path, cfg: PretrainConfig) -> None:
     ckpt = load_checkpoint(last)
     if ckpt.get("task") not in (None, cfg.task):
         raise ConfigError(f"--resume: this run trained task {ckpt.get('task')!r}, not {cfg.task!r}", last)
+    if isinstance(ckpt.get("config"), dict):
+        rundir.check_resume_settings(ckpt["config"], config_to_dict(cfg), last)
