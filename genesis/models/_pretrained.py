@@ -9,7 +9,10 @@ load as they are. This base adds what our pipeline needs on top, uniformly:
 * ``normalize=True``: the checkpoint's mean/std applied to inputs in [0, 1], stored as
   non-persistent buffers so state dicts stay torchvision-compatible;
 * ``forward_features(x)`` (last-stage feature map), ``feature_dim``, ``replace_head(n)``,
-  ``encoder_only()`` and ``encoder_state_prefixes`` (what ``load_weights(part="encoder")`` loads).
+  ``encoder_only()`` and ``encoder_state_prefixes`` (what ``load_weights(part="encoder")`` loads);
+* ``head_path``: the dotted name of the published final layer (``fc`` for torchvision ResNets,
+  ``head`` for Swin3D, ``blocks.5.proj`` for PyTorchVideo ResNets, ``classifier.1`` for S3D), so
+  the head is replaced and dropped where the released checkpoint keeps it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class PretrainedBackbone(nn.Module):
 
     spatial_dims: int
     feature_dim: int = 512
+    head_path: str = "fc"
     encoder_state_prefixes: tuple[str, ...]
     input_ranks: tuple[int, ...] = ()
 
@@ -83,22 +87,59 @@ class PretrainedBackbone(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, num_classes): the head on globally averaged features."""
-        fc = getattr(self, "fc", None)
-        if fc is None:
+    def head_layer(self) -> nn.Module | None:
+        """The final layer at ``head_path`` (None once :meth:`encoder_only` dropped it)."""
+        try:
+            layer = self.get_submodule(self.head_path)
+        except AttributeError:
+            return None
+        return None if isinstance(layer, nn.Identity) else layer
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F, ...) last-stage features -> (B, F): global average (MViT overrides: class token)."""
+        return features.flatten(2).mean(2)
+
+    def forward_head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Logits of pooled features; a 1x1x1 convolution head (S3D) acts as the linear layer it is."""
+        layer = self.head_layer()
+        if layer is None:
             raise RuntimeError(f"{type(self).__name__} was made encoder-only; it has no classifier")
-        return fc(self.forward_features(x).flatten(2).mean(2))
+        dropout = getattr(self, "head_dropout", None)
+        if dropout is not None:
+            pooled = dropout(pooled)
+        if isinstance(layer, nn.Conv3d):
+            return layer(pooled[:, :, None, None, None]).flatten(1)
+        return layer(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits (B, num_classes): the head on pooled last-stage features."""
+        return self.forward_head(self.pool(self.forward_features(x)))
+
+    def _set_layer(self, path: str, layer: nn.Module) -> None:
+        parent_name, _, child = path.rpartition(".")
+        parent = self.get_submodule(parent_name) if parent_name else self
+        if isinstance(parent, (nn.Sequential, nn.ModuleList)):
+            parent[int(child)] = layer
+        else:
+            setattr(parent, child, layer)
 
     def replace_head(self, num_classes: int) -> PretrainedBackbone:
-        """New (freshly initialised) final linear layer, e.g. 1 logit for PE vs no PE."""
+        """New (freshly initialised) final layer of the published kind, e.g. 1 logit for PE vs no PE."""
         device = next(self.parameters()).device
-        self.fc = nn.Linear(self.feature_dim, num_classes).to(device)
+        old = self.head_layer()
+        if isinstance(old, nn.Conv3d):
+            new: nn.Module = nn.Conv3d(self.feature_dim, num_classes, kernel_size=1)
+        else:
+            new = nn.Linear(self.feature_dim, num_classes)
+        self._set_layer(self.head_path, new.to(device))
         self.num_classes = num_classes
         return self
 
     def encoder_only(self) -> PretrainedBackbone:
-        """Drop ``fc`` (the network then serves as the backbone of ``encoder_classifier`` or ``lrcn``)."""
-        if "fc" in self._modules:
-            del self.fc  # deleted, not set to None, so loading a full checkpoint reports fc.* as unexpected
+        """Drop the head (the network then serves as the backbone of ``encoder_classifier`` or ``lrcn``)."""
+        if self.head_path in self._modules:
+            # deleted, not set to None, so loading a full checkpoint reports fc.* as unexpected
+            delattr(self, self.head_path)
+        elif self.head_layer() is not None:
+            self._set_layer(self.head_path, nn.Identity())  # nested: a parameter-free placeholder
         return self
