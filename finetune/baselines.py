@@ -230,10 +230,24 @@ def encoder_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(model, "encoder_state_prefixes", ()))
 
 
+def _in_prefixes(name: str, prefixes: tuple[str, ...]) -> bool:
+    # prefixes may be dotted (PyTorchVideo's "blocks.0" ... "blocks.4": the head is "blocks.5")
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
 def new_modules(model: nn.Module) -> list[nn.Module]:
-    """Top-level children outside :func:`encoder_prefixes` (head, GRU...): initialised by ``--init``."""
+    """Layers pretrained weights do not fill (head, GRU...): initialised by ``--init``.
+
+    For a network with a published head (:class:`genesis.models._pretrained.PretrainedBackbone`)
+    that is the head layer alone, wherever the layout keeps it; otherwise the top-level children
+    outside :func:`encoder_prefixes`.
+    """
+    head_layer = getattr(model, "head_layer", None)
+    if callable(head_layer) and not isinstance(getattr(model, "backbone", None), nn.Module):
+        head = head_layer()
+        return [head] if head is not None else []
     prefixes = encoder_prefixes(model)
-    return [child for name, child in model.named_children() if name not in prefixes]
+    return [child for name, child in model.named_children() if not _in_prefixes(name, prefixes)]
 
 
 def build_baseline(
@@ -269,6 +283,6 @@ def build_baseline(
         # the baselines' head is already a single linear layer: a linear probe = frozen encoder
         prefixes = encoder_prefixes(model)
         for pname, p in model.named_parameters():
-            if pname.split(".", 1)[0] in prefixes:
+            if _in_prefixes(pname, prefixes):
                 p.requires_grad_(False)
     return model, choice.name, kwargs, info
