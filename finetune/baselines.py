@@ -216,6 +216,9 @@ def check_model(cfg: Any, task: str, crop: tuple[int, int, int], target_name: st
     choice = resolve_model(cfg, task)
     if choice.is_baseline:
         check_baseline(choice, crop, target_name)
+    elif getattr(cfg, "channels", "repeat") != "repeat":
+        raise ConfigError(f"--channels {cfg.channels} makes RGB from grey CT for the pretrained RGB baselines; "
+                          f"the {UNET} U-Net takes the grey volume itself (leave --channels out)")
     if cfg.weights and not Path(cfg.weights).is_file():
         from genesis.weights.load import resolve_source
 
@@ -250,6 +253,23 @@ def new_modules(model: nn.Module) -> list[nn.Module]:
     return [child for name, child in model.named_children() if not _in_prefixes(name, prefixes)]
 
 
+def apply_input_mode(model: nn.Module, cfg: Any, name: str) -> None:
+    """``cfg.channels`` / ``cfg.aggregate`` on the RGB network of a baseline (its ``backbone`` for LRCN)."""
+    from finetune import get_target
+
+    net = model if callable(getattr(model, "set_input_mode", None)) else getattr(model, "backbone", None)
+    channels = getattr(cfg, "channels", "repeat")
+    if not callable(getattr(net, "set_input_mode", None)):
+        if channels != "repeat":
+            raise ConfigError(f"--channels {channels} makes RGB from grey CT for the pretrained RGB baselines; "
+                              f"{name!r} takes grey input")
+        return
+    try:
+        net.set_input_mode(channels, get_target(cfg.target).hu_window(cfg), getattr(cfg, "aggregate", "max"))
+    except ValueError as exc:
+        raise ConfigError(f"model {name!r}: {exc}") from None
+
+
 def build_baseline(
     choice: ModelChoice, cfg: Any, load: Any, apply_init: Any, num_classes: int = 1
 ) -> tuple[nn.Module, str, dict[str, Any], dict[str, Any]]:
@@ -272,6 +292,7 @@ def build_baseline(
         raise ConfigError(f"model {choice.name!r} cannot be built with {kwargs}: {exc}") from None
     info: dict[str, Any] = {"model": choice.name, "model_kwargs": kwargs, "weights": cfg.weights,
                             "init": cfg.init, "freeze": cfg.freeze, "linear_probe": cfg.linear_probe}
+    apply_input_mode(model, cfg, choice.name)
     if cfg.weights:
         info.update(load(model, cfg.weights, part="encoder"))
         model.replace_head(num_classes)  # a fresh head for the target's classes, never loaded

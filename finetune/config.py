@@ -18,6 +18,8 @@ from typing import Any
 from genesis.errors import ConfigError
 
 INIT_CHOICES = ("scratch", "uniform", "xavier", "msra")
+CHANNEL_CHOICES = ("repeat", "neighbors", "windows")
+AGGREGATE_CHOICES = ("max", "mean")
 FREEZE_CHOICES = ("none", "encoder")
 
 
@@ -115,6 +117,12 @@ class FinetuneConfig:
             chosen negative candidates per scan in every split (all positives are kept), so the
             cubes fit in memory; ``None`` uses the target's default (ncc 30, ecc unlimited),
             ``0`` keeps all. Random negative subsampling leaves the expected AUC unchanged.
+        channels: how the RGB baselines see grey CT: ``repeat`` (the slice three times, Ke et al.),
+            ``neighbors`` (slices n-1, n, n+1) or ``windows`` (lung, mediastinum and PE HU windows of
+            the slice; the input window then defaults to their union, -1350..450 HU). U-Net: ``repeat``.
+        aggregate: study-level targets (``pe``): a study's prediction is the ``max`` (Ke et al.) or
+            ``mean`` of its window predictions; 2D baselines score a window by the same reduction
+            over its slices' logits.
         compare: another output folder whose runs are compared with ours (two-sample t-tests).
         resume: continue interrupted runs from their ``last.pt``; finished runs are reused.
     """
@@ -144,6 +152,8 @@ class FinetuneConfig:
     balance: bool = True
     precise_bn_batches: int = 0
     max_negatives_per_scan: int | None = None
+    channels: str = "repeat"
+    aggregate: str = "max"
     compare: str | None = None
     resume: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -159,6 +169,10 @@ class FinetuneConfig:
             raise ConfigError(f"model_args must be a mapping of constructor arguments, got {self.model_args!r}")
         if self.init not in INIT_CHOICES:
             raise ConfigError(f"init must be one of {', '.join(INIT_CHOICES)}, got {self.init!r}")
+        if self.channels not in CHANNEL_CHOICES:
+            raise ConfigError(f"channels must be one of {', '.join(CHANNEL_CHOICES)}, got {self.channels!r}")
+        if self.aggregate not in AGGREGATE_CHOICES:
+            raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATE_CHOICES)}, got {self.aggregate!r}")
         if self.freeze not in FREEZE_CHOICES:
             raise ConfigError(f"freeze must be one of {', '.join(FREEZE_CHOICES)}, got {self.freeze!r}")
         if not self.label_fractions:

@@ -185,13 +185,14 @@ def evaluate(
         scores.extend(torch.sigmoid(logits.float()).reshape(len(chunk), -1)[:, 0].cpu().tolist())
     labels = [int(s.label) for s in samples]
     names = [s.name for s in samples]
-    if target.aggregate == "max":  # study-level prediction = max over its windows (Ke et al. 2023)
+    if target.aggregate is not None:  # study-level prediction = max (Ke et al. 2023) or mean over its windows
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(samples):
             groups.setdefault(s.group, []).append(i)
         names = sorted(groups)
         labels = [max(labels[i] for i in groups[g]) for g in names]
-        scores = [max(scores[i] for i in groups[g]) for g in names]
+        reduce = max if getattr(cfg, "aggregate", "max") == "max" else (lambda v: float(np.mean(list(v))))
+        scores = [reduce(scores[i] for i in groups[g]) for g in names]
     return {"names": names, "labels": labels, "scores": scores}
 
 

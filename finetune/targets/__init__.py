@@ -53,7 +53,13 @@ class Target:
         return tuple(cfg.crop) if cfg.crop is not None else self.default_crop  # type: ignore[return-value]
 
     def hu_window(self, cfg: "FinetuneConfig") -> tuple[float, float]:
-        return tuple(cfg.window) if cfg.window is not None else self.window  # type: ignore[return-value]
+        if cfg.window is not None:
+            return tuple(cfg.window)  # type: ignore[return-value]
+        if getattr(cfg, "channels", "repeat") == "windows":  # the input must span all three HU windows
+            from genesis.models._pretrained import CT_WINDOWS_SPAN
+
+            return CT_WINDOWS_SPAN
+        return self.window
 
     def load(self, cfg: "FinetuneConfig") -> TargetData:
         """Splits from ``cfg.data`` (real layout) or, when it is ``None``, from synthetic data."""

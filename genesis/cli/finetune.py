@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help="runs per fraction (seeds seed, seed+1, ...)")
     p.add_argument("--device", help="auto, cpu or cuda[:n]")
     p.add_argument("--config", help="YAML file with FinetuneConfig settings")
+    p.add_argument("--channels", choices=("repeat", "neighbors", "windows"),
+                   help="grey CT -> RGB for the pretrained baselines: the slice 3x (default), slices n-1/n/n+1, "
+                        "or lung/mediastinum/PE HU windows")
+    p.add_argument("--aggregate", choices=("max", "mean"),
+                   help="study prediction from window predictions, and 2D window from slice logits (default max)")
     p.add_argument("--compare", metavar="OTHER_OUT", help="t-test our runs against another output folder")
     p.add_argument("--preset", choices=sorted(PRESETS), help="quick: tiny CPU demo (about a minute)")
     p.add_argument("--resume", action="store_true", default=None, help="continue interrupted runs from last.pt")
@@ -72,7 +77,7 @@ _FLAG_KEYS = {
     "linear_probe": "linear_probe", "out": "out", "epochs": "epochs", "steps_per_epoch": "steps_per_epoch",
     "batch_size": "batch_size", "width": "width", "lr": "optim.lr", "patience": "patience", "crop": "crop",
     "label_fraction": "label_fractions", "seed": "seed", "repeats": "repeats", "device": "device",
-    "compare": "compare", "resume": "resume",
+    "compare": "compare", "resume": "resume", "channels": "channels", "aggregate": "aggregate",
 }
 
 

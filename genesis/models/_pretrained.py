@@ -24,6 +24,16 @@ from torch import nn
 
 from genesis.models._blocks import InputShapeError
 
+#: grey CT -> 3 channels (``--channels``): the same slice three times (Ke et al.), slices n-1, n, n+1
+#: (2.5D context for 2D networks), or three HU windows of the same slice
+CHANNEL_MODES = ("repeat", "neighbors", "windows")
+#: the three HU windows of ``channels="windows"``: lung (W1500/L-600), mediastinum (W350/L50) and a
+#: pulmonary-embolism / CT-angiography window (W700/L100)
+CT_WINDOWS: tuple[tuple[float, float], ...] = ((-1350.0, 150.0), (-125.0, 225.0), (-250.0, 450.0))
+#: the HU span the input must cover for ``channels="windows"`` (the union of :data:`CT_WINDOWS`)
+CT_WINDOWS_SPAN = (min(w[0] for w in CT_WINDOWS), max(w[1] for w in CT_WINDOWS))
+SLICE_AGGREGATES = ("max", "mean")
+
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -63,14 +73,61 @@ class PretrainedBackbone(nn.Module):
                 f"{type(self).__name__} expects {axes} with C={self.in_channels}, got shape {tuple(x.shape)}"
             )
 
+    def set_input_mode(self, channels: str = "repeat", hu_window: Sequence[float] | None = None,
+                       slice_aggregate: str = "max") -> PretrainedBackbone:
+        """How grey CT becomes the network's three channels, and how a 2D network scores a window.
+
+        Args:
+            channels: ``"repeat"`` (the slice three times, Ke et al.), ``"neighbors"`` (slices n-1,
+                n, n+1; needs windows of slices (B, 1, D, H, W), edges repeat the end slice) or
+                ``"windows"`` (three HU windows, :data:`CT_WINDOWS`, of the same slice).
+            hu_window: the HU range that the [0, 1] input spans (needed by ``"windows"``; the input
+                should cover :data:`CT_WINDOWS_SPAN` so no window is clipped).
+            slice_aggregate: 2D networks on windows of slices: a window's logit is the ``max`` (Ke
+                et al.) or ``mean`` of its per-slice logits.
+        """
+        if channels not in CHANNEL_MODES:
+            raise ValueError(f"channels must be one of {CHANNEL_MODES}, got {channels!r}")
+        if slice_aggregate not in SLICE_AGGREGATES:
+            raise ValueError(f"slice_aggregate must be one of {SLICE_AGGREGATES}, got {slice_aggregate!r}")
+        if channels != "repeat" and self.in_channels != 1:
+            raise ValueError(f"channels={channels!r} makes RGB from grey input; this network takes "
+                             f"{self.in_channels}-channel input")
+        if channels == "windows" and (hu_window is None or len(hu_window) != 2 or hu_window[1] <= hu_window[0]):
+            raise ValueError(f"channels='windows' needs the HU range of the input (low, high), got {hu_window!r}")
+        self.channel_mode = channels
+        self.channel_hu_window = tuple(float(v) for v in hu_window) if hu_window is not None else None
+        self.slice_aggregate = slice_aggregate
+        return self
+
+    def _grey_to_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, ...) grey in [0, 1] -> (B, 3, ...) as :meth:`set_input_mode` says."""
+        mode = getattr(self, "channel_mode", "repeat")
+        if mode == "repeat":
+            return x.expand(-1, 3, *x.shape[2:])
+        if mode == "neighbors":
+            if x.dim() != 5:
+                raise InputShapeError(f"channels='neighbors' needs windows of slices (B, 1, D, H, W), got shape "
+                                      f"{tuple(x.shape)}")
+            before = torch.cat([x[:, :, :1], x[:, :, :-1]], dim=2)
+            after = torch.cat([x[:, :, 1:], x[:, :, -1:]], dim=2)
+            return torch.cat([before, x, after], dim=1)
+        low, high = self.channel_hu_window  # type: ignore[misc]
+        hu = low + x * (high - low)
+        return torch.cat([((hu - a) / (b - a)).clamp(0.0, 1.0) for a, b in CT_WINDOWS], dim=1)
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalize:
+            view = (1, 3) + (1,) * (x.dim() - 2)
+            x = (x - self.input_mean.reshape(view)) / self.input_std.reshape(view)
+        return x
+
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Check the shape, repeat grey to RGB and normalise; ``x`` has rank ``spatial_dims + 2``."""
+        """Check the shape, make RGB from grey and normalise; ``x`` has rank ``spatial_dims + 2``."""
         self._check_input(x)
         if self.in_channels == 1:
-            x = x.expand(-1, 3, *x.shape[2:])
-        if self.normalize:
-            x = (x - self.input_mean) / self.input_std
-        return x
+            x = self._grey_to_rgb(x)
+        return self._normalize(x)
 
     def _init_weights(self) -> None:
         # torchvision's initialisation, so a model trained from scratch matches the baseline
@@ -112,8 +169,18 @@ class PretrainedBackbone(nn.Module):
         return layer(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, num_classes): the head on pooled last-stage features."""
-        return self.forward_head(self.pool(self.forward_features(x)))
+        """Class logits (B, num_classes): the head on pooled last-stage features.
+
+        A 2D network given a window of slices (B, C, D, H, W) scores every slice and returns the
+        max (or mean, :meth:`set_input_mode`) of the slice logits: Ke et al.'s "max over slices".
+        """
+        features = self.forward_features(x)
+        if self.spatial_dims == 2 and x.dim() == 5:
+            b, f, d = features.shape[:3]
+            slices = features.transpose(1, 2).reshape(b * d, f, *features.shape[3:])
+            logits = self.forward_head(self.pool(slices)).reshape(b, d, -1)
+            return logits.amax(1) if getattr(self, "slice_aggregate", "max") == "max" else logits.mean(1)
+        return self.forward_head(self.pool(features))
 
     def _set_layer(self, path: str, layer: nn.Module) -> None:
         parent_name, _, child = path.rpartition(".")
