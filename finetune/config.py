@@ -46,6 +46,9 @@ class AugmentConfig:
     rotate90_prob: float = 0.5  # per plane with equal sides
     noise_prob: float = 0.5
     noise_std: float = 0.02  # on the [0, 1] intensity scale
+    #: random in-plane rotation within +-this many degrees; None: the target's default (pe: 20,
+    #: Ke et al.; the cube and segmentation targets: 0)
+    rotate_degrees: float | None = None
 
 
 @dataclass

@@ -30,6 +30,7 @@ from monai.inferers import sliding_window_inference
 
 from finetune import get_target
 from finetune.augment import Augmenter
+from finetune.study import fit_in_plane
 from finetune.config import FinetuneConfig
 from finetune.data import TargetData, random_crop, subset_fraction
 from finetune.stats import auroc, bootstrap_ci, dice, iou, iou_over_thresholds
@@ -72,7 +73,8 @@ def sample_batch(
             picks.append(int(idx[rng.integers(idx.size)]))
         else:
             picks.append(int(rng.integers(len(train))))
-    images = np.stack([train[i].image for i in picks])[:, None].astype(np.float32)
+    # study windows are stored larger than the crop (Ke et al.: 256 -> random 224); cubes pass unchanged
+    images = np.stack([fit_in_plane(train[i].image, crop[1:], rng) for i in picks])[:, None].astype(np.float32)
     y = np.array([[train[i].label] for i in picks], dtype=np.float32)
     return torch.from_numpy(images), torch.from_numpy(y)
 
@@ -179,7 +181,7 @@ def evaluate(
     batch = max(1, cfg.batch_size)
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
-        x = torch.from_numpy(np.stack([s.image for s in chunk])[:, None].astype(np.float32)).to(device)
+        x = torch.from_numpy(np.stack([fit_in_plane(s.image, crop[1:]) for s in chunk])[:, None].astype(np.float32)).to(device)
         with autocast(device, cfg.amp):
             logits = _forward(model, x)
         scores.extend(torch.sigmoid(logits.float()).reshape(len(chunk), -1)[:, 0].cpu().tolist())
@@ -259,7 +261,8 @@ def train_run(
     optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                                  weight_decay=cfg.optim.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, cfg.amp) else None
-    augmenter = Augmenter(cfg.augment, crop, with_mask=target.task == "segmentation")
+    rotate = cfg.augment.rotate_degrees if cfg.augment.rotate_degrees is not None else target.rotate_degrees
+    augmenter = Augmenter(cfg.augment, crop, with_mask=target.task == "segmentation", rotate_degrees=rotate)
 
     state: dict[str, Any] = {"epoch": 0, "best_metric": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -91,3 +92,20 @@ def test_pe_with_registered_kinetics_video_weights_end_to_end(tmp_path, monkeypa
     result = json.loads((out / "fraction-1" / "seed-0" / "result.json").read_text())
     assert result["transfer"]["loaded"] == len([k for k in state if not k.startswith("classifier")])
     assert len(result["test_units"]["names"]) == 2  # one prediction per study
+
+
+def test_study_windows_are_stored_larger_and_cropped_like_ke_et_al():
+    from finetune import get_target
+    from finetune.study import fit_in_plane, stored_side
+
+    assert stored_side(224) == 256 and stored_side(32) == 37
+    window = np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5)
+    assert np.array_equal(fit_in_plane(window, (3, 3)), window[:, 1:4, 1:4])  # evaluation: centre crop
+    crops = {fit_in_plane(window, (3, 3), np.random.default_rng(s))[0, 0, 0] for s in range(20)}
+    assert len(crops) > 1 and crops <= {0.0, 1.0, 2.0, 5.0, 6.0, 7.0, 10.0, 11.0, 12.0}
+    assert fit_in_plane(window, (7, 7)).shape == (2, 7, 7)  # padded with air
+    pe = get_target("pe")
+    assert pe.crop(FinetuneConfig(target="pe")) == (32, 128, 128)
+    assert pe.crop(FinetuneConfig(target="pe", model="penet")) == (24, 128, 128)
+    assert pe.crop(FinetuneConfig(target="pe", weights="penet.kinetics600")) == (24, 128, 128)
+    assert pe.rotate_degrees == 20.0 and get_target("ncc").rotate_degrees == 0.0

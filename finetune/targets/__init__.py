@@ -46,6 +46,7 @@ class Target:
     quick_crop: ClassVar[tuple[int, int, int]] = (16, 32, 32)
     window: ClassVar[tuple[float, float]] = (-1000.0, 1000.0)
     aggregate: ClassVar[str | None] = None
+    rotate_degrees: ClassVar[float] = 0.0  # default random in-plane rotation (augment.rotate_degrees)
     fraction_by_group: ClassVar[bool] = False
     real_layout: ClassVar[str] = ""
 
