@@ -126,6 +126,11 @@ class FinetuneConfig:
         aggregate: study-level targets (``pe``): a study's prediction is the ``max`` (Ke et al.) or
             ``mean`` of its window predictions; 2D baselines score a window by the same reduction
             over its slices' logits.
+        lr_search: before the experiment, train one run per ``lr_grid`` rate on
+            ``lr_search_fraction`` of the training split and use the rate with the best validation
+            metric (Ke et al.: 1e-1 ... 1e-5 on 10%); the choice is recorded in ``metrics.json``.
+        lr_grid: the learning rates tried by ``lr_search``.
+        lr_search_fraction: the share of training labels the search runs use.
         compare: another output folder whose runs are compared with ours (two-sample t-tests).
         resume: continue interrupted runs from their ``last.pt``; finished runs are reused.
     """
@@ -157,6 +162,9 @@ class FinetuneConfig:
     max_negatives_per_scan: int | None = None
     channels: str = "repeat"
     aggregate: str = "max"
+    lr_search: bool = False
+    lr_grid: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+    lr_search_fraction: float = 0.1
     compare: str | None = None
     resume: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -174,6 +182,10 @@ class FinetuneConfig:
             raise ConfigError(f"init must be one of {', '.join(INIT_CHOICES)}, got {self.init!r}")
         if self.channels not in CHANNEL_CHOICES:
             raise ConfigError(f"channels must be one of {', '.join(CHANNEL_CHOICES)}, got {self.channels!r}")
+        if self.lr_search and (not self.lr_grid or any(not lr > 0 for lr in self.lr_grid)):
+            raise ConfigError(f"lr_grid must list positive learning rates, got {self.lr_grid}")
+        if not 0.0 < self.lr_search_fraction <= 1.0:
+            raise ConfigError(f"lr_search_fraction must be in (0, 1], got {self.lr_search_fraction}")
         if self.aggregate not in AGGREGATE_CHOICES:
             raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATE_CHOICES)}, got {self.aggregate!r}")
         if self.freeze not in FREEZE_CHOICES:

@@ -391,6 +391,12 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     log(f"target {target.name} ({target.title}); model {choice.name}"
         f"{f' with weights {cfg.weights}' if cfg.weights else f' ({cfg.init} init)'}; data: {data.source}; "
         f"train/val/test = {len(data.train)}/{len(data.val)}/{len(data.test)}; device {device}")
+    lr_record = None
+    if cfg.lr_search:  # Ke et al.: the rate with the best validation metric on 10% of the data
+        from finetune.lr_search import search_learning_rate
+
+        lr_record = search_learning_rate(cfg, target, data, device, out, log)
+        cfg.optim.lr = lr_record["chosen"]
     runs: dict[float, list[dict[str, Any]]] = {}
     for fraction in cfg.label_fractions:
         runs[fraction] = []
@@ -404,5 +410,6 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
             shown = ", ".join(f"{m} {v:.4f}" for m, v in result["metrics"].items() if v is not None)
             log(f"  test: {shown}")
     metrics = build_metrics(cfg, target, data, runs)
+    metrics["lr_search"] = lr_record
     write_reports(metrics, out, target, compare=cfg.compare)
     return json.loads((out / "metrics.json").read_text())

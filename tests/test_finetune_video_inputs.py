@@ -109,3 +109,34 @@ def test_study_windows_are_stored_larger_and_cropped_like_ke_et_al():
     assert pe.crop(FinetuneConfig(target="pe", model="penet")) == (24, 128, 128)
     assert pe.crop(FinetuneConfig(target="pe", weights="penet.kinetics600")) == (24, 128, 128)
     assert pe.rotate_degrees == 20.0 and get_target("ncc").rotate_degrees == 0.0
+
+
+def test_lr_search_picks_the_best_validation_rate_and_records_it(tmp_path, monkeypatch):
+    from finetune import lr_search, run_finetune
+
+    cfg = FinetuneConfig(target="ncc", out=str(tmp_path / "ncc-lr"), epochs=1, steps_per_epoch=1, batch_size=2,
+                         device="cpu", crop=(8, 32, 32), width=4, head_hidden=8, lr_search=True,
+                         lr_grid=(1e-2, 1e-4), lr_search_fraction=0.5)
+    cfg.synthetic.n_train, cfg.synthetic.n_val, cfg.synthetic.n_test = 2, 1, 2
+    cfg.synthetic.shape = (48, 64, 64)
+    cfg.evaluation.bootstrap_resamples = 20
+    metrics = run_finetune(cfg, log=lambda s: None)
+    record = metrics["lr_search"]
+    assert record["grid"] == [1e-2, 1e-4] and record["fraction"] == 0.5 and record["val_metric"] == "auc"
+    assert set(record["scores"]) == {"0.01", "0.0001"}
+    assert record["chosen"] in (1e-2, 1e-4) and metrics["config"]["optim"]["lr"] == record["chosen"]
+    assert all((tmp_path / "ncc-lr" / "lr-search" / f"lr-{r}" / "result.json").is_file() for r in ("0.01", "0.0001"))
+    # the choice: best validation metric, ties to the earlier rate, undefined metrics never win
+    assert lr_search.best_validation({"history": [{"val_auc": 0.5}, {"val_auc": float("nan")}, {"val_auc": 0.7}]},
+                                     "auc") == 0.7
+    fake = {1e-1: [0.6], 1e-2: [0.8], 1e-3: [0.8], 1e-4: [float("nan")]}
+    monkeypatch.setattr("finetune.engine.train_run",
+                        lambda target, data, train, trial, *a, **k: {"history": [{"val_auc": v} for v in fake[trial.optim.lr]]})
+    monkeypatch.setattr(lr_search, "subset_fraction", lambda items, *a, **k: items)
+    from finetune import get_target
+    from finetune.data import TargetData
+
+    data = TargetData(train=[], val=[], test=[], synthetic=True, source="test")
+    quick = FinetuneConfig(target="ncc", lr_grid=tuple(fake), lr_search=True)
+    picked = lr_search.search_learning_rate(quick, get_target("ncc"), data, torch.device("cpu"), tmp_path, lambda s: None)
+    assert picked["chosen"] == 1e-2 and picked["scores"]["0.0001"] is None
