@@ -216,9 +216,9 @@ def check_model(cfg: Any, task: str, crop: tuple[int, int, int], target_name: st
     choice = resolve_model(cfg, task)
     if choice.is_baseline:
         check_baseline(choice, crop, target_name)
-    elif getattr(cfg, "channels", "repeat") != "repeat":
-        raise ConfigError(f"--channels {cfg.channels} makes RGB from grey CT for the pretrained RGB baselines; "
-                          f"the {UNET} U-Net takes the grey volume itself (leave --channels out)")
+    elif getattr(cfg, "channels", "repeat") != "repeat" or getattr(cfg, "view", "window") != "window":
+        raise ConfigError(f"--channels / --view make RGB from grey CT for the pretrained RGB baselines; "
+                          f"the {UNET} U-Net takes the grey volume itself (leave them out)")
     if cfg.weights and not Path(cfg.weights).is_file():
         from genesis.weights.load import resolve_source
 
@@ -258,14 +258,14 @@ def apply_input_mode(model: nn.Module, cfg: Any, name: str) -> None:
     from finetune import get_target
 
     net = model if callable(getattr(model, "set_input_mode", None)) else getattr(model, "backbone", None)
-    channels = getattr(cfg, "channels", "repeat")
-    if not callable(getattr(net, "set_input_mode", None)):
-        if channels != "repeat":
-            raise ConfigError(f"--channels {channels} makes RGB from grey CT for the pretrained RGB baselines; "
-                              f"{name!r} takes grey input")
+    channels, view = getattr(cfg, "channels", "repeat"), getattr(cfg, "view", "window")
+    if not callable(getattr(net, "set_input_mode", None)) or (view != "window" and net is not model):
+        if channels != "repeat" or view != "window":
+            raise ConfigError(f"--channels {channels} / --view {view}: these make RGB from grey CT for the "
+                              f"pretrained RGB baselines (--view: 2D ones); {name!r} does not take them")
         return
     try:
-        net.set_input_mode(channels, get_target(cfg.target).hu_window(cfg), getattr(cfg, "aggregate", "max"))
+        net.set_input_mode(channels, get_target(cfg.target).hu_window(cfg), getattr(cfg, "aggregate", "max"), view)
     except ValueError as exc:
         raise ConfigError(f"model {name!r}: {exc}") from None
 

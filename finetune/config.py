@@ -20,6 +20,7 @@ from genesis.errors import ConfigError
 INIT_CHOICES = ("scratch", "uniform", "xavier", "msra")
 CHANNEL_CHOICES = ("repeat", "neighbors", "windows")
 AGGREGATE_CHOICES = ("max", "mean")
+VIEW_CHOICES = ("window", "axial", "orthogonal")
 FREEZE_CHOICES = ("none", "encoder")
 
 
@@ -126,6 +127,10 @@ class FinetuneConfig:
         aggregate: study-level targets (``pe``): a study's prediction is the ``max`` (Ke et al.) or
             ``mean`` of its window predictions; 2D baselines score a window by the same reduction
             over its slices' logits.
+        view: 2D baselines on classification crops: ``window`` (every slice scored, then
+            ``aggregate``), ``axial`` (the centre slice and its two neighbours as RGB, the 2D input of
+            Models Genesis Table 4) or ``orthogonal`` (axial, coronal and sagittal planes through the
+            crop centre as RGB, the 2.5D input).
         lr_search: before the experiment, train one run per ``lr_grid`` rate on
             ``lr_search_fraction`` of the training split and use the rate with the best validation
             metric (Ke et al.: 1e-1 ... 1e-5 on 10%); the choice is recorded in ``metrics.json``.
@@ -162,6 +167,7 @@ class FinetuneConfig:
     max_negatives_per_scan: int | None = None
     channels: str = "repeat"
     aggregate: str = "max"
+    view: str = "window"
     lr_search: bool = False
     lr_grid: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
     lr_search_fraction: float = 0.1
@@ -186,6 +192,8 @@ class FinetuneConfig:
             raise ConfigError(f"lr_grid must list positive learning rates, got {self.lr_grid}")
         if not 0.0 < self.lr_search_fraction <= 1.0:
             raise ConfigError(f"lr_search_fraction must be in (0, 1], got {self.lr_search_fraction}")
+        if self.view not in VIEW_CHOICES:
+            raise ConfigError(f"view must be one of {', '.join(VIEW_CHOICES)}, got {self.view!r}")
         if self.aggregate not in AGGREGATE_CHOICES:
             raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATE_CHOICES)}, got {self.aggregate!r}")
         if self.freeze not in FREEZE_CHOICES:

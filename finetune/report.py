@@ -114,6 +114,7 @@ def build_metrics(
         "freeze": cfg.freeze,
         "linear_probe": cfg.linear_probe,
         "channels": cfg.channels,
+        "view": cfg.view,
         "aggregate": cfg.aggregate if (target.aggregate or model.get("model_family") == "baseline") else None,
         "repeats": cfg.repeats,
         "ci_method": (f"percentile bootstrap, {cfg.evaluation.bootstrap_resamples} resamples of the test set "

@@ -140,3 +140,26 @@ def test_lr_search_picks_the_best_validation_rate_and_records_it(tmp_path, monke
     quick = FinetuneConfig(target="ncc", lr_grid=tuple(fake), lr_search=True)
     picked = lr_search.search_learning_rate(quick, get_target("ncc"), data, torch.device("cpu"), tmp_path, lambda s: None)
     assert picked["chosen"] == 1e-2 and picked["scores"]["0.0001"] is None
+
+
+def test_2d_and_2_5d_views_of_a_cube():
+    torch.manual_seed(3)
+    cube = torch.rand(2, 1, 8, 8, 8)
+    axial = create_model("resnet18")._view_rgb(cube, "axial")
+    assert axial.shape == (2, 3, 1, 8, 8) and torch.equal(axial[:, :, 0], cube[:, 0, 3:6])
+    planes = create_model("resnet18")._view_rgb(cube, "orthogonal")[:, :, 0]
+    assert torch.equal(planes[:, 0], cube[:, 0, 4]) and torch.equal(planes[:, 1], cube[:, 0, :, 4, :])
+    assert torch.equal(planes[:, 2], cube[:, 0, :, :, 4])
+    net = create_model("resnet18", num_classes=1).eval().set_input_mode(view="orthogonal")
+    rgb = create_model("resnet18", num_classes=1, in_channels=3).eval()
+    rgb.load_state_dict(net.state_dict())
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), rgb(net._view_rgb(x, "orthogonal")[:, :, 0]), atol=1e-5)
+    with pytest.raises(ValueError, match="3D network"):
+        create_model("r3d_18").set_input_mode(view="axial")
+    cfg = FinetuneConfig(target="ncc", out="unused", model="lrcn", view="axial")
+    from finetune.baselines import apply_input_mode
+
+    with pytest.raises(ConfigError, match="lrcn"):
+        apply_input_mode(create_model("lrcn", backbone="resnet18", hidden_size=4), cfg, "lrcn")

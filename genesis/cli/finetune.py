@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or lung/mediastinum/PE HU windows")
     p.add_argument("--aggregate", choices=("max", "mean"),
                    help="study prediction from window predictions, and 2D window from slice logits (default max)")
+    p.add_argument("--view", choices=("window", "axial", "orthogonal"),
+                   help="2D baselines: every slice (default), 3 adjacent axial slices (2D) or axial/coronal/"
+                        "sagittal planes through the centre (2.5D) as RGB")
     p.add_argument("--lr-search", action="store_true", default=None,
                    help="choose the learning rate first: one run per lr_grid rate (1e-1 ... 1e-5) on 10%% of the "
                         "training labels, best validation metric wins (Ke et al.)")
@@ -81,7 +84,7 @@ _FLAG_KEYS = {
     "batch_size": "batch_size", "width": "width", "lr": "optim.lr", "patience": "patience", "crop": "crop",
     "label_fraction": "label_fractions", "seed": "seed", "repeats": "repeats", "device": "device",
     "compare": "compare", "resume": "resume", "channels": "channels", "aggregate": "aggregate",
-    "lr_search": "lr_search",
+    "lr_search": "lr_search", "view": "view",
 }
 
 

@@ -33,6 +33,10 @@ CT_WINDOWS: tuple[tuple[float, float], ...] = ((-1350.0, 150.0), (-125.0, 225.0)
 #: the HU span the input must cover for ``channels="windows"`` (the union of :data:`CT_WINDOWS`)
 CT_WINDOWS_SPAN = (min(w[0] for w in CT_WINDOWS), max(w[1] for w in CT_WINDOWS))
 SLICE_AGGREGATES = ("max", "mean")
+#: what a 2D network sees of a (B, 1, D, H, W) window: every slice (scored, then aggregated), the
+#: centre slice with its two neighbours as RGB (2D, Models Genesis Table 4) or the axial, coronal and
+#: sagittal planes through the centre as RGB (2.5D)
+VIEWS = ("window", "axial", "orthogonal")
 
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
@@ -74,7 +78,7 @@ class PretrainedBackbone(nn.Module):
             )
 
     def set_input_mode(self, channels: str = "repeat", hu_window: Sequence[float] | None = None,
-                       slice_aggregate: str = "max") -> PretrainedBackbone:
+                       slice_aggregate: str = "max", view: str = "window") -> PretrainedBackbone:
         """How grey CT becomes the network's three channels, and how a 2D network scores a window.
 
         Args:
@@ -85,7 +89,17 @@ class PretrainedBackbone(nn.Module):
                 should cover :data:`CT_WINDOWS_SPAN` so no window is clipped).
             slice_aggregate: 2D networks on windows of slices: a window's logit is the ``max`` (Ke
                 et al.) or ``mean`` of its per-slice logits.
+            view: 2D networks only: ``"window"`` (every slice), ``"axial"`` (slices c-1, c, c+1 at
+                the window's centre as RGB: one 2D image) or ``"orthogonal"`` (the axial, coronal and
+                sagittal planes through the centre as RGB: 2.5D). These make RGB themselves, so
+                ``channels`` must stay ``"repeat"``.
         """
+        if view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
+        if view != "window" and self.spatial_dims != 2:
+            raise ValueError(f"view={view!r} feeds a 2D network with one image per window; this is a 3D network")
+        if view != "window" and channels != "repeat":
+            raise ValueError(f"view={view!r} makes the three channels itself; leave channels at 'repeat'")
         if channels not in CHANNEL_MODES:
             raise ValueError(f"channels must be one of {CHANNEL_MODES}, got {channels!r}")
         if slice_aggregate not in SLICE_AGGREGATES:
@@ -98,10 +112,14 @@ class PretrainedBackbone(nn.Module):
         self.channel_mode = channels
         self.channel_hu_window = tuple(float(v) for v in hu_window) if hu_window is not None else None
         self.slice_aggregate = slice_aggregate
+        self.view = view
         return self
 
     def _grey_to_rgb(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, ...) grey in [0, 1] -> (B, 3, ...) as :meth:`set_input_mode` says."""
+        view = getattr(self, "view", "window")
+        if view != "window" and x.dim() == 5:
+            return self._view_rgb(x, view)
         mode = getattr(self, "channel_mode", "repeat")
         if mode == "repeat":
             return x.expand(-1, 3, *x.shape[2:])
@@ -115,6 +133,22 @@ class PretrainedBackbone(nn.Module):
         low, high = self.channel_hu_window  # type: ignore[misc]
         hu = low + x * (high - low)
         return torch.cat([((hu - a) / (b - a)).clamp(0.0, 1.0) for a, b in CT_WINDOWS], dim=1)
+
+    @staticmethod
+    def _view_rgb(x: torch.Tensor, view: str) -> torch.Tensor:
+        """(B, 1, D, H, W) -> (B, 3, 1, H, W): one RGB image per window (a window of one slice)."""
+        d, h, w = x.shape[2:]
+        if view == "axial":
+            c = d // 2
+            index = torch.tensor([max(c - 1, 0), c, min(c + 1, d - 1)], device=x.device)
+            return x.index_select(2, index).transpose(1, 2)[:, :, None].reshape(x.shape[0], 3, 1, h, w)
+        axial = x[:, :, d // 2]
+        coronal, sagittal = x[:, :, :, h // 2, :], x[:, :, :, :, w // 2]
+        if (d, w) != (h, w):  # non-cubic windows: planes resampled to the axial size
+            coronal = nn.functional.interpolate(coronal, size=(h, w), mode="bilinear", align_corners=False)
+        if (d, h) != (h, w):
+            sagittal = nn.functional.interpolate(sagittal, size=(h, w), mode="bilinear", align_corners=False)
+        return torch.cat([axial, coronal, sagittal], dim=1)[:, :, None]
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:
