@@ -30,10 +30,10 @@ from monai.inferers import sliding_window_inference
 
 from finetune import get_target
 from finetune.augment import Augmenter
-from finetune.study import fit_in_plane
 from finetune.config import FinetuneConfig
 from finetune.data import TargetData, random_crop, subset_fraction
 from finetune.stats import auroc, bootstrap_ci, dice, iou, iou_over_thresholds
+from finetune.study import fit_in_plane
 from finetune.targets import Target
 from finetune.transfer import build_model, frozen_batchnorm_eval
 from genesis.config import config_to_dict, save_config

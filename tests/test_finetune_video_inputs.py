@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from finetune.config import FinetuneConfig
 from finetune.baselines import check_model
+from finetune.config import FinetuneConfig
 from genesis.cli.finetune import main
 from genesis.errors import ConfigError, GenesisError
 from genesis.models import create_model
