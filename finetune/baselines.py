@@ -1,7 +1,9 @@
 """Which network a fine-tuning run trains: the Models Genesis U-Net or a baseline classifier.
 
 Ke et al. 2023 (methods digest section 7) compare pretrained 3D networks with video-pretrained 3D
-networks (Kinetics-400 ``r3d_18``, ``mc3_18``, ``r2plus1d_18``), ImageNet 2D networks applied to
+networks (Kinetics-400 ``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``s3d``, ``mvit_v2_s``, ``swin3d_t``
+(torchvision layout), ``slow_r50``, ``slowfast_r50``, ``r2plus1d_r50``, ``csn_r101`` (PyTorchVideo
+layout) and ``penet``), ImageNet 2D networks applied to
 windows of slices (``resnet18/34/50``, ``resnext101_32x8d``; ``lrcn`` adds a GRU over the slices)
 and MedicalNet (``resnet18_3d``, ``resnet50_3d``). Any registered network with ``forward_features``
 and ``replace_head`` serves classification targets (``ncc``, ``ecc``, ``pe``); segmentation targets

@@ -92,7 +92,8 @@ class FinetuneConfig:
             from a random initialisation.
         model: the network. ``unet3d``: the Models Genesis 3D U-Net (its encoder + head for
             classification). Classification targets (ncc, ecc, pe) also take the baselines of Ke
-            et al. 2023: ``r3d_18``, ``mc3_18``, ``r2plus1d_18`` (Kinetics-400), ``resnet18/34/50``,
+            et al. 2023: ``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``s3d``, ``mvit_v2_s``, ``swin3d_t``,
+            ``slow_r50``, ``slowfast_r50``, ``r2plus1d_r50``, ``csn_r101`` (Kinetics-400), ``penet``, ``resnet18/34/50``,
             ``resnext101_32x8d`` (ImageNet, 2D over the window's slices), ``lrcn``, ``resnet18_3d``,
             ``resnet50_3d`` (MedicalNet); see :mod:`finetune.baselines`. ``None`` (default): the
             architecture of ``weights`` (manifest or checkpoint), else ``unet3d``.
