@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandRotate90d
+from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandRotate90d, RandRotated
 
 from finetune.config import AugmentConfig
 
@@ -29,9 +29,10 @@ class Augmenter:
         cfg: probabilities and noise level.
         crop: the (D, H, W) shape of the crops (decides which planes may rotate).
         with_mask: whether a ``mask`` key is transformed alongside the image.
+        rotate_degrees: random in-plane rotation within +-this many degrees (0: none).
     """
 
-    def __init__(self, cfg: AugmentConfig, crop: Sequence[int], with_mask: bool) -> None:
+    def __init__(self, cfg: AugmentConfig, crop: Sequence[int], with_mask: bool, rotate_degrees: float = 0.0) -> None:
         self.enabled = cfg.enabled
         keys = ["image", "mask"] if with_mask else ["image"]
         self.with_mask = with_mask
@@ -39,6 +40,10 @@ class Augmenter:
         for plane in ((0, 1), (0, 2), (1, 2)):
             if crop[plane[0]] == crop[plane[1]]:
                 transforms.append(RandRotate90d(keys, prob=cfg.rotate90_prob, max_k=3, spatial_axes=plane))
+        if rotate_degrees > 0:  # in-plane (about the slice axis), shape kept; Ke et al.: up to 20 degrees
+            angle = float(np.deg2rad(rotate_degrees))
+            transforms.append(RandRotated(keys, range_x=angle, prob=1.0, keep_size=True, padding_mode="zeros",
+                                          mode=["bilinear", "nearest"] if with_mask else "bilinear"))
         if cfg.noise_prob > 0 and cfg.noise_std > 0:
             transforms.append(RandGaussianNoised(["image"], prob=cfg.noise_prob, mean=0.0, std=cfg.noise_std))
         self.transform = Compose(transforms)

@@ -1,7 +1,9 @@
 """Which network a fine-tuning run trains: the Models Genesis U-Net or a baseline classifier.
 
 Ke et al. 2023 (methods digest section 7) compare pretrained 3D networks with video-pretrained 3D
-networks (Kinetics-400 ``r3d_18``, ``mc3_18``, ``r2plus1d_18``), ImageNet 2D networks applied to
+networks (Kinetics-400 ``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``s3d``, ``mvit_v2_s``, ``swin3d_t``
+(torchvision layout), ``slow_r50``, ``slowfast_r50``, ``r2plus1d_r50``, ``csn_r101`` (PyTorchVideo
+layout) and ``penet``), ImageNet 2D networks applied to
 windows of slices (``resnet18/34/50``, ``resnext101_32x8d``; ``lrcn`` adds a GRU over the slices)
 and MedicalNet (``resnet18_3d``, ``resnet50_3d``). Any registered network with ``forward_features``
 and ``replace_head`` serves classification targets (``ncc``, ``ecc``, ``pe``); segmentation targets
@@ -216,6 +218,9 @@ def check_model(cfg: Any, task: str, crop: tuple[int, int, int], target_name: st
     choice = resolve_model(cfg, task)
     if choice.is_baseline:
         check_baseline(choice, crop, target_name)
+    elif getattr(cfg, "channels", "repeat") != "repeat" or getattr(cfg, "view", "window") != "window":
+        raise ConfigError(f"--channels / --view make RGB from grey CT for the pretrained RGB baselines; "
+                          f"the {UNET} U-Net takes the grey volume itself (leave them out)")
     if cfg.weights and not Path(cfg.weights).is_file():
         from genesis.weights.load import resolve_source
 
@@ -230,10 +235,41 @@ def encoder_prefixes(model: nn.Module) -> tuple[str, ...]:
     return tuple(getattr(model, "encoder_state_prefixes", ()))
 
 
+def _in_prefixes(name: str, prefixes: tuple[str, ...]) -> bool:
+    # prefixes may be dotted (PyTorchVideo's "blocks.0" ... "blocks.4": the head is "blocks.5")
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
 def new_modules(model: nn.Module) -> list[nn.Module]:
-    """Top-level children outside :func:`encoder_prefixes` (head, GRU...): initialised by ``--init``."""
+    """Layers pretrained weights do not fill (head, GRU...): initialised by ``--init``.
+
+    For a network with a published head (:class:`genesis.models._pretrained.PretrainedBackbone`)
+    that is the head layer alone, wherever the layout keeps it; otherwise the top-level children
+    outside :func:`encoder_prefixes`.
+    """
+    head_layer = getattr(model, "head_layer", None)
+    if callable(head_layer) and not isinstance(getattr(model, "backbone", None), nn.Module):
+        head = head_layer()
+        return [head] if head is not None else []
     prefixes = encoder_prefixes(model)
-    return [child for name, child in model.named_children() if name not in prefixes]
+    return [child for name, child in model.named_children() if not _in_prefixes(name, prefixes)]
+
+
+def apply_input_mode(model: nn.Module, cfg: Any, name: str) -> None:
+    """``cfg.channels`` / ``cfg.aggregate`` on the RGB network of a baseline (its ``backbone`` for LRCN)."""
+    from finetune import get_target
+
+    net = model if callable(getattr(model, "set_input_mode", None)) else getattr(model, "backbone", None)
+    channels, view = getattr(cfg, "channels", "repeat"), getattr(cfg, "view", "window")
+    if not callable(getattr(net, "set_input_mode", None)) or (view != "window" and net is not model):
+        if channels != "repeat" or view != "window":
+            raise ConfigError(f"--channels {channels} / --view {view}: these make RGB from grey CT for the "
+                              f"pretrained RGB baselines (--view: 2D ones); {name!r} does not take them")
+        return
+    try:
+        net.set_input_mode(channels, get_target(cfg.target).hu_window(cfg), getattr(cfg, "aggregate", "max"), view)
+    except ValueError as exc:
+        raise ConfigError(f"model {name!r}: {exc}") from None
 
 
 def build_baseline(
@@ -258,6 +294,7 @@ def build_baseline(
         raise ConfigError(f"model {choice.name!r} cannot be built with {kwargs}: {exc}") from None
     info: dict[str, Any] = {"model": choice.name, "model_kwargs": kwargs, "weights": cfg.weights,
                             "init": cfg.init, "freeze": cfg.freeze, "linear_probe": cfg.linear_probe}
+    apply_input_mode(model, cfg, choice.name)
     if cfg.weights:
         info.update(load(model, cfg.weights, part="encoder"))
         model.replace_head(num_classes)  # a fresh head for the target's classes, never loaded
@@ -269,6 +306,6 @@ def build_baseline(
         # the baselines' head is already a single linear layer: a linear probe = frozen encoder
         prefixes = encoder_prefixes(model)
         for pname, p in model.named_parameters():
-            if pname.split(".", 1)[0] in prefixes:
+            if _in_prefixes(pname, prefixes):
                 p.requires_grad_(False)
     return model, choice.name, kwargs, info

@@ -18,6 +18,9 @@ from typing import Any
 from genesis.errors import ConfigError
 
 INIT_CHOICES = ("scratch", "uniform", "xavier", "msra")
+CHANNEL_CHOICES = ("repeat", "neighbors", "windows")
+AGGREGATE_CHOICES = ("max", "mean")
+VIEW_CHOICES = ("window", "axial", "orthogonal")
 FREEZE_CHOICES = ("none", "encoder")
 
 
@@ -44,6 +47,9 @@ class AugmentConfig:
     rotate90_prob: float = 0.5  # per plane with equal sides
     noise_prob: float = 0.5
     noise_std: float = 0.02  # on the [0, 1] intensity scale
+    #: random in-plane rotation within +-this many degrees; None: the target's default (pe: 20,
+    #: Ke et al.; the cube and segmentation targets: 0)
+    rotate_degrees: float | None = None
 
 
 @dataclass
@@ -86,7 +92,8 @@ class FinetuneConfig:
             from a random initialisation.
         model: the network. ``unet3d``: the Models Genesis 3D U-Net (its encoder + head for
             classification). Classification targets (ncc, ecc, pe) also take the baselines of Ke
-            et al. 2023: ``r3d_18``, ``mc3_18``, ``r2plus1d_18`` (Kinetics-400), ``resnet18/34/50``,
+            et al. 2023: ``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``s3d``, ``mvit_v2_s``, ``swin3d_t``,
+            ``slow_r50``, ``slowfast_r50``, ``r2plus1d_r50``, ``csn_r101`` (Kinetics-400), ``penet``, ``resnet18/34/50``,
             ``resnext101_32x8d`` (ImageNet, 2D over the window's slices), ``lrcn``, ``resnet18_3d``,
             ``resnet50_3d`` (MedicalNet); see :mod:`finetune.baselines`. ``None`` (default): the
             architecture of ``weights`` (manifest or checkpoint), else ``unet3d``.
@@ -115,6 +122,21 @@ class FinetuneConfig:
             chosen negative candidates per scan in every split (all positives are kept), so the
             cubes fit in memory; ``None`` uses the target's default (ncc 30, ecc unlimited),
             ``0`` keeps all. Random negative subsampling leaves the expected AUC unchanged.
+        channels: how the RGB baselines see grey CT: ``repeat`` (the slice three times, Ke et al.),
+            ``neighbors`` (slices n-1, n, n+1) or ``windows`` (lung, mediastinum and PE HU windows of
+            the slice; the input window then defaults to their union, -1350..450 HU). U-Net: ``repeat``.
+        aggregate: study-level targets (``pe``): a study's prediction is the ``max`` (Ke et al.) or
+            ``mean`` of its window predictions; 2D baselines score a window by the same reduction
+            over its slices' logits.
+        view: 2D baselines on classification crops: ``window`` (every slice scored, then
+            ``aggregate``), ``axial`` (the centre slice and its two neighbours as RGB, the 2D input of
+            Models Genesis Table 4) or ``orthogonal`` (axial, coronal and sagittal planes through the
+            crop centre as RGB, the 2.5D input).
+        lr_search: before the experiment, train one run per ``lr_grid`` rate on
+            ``lr_search_fraction`` of the training split and use the rate with the best validation
+            metric (Ke et al.: 1e-1 ... 1e-5 on 10%); the choice is recorded in ``metrics.json``.
+        lr_grid: the learning rates tried by ``lr_search``.
+        lr_search_fraction: the share of training labels the search runs use.
         compare: another output folder whose runs are compared with ours (two-sample t-tests).
         resume: continue interrupted runs from their ``last.pt``; finished runs are reused.
     """
@@ -145,6 +167,12 @@ class FinetuneConfig:
     balance: bool = True
     precise_bn_batches: int = 0
     max_negatives_per_scan: int | None = None
+    channels: str = "repeat"
+    aggregate: str = "max"
+    view: str = "window"
+    lr_search: bool = False
+    lr_grid: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
+    lr_search_fraction: float = 0.1
     compare: str | None = None
     resume: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -162,6 +190,16 @@ class FinetuneConfig:
             raise ConfigError(f"model_args must be a mapping of constructor arguments, got {self.model_args!r}")
         if self.init not in INIT_CHOICES:
             raise ConfigError(f"init must be one of {', '.join(INIT_CHOICES)}, got {self.init!r}")
+        if self.channels not in CHANNEL_CHOICES:
+            raise ConfigError(f"channels must be one of {', '.join(CHANNEL_CHOICES)}, got {self.channels!r}")
+        if self.lr_search and (not self.lr_grid or any(not lr > 0 for lr in self.lr_grid)):
+            raise ConfigError(f"lr_grid must list positive learning rates, got {self.lr_grid}")
+        if not 0.0 < self.lr_search_fraction <= 1.0:
+            raise ConfigError(f"lr_search_fraction must be in (0, 1], got {self.lr_search_fraction}")
+        if self.view not in VIEW_CHOICES:
+            raise ConfigError(f"view must be one of {', '.join(VIEW_CHOICES)}, got {self.view!r}")
+        if self.aggregate not in AGGREGATE_CHOICES:
+            raise ConfigError(f"aggregate must be one of {', '.join(AGGREGATE_CHOICES)}, got {self.aggregate!r}")
         if self.freeze not in FREEZE_CHOICES:
             raise ConfigError(f"freeze must be one of {', '.join(FREEZE_CHOICES)}, got {self.freeze!r}")
         if not self.label_fractions:

@@ -33,6 +33,7 @@ from finetune.augment import Augmenter
 from finetune.config import FinetuneConfig
 from finetune.data import TargetData, random_crop, subset_fraction
 from finetune.stats import auroc, bootstrap_ci, dice, iou, iou_over_thresholds
+from finetune.study import fit_in_plane
 from finetune.targets import Target
 from finetune.transfer import build_model, frozen_batchnorm_eval
 from genesis.config import config_to_dict, save_config
@@ -72,7 +73,8 @@ def sample_batch(
             picks.append(int(idx[rng.integers(idx.size)]))
         else:
             picks.append(int(rng.integers(len(train))))
-    images = np.stack([train[i].image for i in picks])[:, None].astype(np.float32)
+    # study windows are stored larger than the crop (Ke et al.: 256 -> random 224); cubes pass unchanged
+    images = np.stack([fit_in_plane(train[i].image, crop[1:], rng) for i in picks])[:, None].astype(np.float32)
     y = np.array([[train[i].label] for i in picks], dtype=np.float32)
     return torch.from_numpy(images), torch.from_numpy(y)
 
@@ -179,19 +181,20 @@ def evaluate(
     batch = max(1, cfg.batch_size)
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
-        x = torch.from_numpy(np.stack([s.image for s in chunk])[:, None].astype(np.float32)).to(device)
+        x = torch.from_numpy(np.stack([fit_in_plane(s.image, crop[1:]) for s in chunk])[:, None].astype(np.float32)).to(device)
         with autocast(device, cfg.amp, cfg.precision):
             logits = _forward(model, x)
         scores.extend(torch.sigmoid(logits.float()).reshape(len(chunk), -1)[:, 0].cpu().tolist())
     labels = [int(s.label) for s in samples]
     names = [s.name for s in samples]
-    if target.aggregate == "max":  # study-level prediction = max over its windows (Ke et al. 2023)
+    if target.aggregate is not None:  # study-level prediction = max (Ke et al. 2023) or mean over its windows
         groups: dict[str, list[int]] = {}
         for i, s in enumerate(samples):
             groups.setdefault(s.group, []).append(i)
         names = sorted(groups)
         labels = [max(labels[i] for i in groups[g]) for g in names]
-        scores = [max(scores[i] for i in groups[g]) for g in names]
+        reduce = max if getattr(cfg, "aggregate", "max") == "max" else (lambda v: float(np.mean(list(v))))
+        scores = [reduce(scores[i] for i in groups[g]) for g in names]
     return {"names": names, "labels": labels, "scores": scores}
 
 
@@ -259,7 +262,8 @@ def train_run(
     optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
                                  weight_decay=cfg.optim.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if needs_grad_scaler(device, cfg.amp, cfg.precision) else None
-    augmenter = Augmenter(cfg.augment, crop, with_mask=target.task == "segmentation")
+    rotate = cfg.augment.rotate_degrees if cfg.augment.rotate_degrees is not None else target.rotate_degrees
+    augmenter = Augmenter(cfg.augment, crop, with_mask=target.task == "segmentation", rotate_degrees=rotate)
 
     state: dict[str, Any] = {"epoch": 0, "best_metric": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
@@ -391,6 +395,12 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     log(f"target {target.name} ({target.title}); model {choice.name}"
         f"{f' with weights {cfg.weights}' if cfg.weights else f' ({cfg.init} init)'}; data: {data.source}; "
         f"train/val/test = {len(data.train)}/{len(data.val)}/{len(data.test)}; device {device}")
+    lr_record = None
+    if cfg.lr_search:  # Ke et al.: the rate with the best validation metric on 10% of the data
+        from finetune.lr_search import search_learning_rate
+
+        lr_record = search_learning_rate(cfg, target, data, device, out, log)
+        cfg.optim.lr = lr_record["chosen"]
     runs: dict[float, list[dict[str, Any]]] = {}
     for fraction in cfg.label_fractions:
         runs[fraction] = []
@@ -404,5 +414,6 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
             shown = ", ".join(f"{m} {v:.4f}" for m, v in result["metrics"].items() if v is not None)
             log(f"  test: {shown}")
     metrics = build_metrics(cfg, target, data, runs)
+    metrics["lr_search"] = lr_record
     write_reports(metrics, out, target, compare=cfg.compare)
     return json.loads((out / "metrics.json").read_text())

@@ -105,7 +105,7 @@ def build_metrics(
         ) if target.task == "segmentation" else None,
         "evaluation": (
             "sliding-window inference over whole test volumes/regions" if target.task == "segmentation"
-            else ("study-level: max over window predictions" if target.aggregate == "max" else "sample-level")
+            else (f"study-level: {cfg.aggregate} over window predictions" if target.aggregate else "sample-level")
         ),
         "configuration": describe(cfg, model["model"]),
         **model,
@@ -113,6 +113,9 @@ def build_metrics(
         "init": cfg.init,
         "freeze": cfg.freeze,
         "linear_probe": cfg.linear_probe,
+        "channels": cfg.channels,
+        "view": cfg.view,
+        "aggregate": cfg.aggregate if (target.aggregate or model.get("model_family") == "baseline") else None,
         "repeats": cfg.repeats,
         "ci_method": (f"percentile bootstrap, {cfg.evaluation.bootstrap_resamples} resamples of the test set "
                       f"(seed {cfg.seed}), {cfg.evaluation.confidence:.0%}"),

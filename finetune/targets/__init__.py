@@ -46,6 +46,7 @@ class Target:
     quick_crop: ClassVar[tuple[int, int, int]] = (16, 32, 32)
     window: ClassVar[tuple[float, float]] = (-1000.0, 1000.0)
     aggregate: ClassVar[str | None] = None
+    rotate_degrees: ClassVar[float] = 0.0  # default random in-plane rotation (augment.rotate_degrees)
     fraction_by_group: ClassVar[bool] = False
     real_layout: ClassVar[str] = ""
 
@@ -53,7 +54,13 @@ class Target:
         return tuple(cfg.crop) if cfg.crop is not None else self.default_crop  # type: ignore[return-value]
 
     def hu_window(self, cfg: "FinetuneConfig") -> tuple[float, float]:
-        return tuple(cfg.window) if cfg.window is not None else self.window  # type: ignore[return-value]
+        if cfg.window is not None:
+            return tuple(cfg.window)  # type: ignore[return-value]
+        if getattr(cfg, "channels", "repeat") == "windows":  # the input must span all three HU windows
+            from genesis.models._pretrained import CT_WINDOWS_SPAN
+
+            return CT_WINDOWS_SPAN
+        return self.window
 
     def load(self, cfg: "FinetuneConfig") -> TargetData:
         """Splits from ``cfg.data`` (real layout) or, when it is ``None``, from synthetic data."""

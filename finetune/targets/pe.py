@@ -1,7 +1,9 @@
 """PE: study-level pulmonary embolism detection (RSNA PE; Ke et al. 2023).
 
 Each CT pulmonary angiogram is windowed to [-100, 900] HU (centre 400, width 1000, as PENet),
-resized in-plane to the crop's H x W, and cut into windows of D consecutive slices (stride D/2).
+resized in-plane to 8/7 of the crop's H x W (Ke et al.: 256 for a 224 crop; random crops in training
+rotated up to 20 degrees, centre crops in evaluation) and cut into windows of D consecutive slices
+(stride D/2; D = 32, or 24 for PENet).
 A window is positive when at least ``min(4, D // 4)`` of its slices show PE (Ke et al.: 4 of 32).
 Training uses windows with positives and negatives drawn equally often (their "positives
 upsampled to balance"); the *study* prediction is the maximum over its windows and the metric is
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 from finetune import register_target
 from finetune.data import ClsSample, TargetData, assign_splits
 from finetune.targets import CLASSIFICATION_METRICS, Target
+from finetune.study import stored_side
 from finetune.targets._common import SYNTHETIC_NOTE, cached_array, split_sizes, to_unit
 
 if TYPE_CHECKING:
@@ -35,10 +38,15 @@ if TYPE_CHECKING:
 def study_windows(
     image01: np.ndarray, slice_labels: np.ndarray, crop: tuple[int, int, int], study: str
 ) -> list[ClsSample]:
-    """Windows of ``crop[0]`` slices (stride half a window), in-plane resized to ``crop[1:]``."""
+    """Windows of ``crop[0]`` slices (stride half a window), in-plane resized to ``stored_side(crop[1:])``.
+
+    Ke et al. resize slices to 256 and crop 224: windows are stored at 8/7 of the crop in-plane, and
+    the training loop cuts random crops (evaluation: centre crops) of ``crop[1:]`` from them.
+    """
     depth = crop[0]
+    size = (image01.shape[0], stored_side(crop[1]), stored_side(crop[2]))
     vol = torch.from_numpy(np.ascontiguousarray(image01, dtype=np.float32))[None, None]
-    vol = F.interpolate(vol, size=(image01.shape[0], crop[1], crop[2]), mode="trilinear", align_corners=False)[0, 0].numpy()
+    vol = F.interpolate(vol, size=size, mode="trilinear", align_corners=False)[0, 0].numpy()
     if vol.shape[0] < depth:  # short studies: pad with air (0 after windowing)
         pad = depth - vol.shape[0]
         vol = np.pad(vol, ((0, pad), (0, 0), (0, 0)))
@@ -63,10 +71,19 @@ class PEDetection(Target):
     fraction_by_group = True
     default_crop = (32, 128, 128)
     quick_crop = (16, 32, 32)
+    penet_window = 24  # PENet reads 24-slice windows (Huang et al. 2020; Ke et al. 2023)
+    rotate_degrees = 20.0  # random in-plane rotation in training (Ke et al.)
     window = (-100.0, 900.0)
     synthetic_shape = (96, 128, 128)
     synthetic_spacing = (2.5, 2.5, 2.5)
     real_layout = "RSNA PE: train.csv + train/<study>/<series>/<SOP>.dcm"
+
+    def crop(self, cfg: "FinetuneConfig") -> tuple[int, int, int]:
+        """``--crop``, else 32-slice windows (24 for PENet, as its authors and Ke et al.)."""
+        if cfg.crop is not None:
+            return tuple(cfg.crop)  # type: ignore[return-value]
+        uses_penet = cfg.model == "penet" or (cfg.model is None and str(cfg.weights or "").startswith("penet."))
+        return (self.penet_window, *self.default_crop[1:]) if uses_penet else self.default_crop
 
     def load_synthetic(self, cfg: "FinetuneConfig") -> TargetData:
         from genesis.data.synthetic import generate_chest_ct
@@ -108,7 +125,7 @@ class PEDetection(Target):
                         {"labels": [w.label for w in ws], "names": [w.name for w in ws]})
 
             images, meta = cached_array(cfg, "pe", study.slices[0].path,
-                                        (study.study_uid, len(study.slices), crop, window), windows)
+                                        (study.study_uid, len(study.slices), crop, window, "stored-8/7"), windows)
             for image, label, name in zip(images, meta["labels"], meta["names"]):
                 splits[assignment[study.study_uid]].append(ClsSample(image, int(label), study.study_uid, name))
         return TargetData(**splits, synthetic=False, source=f"RSNA PE at {root}")

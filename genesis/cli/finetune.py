@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute precision (default auto: bf16 autocast on CUDA where supported, else fp16 "
                    "with loss scaling; bf16 on CPUs with AVX512-BF16/AMX; fp32 otherwise)")
     p.add_argument("--config", help="YAML file with FinetuneConfig settings")
+    p.add_argument("--channels", choices=("repeat", "neighbors", "windows"),
+                   help="grey CT -> RGB for the pretrained baselines: the slice 3x (default), slices n-1/n/n+1, "
+                        "or lung/mediastinum/PE HU windows")
+    p.add_argument("--aggregate", choices=("max", "mean"),
+                   help="study prediction from window predictions, and 2D window from slice logits (default max)")
+    p.add_argument("--view", choices=("window", "axial", "orthogonal"),
+                   help="2D baselines: every slice (default), 3 adjacent axial slices (2D) or axial/coronal/"
+                        "sagittal planes through the centre (2.5D) as RGB")
+    p.add_argument("--lr-search", action="store_true", default=None,
+                   help="choose the learning rate first: one run per lr_grid rate (1e-1 ... 1e-5) on 10%% of the "
+                        "training labels, best validation metric wins (Ke et al.)")
     p.add_argument("--compare", metavar="OTHER_OUT", help="t-test our runs against another output folder")
     p.add_argument("--preset", choices=sorted(PRESETS), help="quick: tiny CPU demo (about a minute)")
     p.add_argument("--resume", action="store_true", default=None, help="continue interrupted runs from last.pt")
@@ -85,7 +96,8 @@ _FLAG_KEYS = {
     "linear_probe": "linear_probe", "out": "out", "epochs": "epochs", "steps_per_epoch": "steps_per_epoch",
     "batch_size": "batch_size", "width": "width", "lr": "optim.lr", "patience": "patience", "crop": "crop",
     "label_fraction": "label_fractions", "seed": "seed", "repeats": "repeats", "device": "device",
-    "precision": "precision", "compare": "compare", "resume": "resume",
+    "precision": "precision", "compare": "compare", "resume": "resume", "channels": "channels", "aggregate": "aggregate",
+    "lr_search": "lr_search", "view": "view",
 }
 
 

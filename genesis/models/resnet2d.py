@@ -137,7 +137,8 @@ class ResNet2d(PretrainedBackbone):
         return nn.Sequential(*layers)
 
     def _slice_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(self._prepare(x)))))
+        """Features of RGB slices (already made from grey and normalised)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -146,7 +147,7 @@ class ResNet2d(PretrainedBackbone):
         A window's slices are folded into the batch, so batch norm sees them as independent images,
         exactly as when the 2D network is applied slice by slice (Ke et al.).
         """
-        self._check_input(x)
+        x = self._prepare(x)  # RGB is made before folding, so channels="neighbors" sees the adjacent slices
         if x.dim() == 4:
             return self._slice_features(x)
         b, c, d, h, w = x.shape

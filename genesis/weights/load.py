@@ -129,6 +129,8 @@ def read_state(path: str | Path, fmt: str | None = None, layout: Layout = "auto"
     if isinstance(obj.get("model"), Mapping):  # our checkpoints: {"model": state_dict, "config": ...}
         meta = {"config": obj.get("config"), "epoch": obj.get("epoch")}
         return SourceState(_tensors(obj["model"]), "", meta)
+    if isinstance(obj.get("model_state"), Mapping):  # PyTorchVideo model zoo (.pyth), PENet (.pth.tar)
+        return SourceState(_tensors(strip_prefix(obj["model_state"])), "")
     if isinstance(obj.get("state_dict"), Mapping):  # MedicalNet and other DataParallel dumps
         return SourceState(_tensors(strip_prefix(obj["state_dict"])), "")
     state = _tensors(obj)

@@ -31,6 +31,7 @@ FORMATS = (
     "keras-genesis-h5",  # MrGiovanni/ModelsGenesis Genesis_Chest_CT.h5 (Keras, (x, y, z))
     "torchvision",  # a plain torchvision state_dict
     "medicalnet",  # Tencent MedicalNet {"state_dict": {"module.conv1.weight": ...}}
+    "pytorchvideo",  # PyTorchVideo zoo / PENet checkpoints {"model_state": {...}} (".module" prefix stripped)
     "state-dict",  # any other plain state_dict
 )
 
