@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import unquote
 
-import yaml
-
+from genesis.config import read_yaml_file
 from genesis.errors import ConfigError, UnknownNameError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_]*(\.[a-z0-9][a-z0-9_\-]*)+$")
@@ -164,10 +163,7 @@ def read_manifest_file(path: str | Path) -> list[WeightsEntry]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError("weights registry file not found", path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"not valid YAML: {exc}", path) from None
+    data = read_yaml_file(path)  # no anchors/aliases: a registry file is untrusted input
     if data is None:
         return []
     if isinstance(data, Mapping) and "name" not in data and "weights" in data:
