@@ -56,7 +56,7 @@ class ModelChoice:
 
     @property
     def is_baseline(self) -> bool:
-        return self.name != UNET
+        return self.name not in (UNET, "unet2d")  # the 2D U-Net of the generic targets on 2D images
 
 
 def weights_architecture(weights: str | None) -> tuple[str | None, dict[str, Any]]:
