@@ -214,6 +214,10 @@ def check_model(cfg: Any, task: str, crop: tuple[int, int, int], target_name: st
     offline mode fail before minutes of data preparation rather than at the first run.
     """
     choice = resolve_model(cfg, task)
+    if choice.name == "unet2d" and len(crop) == 3 and target_name not in ("segmentation", "classification"):
+        # the generic targets on 2D data take unet2d; they check it against their data
+        raise ConfigError(f"model 'unet2d' is a 2D network; target {target_name} has 3D crops {tuple(crop)}: use "
+                          f"{UNET} or a classifier ({', '.join(classifier_names())})")
     if choice.is_baseline:
         check_baseline(choice, crop, target_name)
     if cfg.weights and not Path(cfg.weights).is_file():

@@ -110,6 +110,12 @@ def test_dims_mismatch_and_wrong_target_are_errors(tmp_path):
         run_finetune(tiny("segmentation", h5, tmp_path / "b", model="unet3d", group_size=4), log=lambda s: None)
     with pytest.raises(DatasetLayoutError, match="use --target segmentation"):
         run_finetune(tiny("classification", h5, tmp_path / "c"), log=lambda s: None)
+    from genesis.training.checkpoint import save_checkpoint
+
+    save_checkpoint({"model": {}, "model_name": "unet3d", "model_kwargs": {"base_width": 2}}, tmp_path / "w3d.pt")
+    with pytest.raises(ConfigError, match="hold a 3D network"):
+        run_finetune(tiny("segmentation", h5, tmp_path / "d", weights=str(tmp_path / "w3d.pt"), group_size=4),
+                     log=lambda s: None)
     with pytest.raises(ConfigError, match="needs a crop of 2 sides"):
         FinetuneConfig(crop=(16, 16, 16), dims=2).validate()
 

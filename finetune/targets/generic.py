@@ -83,6 +83,7 @@ class GenericTarget(Target):
                 raise DatasetLayoutError(f"test data have {test_ds.in_channels} channel(s), --data has {ds.in_channels}",
                                          test_ds.path)
         self.spatial_dims, self.in_channels = ds.spatial_dims, ds.in_channels
+        _check_weights_dims(cfg.weights, ds)
         splits = assign_group_splits(ds, has_test=test_ds is not None, seed=cfg.seed)
         values = ds.class_values()
         if test_ds is not None and self.task == "classification":
@@ -163,6 +164,20 @@ class GenericTarget(Target):
         smallest = np.min(np.asarray(shapes), axis=0)
         default = DEFAULT_CROP[len(smallest)]
         self._crop = tuple(min(d, _round8(s)) for d, s in zip(default, smallest))
+
+
+def _check_weights_dims(weights: str | None, ds: "LabelledDataset") -> None:
+    """3D weights cannot fill a 2D network (2D weights can fill a 3D one: their kernels are inflated)."""
+    if not weights or ds.spatial_dims != 2 or not Path(weights).is_file() or Path(weights).suffix not in (".pt", ".pth"):
+        return
+    from genesis.training.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(weights)
+    kwargs = ckpt.get("model_kwargs") or {}
+    name = kwargs.get("encoder") if ckpt.get("model_name") == "encoder_classifier" else ckpt.get("model_name")
+    if ckpt.get("dims") == 3 or name == "unet3d":
+        raise ConfigError(f"--weights hold a 3D network ({name}); the images of {ds.path} are 2D: pretrain with "
+                          "genesis-pretrain --dims 2 on 2D data", weights)
 
 
 def _safe(name: str) -> str:
