@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps-per-epoch", type=int, default=10, help="fine-tuning steps per epoch")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--window", type=float, nargs=2, help="CT window for HU data")
+    p.add_argument("--crop", type=int, nargs="+", help="fine-tuning crop (D H W, or H W for 2D; default: fitted to the "
+                   "images) and pretraining crop (3D; 2D pretraining uses its H W)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="benchmarks/results/label_efficiency")
     args = p.parse_args(argv)
@@ -66,13 +68,19 @@ def pretrain(args: argparse.Namespace, task: str, out: Path) -> dict[str, Any]:
     argv = ["--task", task, "--data", args.data, "--out", str(out), "--width", str(args.width),
             "--epochs", str(args.pretrain_epochs), "--steps-per-epoch", str(args.pretrain_steps),
             "--batch-size", str(args.batch_size), "--device", args.device, "--no-progress",
-            "--crop", *(["16", "32", "32"] if args.dims == 2 else ["32", "64", "64"])]
+            "--crop", *_pretrain_crop(args)]
     if args.dims:
         argv += ["--dims", str(args.dims)]
     code = main(argv)
     if code != 0 or not best.is_file():
         return {"error": f"genesis-pretrain --task {task} exited with {code} (see its message above)"}
     return {"checkpoint": str(best)}
+
+
+def _pretrain_crop(args: argparse.Namespace) -> list[str]:
+    if args.crop:
+        return [str(c) for c in ([1, *args.crop[-2:]] if args.dims == 2 else args.crop)]
+    return ["16", "32", "32"] if args.dims == 2 else ["32", "64", "64"]
 
 
 def finetune(args: argparse.Namespace, out: Path, weights: str | None, compare: Path | None) -> dict[str, Any]:
@@ -88,6 +96,8 @@ def finetune(args: argparse.Namespace, out: Path, weights: str | None, compare: 
             argv += [flag, str(value)]
     if args.window:
         argv += ["--window", *map(str, args.window)]
+    if args.crop:
+        argv += ["--crop", *map(str, args.crop)]
     if main(argv) != 0:
         raise SystemExit(f"genesis-finetune failed for {out}")
     return json.loads((out / "metrics.json").read_text())
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         "data": args.data, "test_data": args.test_data, "group_size": args.group_size, "target": args.target,
         "primary_metric": primary, "fractions": args.fractions, "seeds": args.seeds, "tasks": args.tasks,
         "settings": {k: getattr(args, k) for k in ("width", "pretrain_epochs", "pretrain_steps", "epochs",
-                                                    "steps_per_epoch", "batch_size", "dims", "window")},
+                                                    "steps_per_epoch", "batch_size", "dims", "window", "crop")},
         "data_source": scratch["data_source"], "notes": scratch.get("notes"),
         "test": "independent two-sample t-tests vs scratch per fraction (Welch p shown); alpha 0.05",
         "configs": {k: {kk: vv for kk, vv in v.items() if kk != "metrics"} for k, v in configs.items()},

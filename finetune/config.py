@@ -80,7 +80,8 @@ class FinetuneConfig:
     """One fine-tuning experiment: a target, an initialisation, label fractions and repeats.
 
     Attributes:
-        target: registered target name (``ncs``, ``ncc``, ``ecc``, ``lcs``, ``bms``, ``pe``).
+        target: registered target name (``ncs``, ``ncc``, ``ecc``, ``lcs``, ``bms``, ``pe``, or the generic
+            ``segmentation`` / ``classification`` on your own ``--data``, see :mod:`finetune.targets.generic`).
         data: dataset root in the target's real on-disk layout; ``None`` uses synthetic data.
         weights: pretrained weights (a checkpoint path or a released-weights name); ``None`` trains
             from a random initialisation.
