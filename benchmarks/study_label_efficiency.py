@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, nargs="+", help="fine-tuning crop (D H W, or H W for 2D; default: fitted to the "
                    "images) and pretraining crop (3D; 2D pretraining uses its H W)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--note", action="append", default=[], help="a line about the data for the report (repeatable), "
+                   "e.g. the window the images were made with")
     p.add_argument("--out", default="benchmarks/results/label_efficiency")
     args = p.parse_args(argv)
     if args.seeds < 5:
@@ -71,9 +73,17 @@ def pretrain(args: argparse.Namespace, task: str, out: Path) -> dict[str, Any]:
             "--crop", *_pretrain_crop(args)]
     if args.dims:
         argv += ["--dims", str(args.dims)]
-    code = main(argv)
+    import contextlib
+    import io
+
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured):
+        code = main(argv)
+    sys.stderr.write(captured.getvalue())
     if code != 0 or not best.is_file():
-        return {"error": f"genesis-pretrain --task {task} exited with {code} (see its message above)"}
+        errors = [line for line in captured.getvalue().splitlines() if line.startswith("error:")]
+        return {"error": f"genesis-pretrain --task {task} exited with {code}: "
+                         f"{errors[-1][len('error: '):] if errors else 'no message'}"}
     return {"checkpoint": str(best)}
 
 
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         "primary_metric": primary, "fractions": args.fractions, "seeds": args.seeds, "tasks": args.tasks,
         "settings": {k: getattr(args, k) for k in ("width", "pretrain_epochs", "pretrain_steps", "epochs",
                                                     "steps_per_epoch", "batch_size", "dims", "window", "crop")},
-        "data_source": scratch["data_source"], "notes": scratch.get("notes"),
+        "data_source": scratch["data_source"], "notes": [*(scratch.get("notes") or []), *args.note],
         "test": "independent two-sample t-tests vs scratch per fraction (Welch p shown); alpha 0.05",
         "configs": {k: {kk: vv for kk, vv in v.items() if kk != "metrics"} for k, v in configs.items()},
         "rows": rows,
