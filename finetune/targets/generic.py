@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from finetune import register_target
-from finetune.data import ClsSample, SegCase, TargetData
+from finetune.data import ClsSample, TargetData
 from finetune.targets import Target
 from genesis.errors import ConfigError, DatasetLayoutError
 
