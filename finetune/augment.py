@@ -8,6 +8,7 @@ by a flip is a transpose, so transposes need no transform of their own. Noise to
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import numpy as np
@@ -36,8 +37,9 @@ class Augmenter:
         self.enabled = cfg.enabled
         keys = ["image", "mask"] if with_mask else ["image"]
         self.with_mask = with_mask
-        transforms: list = [RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=axis) for axis in range(3)]
-        for plane in ((0, 1), (0, 2), (1, 2)):
+        # (D, H, W) crops flip over three axes, 2D (H, W) crops over two
+        transforms: list = [RandFlipd(keys, prob=cfg.flip_prob, spatial_axis=axis) for axis in range(len(crop))]
+        for plane in itertools.combinations(range(len(crop)), 2):
             if crop[plane[0]] == crop[plane[1]]:
                 transforms.append(RandRotate90d(keys, prob=cfg.rotate90_prob, max_k=3, spatial_axes=plane))
         if rotate_degrees > 0:  # in-plane (about the slice axis), shape kept; Ke et al.: up to 20 degrees

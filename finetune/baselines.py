@@ -58,7 +58,7 @@ class ModelChoice:
 
     @property
     def is_baseline(self) -> bool:
-        return self.name != UNET
+        return self.name not in (UNET, "unet2d")  # the 2D U-Net of the generic targets on 2D images
 
 
 def weights_architecture(weights: str | None) -> tuple[str | None, dict[str, Any]]:
@@ -216,6 +216,10 @@ def check_model(cfg: Any, task: str, crop: tuple[int, int, int], target_name: st
     offline mode fail before minutes of data preparation rather than at the first run.
     """
     choice = resolve_model(cfg, task)
+    if choice.name == "unet2d" and len(crop) == 3 and target_name not in ("segmentation", "classification"):
+        # the generic targets on 2D data take unet2d; they check it against their data
+        raise ConfigError(f"model 'unet2d' is a 2D network; target {target_name} has 3D crops {tuple(crop)}: use "
+                          f"{UNET} or a classifier ({', '.join(classifier_names())})")
     if choice.is_baseline:
         check_baseline(choice, crop, target_name)
     elif getattr(cfg, "channels", "repeat") != "repeat" or getattr(cfg, "view", "window") != "window":

@@ -86,7 +86,8 @@ class FinetuneConfig:
     """One fine-tuning experiment: a target, an initialisation, label fractions and repeats.
 
     Attributes:
-        target: registered target name (``ncs``, ``ncc``, ``ecc``, ``lcs``, ``bms``, ``pe``).
+        target: registered target name (``ncs``, ``ncc``, ``ecc``, ``lcs``, ``bms``, ``pe``, or the generic
+            ``segmentation`` / ``classification`` on your own ``--data``, see :mod:`finetune.targets.generic`).
         data: dataset root in the target's real on-disk layout; ``None`` uses synthetic data.
         weights: pretrained weights (a checkpoint path or a released-weights name); ``None`` trains
             from a random initialisation.
@@ -107,8 +108,14 @@ class FinetuneConfig:
             Linear(hidden, n)); the Models Genesis head has 1024. Baselines keep their single
             linear head (Ke et al. replace the final layer), so this and ``width`` are U-Net only.
         width: base width of the U-Net (32 in the paper); taken from the checkpoint when it says.
-        crop: training crop (D, H, W); ``None`` uses the target's default (e.g. NCS 32x64x64).
+        crop: training crop (D, H, W), or (H, W) for 2D; ``None`` uses the target's default (e.g.
+            NCS 32x64x64; the generic targets fit it to the images).
         window: HU window mapped to [0, 1]; ``None`` uses the target's default.
+        dims: 2 or 3: the generic targets (``segmentation``, ``classification``) check that the
+            data and network have this many spatial dims; ``None`` takes the data's.
+        test_data: generic targets: a separate labelled test set in any dataset layout.
+        group_size: generic targets on an arrays file without ``groups``: each run of this many
+            consecutive samples is one patient (splits and label fractions draw whole patients).
         label_fractions: fractions of the training labels to use (a label-efficiency curve).
         repeats: runs per fraction with seeds ``seed, seed+1, ...``.
         patience: early stopping patience in epochs on the validation metric.
@@ -152,8 +159,11 @@ class FinetuneConfig:
     head_hidden: int = 1024
     out: str = "runs/finetune"
     width: int = 32
-    crop: tuple[int, int, int] | None = None
+    crop: tuple[int, ...] | None = None
     window: tuple[float, float] | None = None
+    dims: int | None = None
+    test_data: str | None = None
+    group_size: int | None = None
     epochs: int = 100
     steps_per_epoch: int = 50
     batch_size: int = 8
@@ -214,6 +224,16 @@ class FinetuneConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.crop is not None and any(c < 8 or c % 8 for c in self.crop):
             raise ConfigError(f"crop sides must be multiples of 8 (three poolings), got {self.crop}")
+        if self.crop is not None and len(self.crop) not in (2, 3):
+            raise ConfigError(f"crop must be (D, H, W) or, for 2D, (H, W); got {self.crop}")
+        if self.dims not in (None, 2, 3):
+            raise ConfigError(f"dims must be 2 or 3, got {self.dims}")
+        if self.dims is not None and self.crop is not None and len(self.crop) != self.dims:
+            raise ConfigError(f"--dims {self.dims} needs a crop of {self.dims} sides, got {tuple(self.crop)}")
+        if self.group_size is not None and self.group_size < 1:
+            raise ConfigError(f"group_size must be at least 1, got {self.group_size}")
+        if self.window is not None and not self.window[1] > self.window[0]:
+            raise ConfigError(f"window must be (low, high) with low < high, got {self.window}")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}")
         if not 0.0 < self.evaluation.confidence < 1.0:

@@ -26,12 +26,18 @@ class SegCase:
         name: identifies the case in outputs (e.g. ``"LIDC-IDRI-0001/nodule-2"``).
         centers: voxel centres (z, y, x) of objects of interest; training crops are drawn around
             them (with jitter) part of the time, the rest anywhere in the case.
+        group: the patient it comes from ("" when every case is its own patient); label fractions
+            of targets with ``fraction_by_group`` draw whole groups.
+
+    Generic targets (``segmentation``) may hold 2D cases (y, x), several channels (C, *spatial)
+    and class indices 0..K-1 in ``mask``.
     """
 
     image: np.ndarray
     mask: np.ndarray
     name: str
-    centers: list[tuple[int, int, int]] = field(default_factory=list)
+    centers: list[tuple[int, ...]] = field(default_factory=list)
+    group: str = ""
 
 
 @dataclass
@@ -65,6 +71,8 @@ class TargetData:
     test: list
     synthetic: bool
     source: str
+    #: lines the engine prints under the banner (e.g. how intensities were normalised)
+    notes: tuple[str, ...] = ()
 
 
 def extract_patch(
@@ -98,12 +106,18 @@ def random_crop(
     centred crops, 0.13 with the nodule 12 voxels off-centre, 0.05 by sliding window).
     """
     size = tuple(int(s) for s in size)
+    spatial = case.image.shape[-len(size):]
     if case.centers and rng.random() < center_prob:
         base = case.centers[int(rng.integers(len(case.centers)))]
         center = [c + rng.uniform(-jitter, jitter) * s for c, s in zip(base, size)]
     else:
-        center = [rng.uniform(min(s / 2, n / 2), max(n - s / 2, n / 2)) for s, n in zip(size, case.image.shape)]
-    return extract_patch(case.image, center, size), extract_patch(case.mask, center, size)
+        center = [rng.uniform(min(s / 2, n / 2), max(n - s / 2, n / 2)) for s, n in zip(size, spatial)]
+    if case.image.ndim == len(size) + 1:  # channels first: every channel, same box
+        channels = case.image.shape[0]
+        image = extract_patch(case.image, [channels // 2, *center], (channels, *size))
+    else:
+        image = extract_patch(case.image, center, size)
+    return image, extract_patch(case.mask, center, size)
 
 
 def subset_fraction(items: list[S], fraction: float, seed: int, by_group: bool = False) -> list[S]:
@@ -128,6 +142,11 @@ def subset_fraction(items: list[S], fraction: float, seed: int, by_group: bool =
             k = max(1, int(round(fraction * len(members))))
             keep.update(rng.choice(members, size=k, replace=False).tolist())
         return [s for s in items if s.group in keep]
+    if by_group and items and isinstance(items[0], SegCase) and any(c.group for c in items):
+        groups = sorted({c.group for c in items})
+        k = max(1, int(round(fraction * len(groups))))
+        keep_groups = set(rng.choice(groups, size=k, replace=False).tolist())
+        return [c for c in items if c.group in keep_groups]
     if items and isinstance(items[0], ClsSample):
         chosen: list[int] = []
         labels = np.array([s.label for s in items])

@@ -53,30 +53,46 @@ SYNTHETIC_BANNER = "*** SYNTHETIC DATA: embedded synthetic chest CT, not patient
 def sample_batch(
     task: str,
     train: list,
-    crop: tuple[int, int, int],
+    crop: tuple[int, ...],
     batch_size: int,
     rng: np.random.Generator,
     balance: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training batch: (B, 1, D, H, W) images and (B, 1, D, H, W) masks or (B, 1) labels."""
+    """A training batch: (B, C, *crop) images and (B, 1, *crop) masks or (B, 1) labels.
+
+    Images without a channel axis get one (C = 1); masks hold class indices.
+    """
+    spatial = len(crop)
     if task == "segmentation":
         pairs = [random_crop(train[int(rng.integers(len(train)))], crop, rng) for _ in range(batch_size)]
-        images = np.stack([p[0] for p in pairs])[:, None]
+        images = _with_channel(np.stack([p[0] for p in pairs]), spatial)
         masks = np.stack([p[1] for p in pairs])[:, None]
         return torch.from_numpy(images.astype(np.float32)), torch.from_numpy(masks.astype(np.float32))
     labels = np.array([s.label for s in train])
-    by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
+    classes = (0, 1) if set(labels.tolist()) <= {0, 1} else tuple(sorted(set(labels.tolist())))
+    by_class = [np.flatnonzero(labels == c) for c in classes]
     picks = []
     for _ in range(batch_size):
         if balance and all(idx.size for idx in by_class):
-            idx = by_class[int(rng.integers(2))]  # positives are rare: draw both classes equally
+            idx = by_class[int(rng.integers(len(by_class)))]  # positives are rare: draw every class equally
             picks.append(int(idx[rng.integers(idx.size)]))
         else:
             picks.append(int(rng.integers(len(train))))
     # study windows are stored larger than the crop (Ke et al.: 256 -> random 224); cubes pass unchanged
-    images = np.stack([fit_in_plane(train[i].image, crop[1:], rng) for i in picks])[:, None].astype(np.float32)
+    images = _with_channel(np.stack([_fit_crop(train[i].image, crop, rng) for i in picks]), spatial).astype(np.float32)
     y = np.array([[train[i].label] for i in picks], dtype=np.float32)
     return torch.from_numpy(images), torch.from_numpy(y)
+
+
+def _fit_crop(image: np.ndarray, crop: tuple[int, ...], rng: np.random.Generator | None = None) -> np.ndarray:
+    """A single-channel (D, H, W) window cut in-plane to the crop (see :func:`fit_in_plane`);
+    2D images and multi-channel samples are already at the network's size and pass unchanged."""
+    return fit_in_plane(image, crop[1:], rng) if len(crop) == 3 and image.ndim == 3 else image
+
+
+def _with_channel(batch: np.ndarray, spatial: int) -> np.ndarray:
+    """(B, *spatial) -> (B, 1, *spatial); (B, C, *spatial) unchanged."""
+    return batch[:, None] if batch.ndim == spatial + 1 else batch
 
 
 def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -87,6 +103,24 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     inter = (prob * masks).sum()
     soft_dice = (2 * inter + 1.0) / (prob.sum() + masks.sum() + 1.0)
     return bce + (1.0 - soft_dice)
+
+
+def multiclass_segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy + soft Dice over the K classes (MONAI ``DiceCELoss``); ``masks`` hold
+    class indices (B, 1, *spatial)."""
+    from monai.losses import DiceCELoss
+
+    return DiceCELoss(to_onehot_y=True, softmax=True)(logits.float(), masks)
+
+
+def target_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Loss of a batch: one output channel is binary (sigmoid), K > 1 are K classes (softmax)."""
+    multiclass = logits.shape[1] > 1
+    if task == "segmentation":
+        return multiclass_segmentation_loss(logits, targets) if multiclass else segmentation_loss(logits, targets)
+    if multiclass:
+        return F.cross_entropy(logits.float(), targets.reshape(-1).long())
+    return F.binary_cross_entropy_with_logits(logits.reshape(targets.shape), targets)
 
 
 @torch.no_grad()
@@ -135,10 +169,12 @@ def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_volume(
-    model: torch.nn.Module, image: np.ndarray, crop: tuple[int, int, int], cfg: FinetuneConfig, device: torch.device
+    model: torch.nn.Module, image: np.ndarray, crop: tuple[int, ...], cfg: FinetuneConfig, device: torch.device
 ) -> np.ndarray:
-    """Foreground probability of a whole (z, y, x) volume by sliding-window inference."""
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
+    """Foreground probability of a whole (z, y, x) volume (or (y, x) image, channels first when
+    several) by sliding-window inference; (K, *spatial) class probabilities for K-class models."""
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    x = (x[None, None] if x.dim() == len(crop) else x[None]).to(device)
     with autocast(device, cfg.amp, cfg.precision):
         logits = sliding_window_inference(
             x,
@@ -148,7 +184,10 @@ def predict_volume(
             overlap=cfg.evaluation.sw_overlap,
             mode=cfg.evaluation.sw_mode,
         )
-    return torch.sigmoid(torch.as_tensor(logits).float())[0, 0].cpu().numpy()
+    logits = torch.as_tensor(logits).float()
+    if logits.shape[1] > 1:
+        return torch.softmax(logits, 1)[0].cpu().numpy()
+    return torch.sigmoid(logits)[0, 0].cpu().numpy()
 
 
 @torch.no_grad()
@@ -167,6 +206,8 @@ def evaluate(
         Classification: ``{"names", "labels", "scores"}`` (one per sample or per group).
     """
     model.eval()
+    if target.task == "segmentation" and target.out_channels > 1:
+        return _evaluate_multiclass(model, target, samples, crop, cfg, device)
     if target.task == "segmentation":
         out: dict[str, Any] = {"names": [], "dice": [], "iou": [], "iou_mean_thresholds": []}
         for case in samples:
@@ -181,10 +222,13 @@ def evaluate(
     batch = max(1, cfg.batch_size)
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
-        x = torch.from_numpy(np.stack([fit_in_plane(s.image, crop[1:]) for s in chunk])[:, None].astype(np.float32)).to(device)
+        x = torch.from_numpy(_with_channel(np.stack([_fit_crop(s.image, crop) for s in chunk]), len(crop)).astype(np.float32)).to(device)
         with autocast(device, cfg.amp, cfg.precision):
             logits = _forward(model, x)
-        scores.extend(torch.sigmoid(logits.float()).reshape(len(chunk), -1)[:, 0].cpu().tolist())
+        if target.out_channels > 1:  # K classes: the softmax vector of every sample
+            scores.extend(torch.softmax(logits.float().reshape(len(chunk), -1), 1).cpu().tolist())
+        else:
+            scores.extend(torch.sigmoid(logits.float()).reshape(len(chunk), -1)[:, 0].cpu().tolist())
     labels = [int(s.label) for s in samples]
     names = [s.name for s in samples]
     if target.aggregate is not None:  # study-level prediction = max (Ke et al. 2023) or mean over its windows
@@ -198,6 +242,31 @@ def evaluate(
     return {"names": names, "labels": labels, "scores": scores}
 
 
+def _evaluate_multiclass(
+    model: torch.nn.Module, target: Target, samples: list, crop: tuple[int, ...], cfg: FinetuneConfig,
+    device: torch.device,
+) -> dict[str, Any]:
+    """K-class segmentation: per case, Dice and IoU of every foreground class (argmax prediction)
+    and their means over the classes (``dice``, ``iou``)."""
+    names = list(getattr(target, "class_names", None) or [str(k) for k in range(target.out_channels)])
+    out: dict[str, Any] = {"names": [], "dice": [], "iou": []}
+    for k in range(1, target.out_channels):
+        out[f"dice_{names[k]}"] = []
+        out[f"iou_{names[k]}"] = []
+    for case in samples:
+        pred = predict_volume(model, case.image, crop, cfg, device).argmax(0)
+        dices, ious = [], []
+        for k in range(1, target.out_channels):
+            dices.append(dice(pred == k, case.mask == k))
+            ious.append(iou(pred == k, case.mask == k))
+            out[f"dice_{names[k]}"].append(dices[-1])
+            out[f"iou_{names[k]}"].append(ious[-1])
+        out["names"].append(case.name)
+        out["dice"].append(float(np.mean(dices)))
+        out["iou"].append(float(np.mean(ious)))
+    return out
+
+
 def unit_statistic(task: str, values: dict[str, Any], metric: str) -> Callable[[np.ndarray], float]:
     """The metric recomputed on a set of unit indices (for the bootstrap)."""
     if task == "segmentation":
@@ -205,6 +274,14 @@ def unit_statistic(task: str, values: dict[str, Any], metric: str) -> Callable[[
         return lambda idx: float(arr[idx].mean())
     labels = np.asarray(values["labels"])
     scores = np.asarray(values["scores"], dtype=np.float64)
+    if scores.ndim == 2:  # K classes: softmax vectors; macro one-vs-rest AUC and accuracy
+        from genesis.training.evaluate import roc_auc_ovr
+
+        if metric == "accuracy":
+            return lambda idx: float(np.mean(scores[idx].argmax(1) == labels[idx])) if len(idx) else float("nan")
+        return lambda idx: roc_auc_ovr(scores[idx], labels[idx])
+    if metric == "accuracy":
+        return lambda idx: float(np.mean((scores[idx] > 0.5) == (labels[idx] == 1))) if len(idx) else float("nan")
     return lambda idx: auroc(labels[idx], scores[idx])
 
 
@@ -256,7 +333,9 @@ def train_run(
     crop = target.crop(cfg)
     with torch.random.fork_rng(devices=[]):  # seeds the layer init of this run only, not the caller's RNG
         torch.manual_seed(seed)
-        model, model_name, model_kwargs, transfer_info = build_model(target.task, cfg)
+        model, model_name, model_kwargs, transfer_info = build_model(
+            target.task, cfg, spatial_dims=target.spatial_dims, in_channels=target.in_channels,
+            out_channels=target.out_channels)
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
@@ -296,10 +375,7 @@ def train_run(
             with autocast(device, cfg.amp, cfg.precision):
                 out = unpack_output(model(images))
             logits = out.output.float()
-            if target.task == "segmentation":
-                loss = segmentation_loss(logits, targets)
-            else:
-                loss = F.binary_cross_entropy_with_logits(logits.reshape(targets.shape), targets)
+            loss = target_loss(target.task, logits, targets)
             if out.aux_loss is not None:
                 loss = loss + out.aux_loss.float()
             optimizer.zero_grad(set_to_none=True)
@@ -360,7 +436,7 @@ def _check_splits(data: TargetData, target: Target) -> None:
             raise DatasetLayoutError(f"target {target.name!r}: the {split} split is empty ({data.source})")
     if target.task == "classification":
         labels = {s.label for s in data.train}
-        if labels != {0, 1}:
+        if (labels != {0, 1} and target.out_channels == 1) or len(labels) < 2:
             raise DatasetLayoutError(
                 f"target {target.name!r}: the training split needs positives and negatives, has labels {sorted(labels)} ({data.source})"
             )
@@ -392,7 +468,10 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     _check_splits(data, target)
     if data.synthetic:
         log(SYNTHETIC_BANNER)
-    log(f"target {target.name} ({target.title}); model {choice.name}"
+    for note in data.notes:
+        log(note)
+    network = "unet2d" if choice.name == "unet3d" and target.spatial_dims == 2 else choice.name
+    log(f"target {target.name} ({target.title}); model {network}"
         f"{f' with weights {cfg.weights}' if cfg.weights else f' ({cfg.init} init)'}; data: {data.source}; "
         f"train/val/test = {len(data.train)}/{len(data.val)}/{len(data.test)}; device {device}")
     lr_record = None

@@ -123,12 +123,17 @@ def load_report_dict(report: Any, part: str) -> dict[str, Any]:
     }
 
 
-def build_model(task: str, cfg: Any) -> tuple[nn.Module, str, dict[str, Any], dict[str, Any]]:
+def build_model(
+    task: str, cfg: Any, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 1
+) -> tuple[nn.Module, str, dict[str, Any], dict[str, Any]]:
     """The network of a target, with pretrained weights and initialisation applied.
 
     Args:
         task: ``"segmentation"`` or ``"classification"``.
         cfg: a :class:`finetune.config.FinetuneConfig`.
+        spatial_dims: 3 (``unet3d``) or 2 (``unet2d``; the generic targets on 2D images).
+        in_channels: image channels (several for multi-sequence MRI).
+        out_channels: 1 for binary targets (sigmoid), K for K classes (softmax).
 
     Returns:
         ``(model, model_name, model_kwargs, transfer_info)``; name and kwargs rebuild the model
@@ -146,21 +151,28 @@ def build_model(task: str, cfg: Any) -> tuple[nn.Module, str, dict[str, Any], di
         def load(model: nn.Module, weights: str, part: str) -> dict[str, Any]:
             return load_pretrained(model, weights, part, hint=f"are these weights for {choice.name!r}?")
 
-        return build_baseline(choice, cfg, load, apply_init)
+        if spatial_dims != 3 or in_channels != 1:
+            raise ConfigError(f"baseline {choice.name!r} takes 3D single-channel crops; this target has "
+                              f"{spatial_dims}D images with {in_channels} channel(s): use the U-Net (leave --model out)")
+        return build_baseline(choice, cfg, load, apply_init, num_classes=out_channels)
+    unet = "unet3d" if spatial_dims == 3 else "unet2d"
+    if choice.name != unet and (cfg.model or choice.weights_architecture):
+        raise ConfigError(f"--model {choice.name} is a {5 - spatial_dims}D network, but this target's images are "
+                          f"{spatial_dims}D: use --model {unet} (or leave --model out)")
     backbone_kwargs: dict[str, Any] = {"base_width": cfg.width}
     backbone_kwargs.update(checkpoint_model_kwargs(cfg.weights, task))
-    info: dict[str, Any] = {"model": "unet3d", "weights": cfg.weights, "init": cfg.init, "freeze": cfg.freeze,
+    info: dict[str, Any] = {"model": unet, "weights": cfg.weights, "init": cfg.init, "freeze": cfg.freeze,
                             "linear_probe": cfg.linear_probe, "base_width": backbone_kwargs["base_width"]}
     if task == "segmentation":
         if cfg.linear_probe:
             raise ConfigError("--linear-probe is for classification targets (ncc, ecc, pe); "
                               "for segmentation use --freeze encoder")
-        name = "unet3d"
-        kwargs = {"in_channels": 1, "out_channels": 1, **backbone_kwargs}
+        name = unet
+        kwargs = {"in_channels": in_channels, "out_channels": out_channels, **backbone_kwargs}
         model = create_model(name, **kwargs)
         if cfg.weights:
             info.update(load_pretrained(model, cfg.weights, part="full"))
-            model.replace_output(1)  # a new 1x1x1 output layer for the target
+            model.replace_output(out_channels)  # a new 1x1x1 output layer for the target
             apply_init(model.out_tr, cfg.init)
         else:
             apply_init(model, cfg.init)
@@ -173,8 +185,10 @@ def build_model(task: str, cfg: Any) -> tuple[nn.Module, str, dict[str, Any], di
         return model, name, kwargs, info
 
     name = "encoder_classifier"
-    kwargs = {"encoder": "unet3d", "num_classes": 1,
+    kwargs = {"encoder": unet, "num_classes": out_channels,
               "hidden": None if cfg.linear_probe else cfg.head_hidden, **backbone_kwargs}
+    if in_channels != 1:
+        kwargs["encoder_kwargs"] = {"in_channels": in_channels}
     model = create_model(name, **kwargs)
     if cfg.weights:
         info.update(load_pretrained(model, cfg.weights, part="encoder"))

@@ -34,6 +34,9 @@ class Target:
         aggregate: ``"max"`` to aggregate sample predictions per group (study-level ``pe``).
         fraction_by_group: label fractions count groups (studies) instead of samples.
         real_layout: a short description of the on-disk layout ``--data`` must have.
+        spatial_dims / in_channels / out_channels: the network's input and output; ``out_channels``
+            1 is a binary target (sigmoid), K > 1 a K-class one (softmax). The generic targets set
+            them from their data when it is loaded.
     """
 
     name: ClassVar[str] = ""
@@ -49,6 +52,9 @@ class Target:
     rotate_degrees: ClassVar[float] = 0.0  # default random in-plane rotation (augment.rotate_degrees)
     fraction_by_group: ClassVar[bool] = False
     real_layout: ClassVar[str] = ""
+    spatial_dims: int = 3
+    in_channels: int = 1
+    out_channels: int = 1
 
     def crop(self, cfg: "FinetuneConfig") -> tuple[int, int, int]:
         return tuple(cfg.crop) if cfg.crop is not None else self.default_crop  # type: ignore[return-value]

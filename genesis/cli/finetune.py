@@ -39,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a (pretrained) 3D U-Net, or a video/ImageNet/MedicalNet baseline on classification "
                     "targets, on a target task: metrics.json, metrics.md, metrics.png.",
     )
-    p.add_argument("--target", metavar="NAME", help=f"target task: {', '.join(targets)}")
-    p.add_argument("--data", help="dataset root in the target's real layout; omitted: embedded synthetic chest CT")
+    p.add_argument("--target", choices=TARGETS.names(), help="target task (default from config: ncs)")
+    p.add_argument("--data", help="dataset root in the target's real layout; omitted: embedded synthetic chest CT. "
+                   "segmentation/classification: an MSD/nnU-Net raw folder, a MONAI datalist .json, a .csv "
+                   "(image,label[,group][,split]) or an .h5/.npz arrays file")
     p.add_argument("--weights", help="pretrained weights: checkpoint path (e.g. genesis-pretrain best.pt) or released name "
                    "(genesis-weights list: unet3d.genesis_chest_ct, r3d_18.kinetics400, resnet18.imagenet1k_v1 ...)")
     p.add_argument("--model", metavar="NAME",
@@ -57,7 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, help="U-Net base width (32 in the paper; read from our checkpoints; U-Net only)")
     p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"), help="training crop / sliding window size")
+    p.add_argument("--crop", type=int, nargs="+", metavar="N",
+                   help="training crop / sliding window size: D H W (3D) or H W (2D)")
+    p.add_argument("--dims", type=int, choices=(2, 3),
+                   help="segmentation/classification targets: 2D images (unet2d) or 3D volumes (unet3d); "
+                        "checked against the data (default: the data's)")
+    p.add_argument("--test-data", metavar="DATASET", help="segmentation/classification targets: a separate "
+                   "labelled test set (any layout --data takes)")
+    p.add_argument("--group-size", type=int, metavar="N", help="arrays file without 'groups': each run of N "
+                   "consecutive samples is one patient (splits and label fractions never cut a patient)")
+    p.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="HU window mapped to [0, 1] for CT (default: the target's, CT [-1000, 1000])")
     p.add_argument("--label-fraction", type=float, nargs="+", help="one or several fractions of the training labels")
     p.add_argument("--seed", type=int, help="seed of the first run (runs use seed, seed+1, ...)")
     p.add_argument("--repeats", type=int, help="runs per fraction (seeds seed, seed+1, ...)")
@@ -97,7 +109,8 @@ _FLAG_KEYS = {
     "batch_size": "batch_size", "width": "width", "lr": "optim.lr", "patience": "patience", "crop": "crop",
     "label_fraction": "label_fractions", "seed": "seed", "repeats": "repeats", "device": "device",
     "precision": "precision", "compare": "compare", "resume": "resume", "channels": "channels", "aggregate": "aggregate",
-    "lr_search": "lr_search", "view": "view",
+    "lr_search": "lr_search", "view": "view", "dims": "dims", "test_data": "test_data",
+    "group_size": "group_size", "window": "window",
 }
 
 
@@ -122,7 +135,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         overrides[key.strip()] = yaml.safe_load(raw)
     if args.preset == "quick" and "crop" not in overrides:
         target_name = overrides.get("target") or load_config(FinetuneConfig, args.config).target
-        overrides["crop"] = get_target(str(target_name)).quick_crop
+        quick_crop = get_target(str(target_name)).quick_crop
+        if quick_crop is not None:  # None: the target fits its crop to the images
+            overrides["crop"] = quick_crop
     return load_config(FinetuneConfig, args.config, overrides).validate()
 
 

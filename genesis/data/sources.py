@@ -265,7 +265,9 @@ def volume_source_from_arg(
     """The source a ``--data`` argument means.
 
     Args:
-        data: None -> synthetic volumes; a directory -> every volume in it (recursive, see
+        data: None -> synthetic volumes; a labelled-dataset layout (MSD / nnU-Net raw folder with
+            dataset.json, MONAI datalist ``.json``, ``.csv`` with an ``image`` column, ``.h5``/``.npz``
+            arrays; see :mod:`genesis.data.layouts`) -> its images; a directory -> every volume in it (recursive, see
             :func:`genesis.data.public.folder.find_volumes`); a ``.csv``/``.yaml``/``.yml``
             manifest (see :func:`genesis.data.public.manifest.read_manifest`); a single volume file
             (a directory holding exactly one DICOM series counts as a directory of one volume).
@@ -289,6 +291,10 @@ def volume_source_from_arg(
     path = Path(data).expanduser()
     if not path.exists():
         raise InputFileError("data path does not exist", path)
+    from genesis.data.layouts import LayoutVolumeSource, is_layout_argument
+
+    if is_layout_argument(path):  # MSD/nnU-Net raw, MONAI datalist, image-column CSV, .h5/.npz arrays
+        return LayoutVolumeSource(path, preprocess_cfg, group_size=None)
     if path.is_dir():
         from genesis.data.discovery import discover_scans
 

@@ -73,8 +73,8 @@ class OptimConfig:
     """Optimizer (Models Genesis: SGD, momentum 0.9, lr 1.0; Tariq et al.: RAdam lr 1e-3).
 
     ``name="auto"`` picks per task (:func:`resolve_optim`): SGD for the Models Genesis restoration
-    tasks, as in that paper, and RAdam for the Tariq et al. family and for label tasks, where
-    SGD at lr 1.0 diverges. ``lr=None`` means the paper's rate for the chosen optimizer.
+    tasks on the 3D U-Net, as in that paper, and RAdam for 2D training, other networks, the Tariq
+    et al. family and label tasks, where SGD at lr 1.0 diverges. ``lr=None`` means the paper's rate for the chosen optimizer.
     """
 
     name: str = "auto"
@@ -243,12 +243,18 @@ def check_out_dir(out: str) -> None:
 TARIQ_TASKS = frozenset({"masked_region", "masked_curriculum", "next_slice", "denoise_sp"})
 
 
-def resolve_optim(optim: OptimConfig, task: str, task_kind: str) -> OptimConfig:
-    """Fill in ``optim.name="auto"`` and ``optim.lr=None`` for ``task`` (see :class:`OptimConfig`)."""
+def resolve_optim(
+    optim: OptimConfig, task: str, task_kind: str, model: str = "unet3d", dims: int = 3
+) -> OptimConfig:
+    """Fill in ``optim.name="auto"`` and ``optim.lr=None`` for ``task`` (see :class:`OptimConfig`).
+
+    SGD at lr 1.0 is the recipe Models Genesis published for its 3D U-Net only; any other network
+    or 2D training gets RAdam at 1e-3 (SGD at 1.0 diverges or stalls outside that recipe).
+    """
     name = optim.name
     if name == "auto":
-        genesis_restoration = task_kind == "restoration" and task not in TARIQ_TASKS
-        name = "sgd" if genesis_restoration else "radam"
+        genesis_recipe = task_kind == "restoration" and task not in TARIQ_TASKS and model == "unet3d" and dims == 3
+        name = "sgd" if genesis_recipe else "radam"
     lr = optim.lr if optim.lr is not None else (1.0 if name == "sgd" else 1e-3)
     return replace(optim, name=name, lr=lr)
 

@@ -1,7 +1,9 @@
 """Evaluate a pretrained proxy model on held-out volumes (``genesis-pretrain --evaluate CKPT``).
 
 Restoration models: MSE, SSIM (MONAI, via :func:`genesis.training.losses.ssim`) and the MSE on the
-changed (or masked) region, for the model's own task and, for image-to-image models, for each
+changed (or masked) region, each next to the "do nothing" baseline (``do_nothing_mse``,
+``do_nothing_changed_mse``: the transformed input itself scored against the original, so one sees
+whether the model restores anything), for the model's own task and, for image-to-image models, for each
 Models Genesis transform forced on (``prob=1.0``), so one sees which kind of damage the model
 learned to undo. Label models: cross-entropy, accuracy and one-vs-rest AUROC, as in Table II of
 Tariq et al. (2023). Results go to ``eval.json``; ``eval.png`` shows input, output and difference.
@@ -163,6 +165,14 @@ def evaluate_checkpoint(
                 err = (pred - target) ** 2
                 sums["mse"] = sums.get("mse", 0.0) + float(err.flatten(1).mean(1).sum())
                 sums["ssim"] = sums.get("ssim", 0.0) + float(losses.ssim(pred, target)) * b
+                if pair.input.shape == target.shape:
+                    # "do nothing": hand the transformed input back unchanged; a model that restores
+                    # anything must beat this MSE
+                    idle = (pair.input.float() - target) ** 2
+                    sums["do_nothing_mse"] = sums.get("do_nothing_mse", 0.0) + float(idle.flatten(1).mean(1).sum())
+                    if pair.mask is not None:
+                        sums["_idle_changed_err"] = sums.get("_idle_changed_err", 0.0) + float(
+                            (idle * pair.mask.expand_as(idle).float()).sum())
                 if pair.mask is not None:
                     mask = pair.mask.expand_as(err).float()
                     # pooled over voxels: samples the transform left untouched add nothing
@@ -175,6 +185,8 @@ def evaluate_checkpoint(
         if sums.get("_changed_n", 0.0) > 0:
             # the changed region of a Genesis transform is the masked region of a Tariq task
             metrics["changed_mse"] = sums["_changed_err"] / sums["_changed_n"]
+            if "_idle_changed_err" in sums:
+                metrics["do_nothing_changed_mse"] = sums["_idle_changed_err"] / sums["_changed_n"]
         if kind == "classification" and probs:
             metrics["auroc"] = roc_auc_ovr(torch.cat(probs).numpy(), torch.cat(labels).numpy())
         return metrics, first

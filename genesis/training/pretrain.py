@@ -237,10 +237,52 @@ def probe_pairs(task: Any, cfg: PretrainConfig) -> PairShape:
     cubes = torch.rand((2, 1, *cfg.data.crop), generator=make_generator(cfg.seed, torch.device("cpu")))
     try:
         pair = prepare_pair(first, cubes, make_generator(cfg.seed, torch.device("cpu")), cfg.dims)
-    except Exception:  # noqa: BLE001 - e.g. DeepCluster has no labels before its first epoch hook
-        return PairShape(cfg.dims, 1, 1)
+    except Exception as exc:  # noqa: BLE001
+        if callable(getattr(first, "on_epoch_start", None)):  # DeepCluster: no labels before its first epoch hook
+            return PairShape(cfg.dims, 1, 1)
+        raise ConfigError(f"task {cfg.task!r} cannot make training pairs from --dims {cfg.dims} inputs of crop "
+                          f"{tuple(cfg.data.crop)}: {exc}") from None
     out_channels = int(pair.target.shape[1]) if pair.target is not None else 1
-    return PairShape(pair.input.dim() - 2, int(pair.input.shape[1]), out_channels)
+    dims = pair.input.dim() - 2
+    if dims != cfg.dims:  # --dims is never ignored
+        raise ConfigError(f"task {cfg.task!r} makes {dims}D training pairs, not the --dims {cfg.dims} asked for: "
+                          f"use --dims {dims}, or a task that works on {cfg.dims}D inputs")
+    return PairShape(dims, int(pair.input.shape[1]), out_channels)
+
+
+def fit_dims_to_source(cfg: PretrainConfig, source: Any) -> PretrainConfig:
+    """Check ``--dims`` against 2D image data and fit the crop to it.
+
+    2D images (an arrays file of (N, C, H, W), read as depth-1 volumes) need ``--dims 2``; their
+    crop becomes (1, H', W') with H', W' the configured sides shrunk to the images (multiples of
+    8), so ``--preset quick`` and the defaults work on any image size. The change is printed.
+
+    Raises:
+        ConfigError: 2D images with ``--dims 3``.
+    """
+    if getattr(source, "spatial_dims", 3) != 2:
+        return cfg
+    if cfg.dims != 2:
+        raise ConfigError(f"--data {cfg.data.data} holds 2D images; 3D pretraining needs volumes: use --dims 2")
+    h, w = tuple(source.image_shape)[-2:]
+    fit = (1, *(max(8, min(c, (n // 8) * 8)) for c, n in zip(cfg.data.crop[1:], (h, w))))
+    if fit != tuple(cfg.data.crop):
+        print(f"2D images of {h} x {w}: crop {tuple(cfg.data.crop)} -> {fit}", file=sys.stderr)
+        cfg = replace(cfg, data=replace(cfg.data, crop=fit))
+    return cfg
+
+
+def check_model_dims(name: str, kwargs: dict[str, Any], shape: PairShape, cfg: PretrainConfig) -> None:
+    """A network built for other spatial dims than the task's pairs is a :class:`ConfigError`."""
+    try:
+        with torch.device("meta"):
+            net = create_model(name, **kwargs)
+    except Exception:  # noqa: BLE001 - build_model reports construction errors with context
+        return
+    dims = getattr(getattr(net, "backbone", net), "spatial_dims", None)
+    if dims is not None and dims != shape.spatial_dims:
+        raise ConfigError(f"--model {name} is a {dims}D network, but --dims {cfg.dims} with task {cfg.task!r} "
+                          f"makes {shape.spatial_dims}D pairs: use --model auto or a {shape.spatial_dims}D network")
 
 
 def resolve_model(cfg: PretrainConfig, task: Any, shape: PairShape) -> tuple[str, dict[str, Any]]:
@@ -467,6 +509,8 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     rundir.check_out_dir(out, cfg.resume, cfg.overwrite, remove=dist.is_main)
     if cfg.resume:
         _check_resume(out / "last.pt", cfg)  # before the (possibly slow) data loading
+    source = build_source(cfg)
+    cfg = fit_dims_to_source(cfg, source)
     task = build_task(cfg)
     kind = task_kind(task)
     if cfg.resume:
@@ -475,16 +519,17 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
             return done
     shape = probe_pairs(task, cfg)
     model_name, model_kwargs = resolve_model(cfg, task, shape)
+    check_model_dims(model_name, model_kwargs, shape, cfg)
     loss_fn, loss_name = build_loss(cfg, task, model_name)
     region = getattr(task.stages[0] if getattr(task, "stages", None) else task, "loss_region", "all")
 
-    source = build_source(cfg)
     prepare_volumes(source, cfg, dist)
     train_idx, val_idx = split_volumes(len(source), cfg.data.val_fraction)
     _report_data(source, cfg, out, train_idx, val_idx, dist.is_main)
     train_src, val_src = SubsetSource(source, train_idx), SubsetSource(source, val_idx)
     steps = effective_steps(cfg, len(train_src), dist.world_size)
-    cfg = replace(cfg, steps_per_epoch=steps, optim=resolve_optim(cfg.optim, cfg.task, kind))
+    cfg = replace(cfg, steps_per_epoch=steps,
+                  optim=resolve_optim(cfg.optim, cfg.task, kind, model_name, shape.spatial_dims))
     default_val = min(MAX_DEFAULT_VAL_CUBES, len(val_src) * cfg.data.cubes_per_volume)
     n_val = cfg.data.val_cubes or max(cfg.batch_size, default_val)
     # With the cache (default) the dataset's LRU holds memory maps of verified entries, not
