@@ -115,6 +115,9 @@ class FinetuneConfig:
             chosen negative candidates per scan in every split (all positives are kept), so the
             cubes fit in memory; ``None`` uses the target's default (ncc 30, ecc unlimited),
             ``0`` keeps all. Random negative subsampling leaves the expected AUC unchanged.
+        uncertain: multi-label targets (chexpert): uncertain labels are ``ignore``-d (masked out of
+            the loss and the AUCs, U-Ignore), mapped to ``ones`` (U-Ones) or to ``zeros`` (U-Zeros).
+        study_max: multi-label targets: score a study by the maximum over its views.
         compare: another output folder whose runs are compared with ours (two-sample t-tests).
         resume: continue interrupted runs from their ``last.pt``; finished runs are reused.
     """
@@ -146,6 +149,8 @@ class FinetuneConfig:
     max_negatives_per_scan: int | None = None
     compare: str | None = None
     resume: bool = False
+    uncertain: str = "ignore"
+    study_max: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
@@ -171,8 +176,13 @@ class FinetuneConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "repeats", "width", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.crop is not None and any(c < 8 or c % 8 for c in self.crop):
+        # depth 1 is a 2D image (radiographs: --crop 1 224 224)
+        if self.crop is not None and any((c < 8 or c % 8) and not (i == 0 and c == 1) for i, c in enumerate(self.crop)):
             raise ConfigError(f"crop sides must be multiples of 8 (three poolings), got {self.crop}")
+        if self.uncertain not in ("ignore", "ones", "zeros"):
+            raise ConfigError(f"uncertain must be ignore, ones or zeros, got {self.uncertain!r}")
+        if self.optim.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.optim.weight_decay}")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}")
         if not 0.0 < self.evaluation.confidence < 1.0:

@@ -64,6 +64,8 @@ def sample_batch(
         masks = np.stack([p[1] for p in pairs])[:, None]
         return torch.from_numpy(images.astype(np.float32)), torch.from_numpy(masks.astype(np.float32))
     labels = np.array([s.label for s in train])
+    if labels.ndim > 1:  # multi-label samples (chexpert): no single class to balance on
+        balance = False
     by_class = [np.flatnonzero(labels == c) for c in (0, 1)]
     picks = []
     for _ in range(batch_size):
@@ -73,7 +75,7 @@ def sample_batch(
         else:
             picks.append(int(rng.integers(len(train))))
     images = np.stack([train[i].image for i in picks])[:, None].astype(np.float32)
-    y = np.array([[train[i].label] for i in picks], dtype=np.float32)
+    y = np.array([np.atleast_1d(train[i].label) for i in picks], dtype=np.float32)
     return torch.from_numpy(images), torch.from_numpy(y)
 
 
@@ -182,7 +184,10 @@ def evaluate(
         x = torch.from_numpy(np.stack([s.image for s in chunk])[:, None].astype(np.float32)).to(device)
         with autocast(device, cfg.amp):
             logits = _forward(model, x)
-        scores.extend(torch.sigmoid(logits.float()).reshape(len(chunk), -1)[:, 0].cpu().tolist())
+        probs = torch.sigmoid(logits.float()).reshape(len(chunk), -1).cpu()
+        scores.extend(probs.tolist() if hasattr(target, "score_units") else probs[:, 0].tolist())
+    if hasattr(target, "score_units"):  # multi-label targets (chexpert): per-label AUCs
+        return target.score_units(samples, np.asarray(scores, dtype=np.float64).reshape(len(samples), -1), cfg)
     labels = [int(s.label) for s in samples]
     names = [s.name for s in samples]
     if target.aggregate == "max":  # study-level prediction = max over its windows (Ke et al. 2023)
@@ -200,6 +205,10 @@ def unit_statistic(task: str, values: dict[str, Any], metric: str) -> Callable[[
     if task == "segmentation":
         arr = np.asarray(values[metric], dtype=np.float64)
         return lambda idx: float(arr[idx].mean())
+    if "columns" in values:  # multi-label test values (finetune.multilabel)
+        from finetune.multilabel import statistic
+
+        return statistic(values, metric, values.get("sets", {}))
     labels = np.asarray(values["labels"])
     scores = np.asarray(values["scores"], dtype=np.float64)
     return lambda idx: auroc(labels[idx], scores[idx])
@@ -252,7 +261,8 @@ def train_run(
     crop = target.crop(cfg)
     with torch.random.fork_rng(devices=[]):  # seeds the layer init of this run only, not the caller's RNG
         torch.manual_seed(seed)
-        model, model_name, model_kwargs, transfer_info = build_model(target.task, cfg)
+        model, model_name, model_kwargs, transfer_info = build_model(target.task, cfg,
+                                                                     num_classes=getattr(target, "num_outputs", 1))
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
@@ -293,6 +303,8 @@ def train_run(
             logits = out.output.float()
             if target.task == "segmentation":
                 loss = segmentation_loss(logits, targets)
+            elif hasattr(target, "loss"):  # e.g. chexpert: BCE masked by ignored (uncertain) labels
+                loss = target.loss(logits, targets)
             else:
                 loss = F.binary_cross_entropy_with_logits(logits.reshape(targets.shape), targets)
             if out.aux_loss is not None:
@@ -353,7 +365,7 @@ def _check_splits(data: TargetData, target: Target) -> None:
     for split in ("train", "val", "test"):
         if not getattr(data, split):
             raise DatasetLayoutError(f"target {target.name!r}: the {split} split is empty ({data.source})")
-    if target.task == "classification":
+    if target.task == "classification" and not getattr(target, "multilabel", False):
         labels = {s.label for s in data.train}
         if labels != {0, 1}:
             raise DatasetLayoutError(
@@ -375,6 +387,13 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
 
     cfg.validate()
     target = get_target(cfg.target)
+    if cfg.model is None and getattr(target, "default_model", None):  # e.g. chexpert: densenet121
+        from dataclasses import replace
+
+        from finetune.baselines import weights_architecture
+
+        if weights_architecture(cfg.weights)[0] is None:
+            cfg = replace(cfg, model=target.default_model)
     choice = check_model(cfg, target.task, target.crop(cfg), target.name)  # before any data is read
     device = resolve_device(cfg.device)
     out = Path(cfg.out)

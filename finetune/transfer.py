@@ -102,12 +102,13 @@ def load_pretrained(dest: nn.Module, weights: str, part: str, hint: str = "is --
             "inflated_2d_to_3d": len(report.inflated)}
 
 
-def build_model(task: str, cfg: Any) -> tuple[nn.Module, str, dict[str, Any], dict[str, Any]]:
+def build_model(task: str, cfg: Any, num_classes: int = 1) -> tuple[nn.Module, str, dict[str, Any], dict[str, Any]]:
     """The network of a target, with pretrained weights and initialisation applied.
 
     Args:
         task: ``"segmentation"`` or ``"classification"``.
         cfg: a :class:`finetune.config.FinetuneConfig`.
+        num_classes: logits of the target (1 for binary targets, 14 for chexpert).
 
     Returns:
         ``(model, model_name, model_kwargs, transfer_info)``; name and kwargs rebuild the model
@@ -125,7 +126,7 @@ def build_model(task: str, cfg: Any) -> tuple[nn.Module, str, dict[str, Any], di
         def load(model: nn.Module, weights: str, part: str) -> dict[str, Any]:
             return load_pretrained(model, weights, part, hint=f"are these weights for {choice.name!r}?")
 
-        return build_baseline(choice, cfg, load, apply_init)
+        return build_baseline(choice, cfg, load, apply_init, num_classes=num_classes)
     backbone_kwargs: dict[str, Any] = {"base_width": cfg.width}
     backbone_kwargs.update(checkpoint_model_kwargs(cfg.weights, task))
     info: dict[str, Any] = {"model": "unet3d", "weights": cfg.weights, "init": cfg.init, "freeze": cfg.freeze,
@@ -152,7 +153,7 @@ def build_model(task: str, cfg: Any) -> tuple[nn.Module, str, dict[str, Any], di
         return model, name, kwargs, info
 
     name = "encoder_classifier"
-    kwargs = {"encoder": "unet3d", "num_classes": 1,
+    kwargs = {"encoder": "unet3d", "num_classes": num_classes,
               "hidden": None if cfg.linear_probe else cfg.head_hidden, **backbone_kwargs}
     model = create_model(name, **kwargs)
     if cfg.weights:

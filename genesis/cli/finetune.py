@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="OTHER_OUT", help="t-test our runs against another output folder")
     p.add_argument("--preset", choices=sorted(PRESETS), help="quick: tiny CPU demo (about a minute)")
     p.add_argument("--resume", action="store_true", default=None, help="continue interrupted runs from last.pt")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0; CheXpert study: 1e-4 against overfitting)")
+    p.add_argument("--uncertain", choices=("ignore", "ones", "zeros"),
+                   help="chexpert: uncertain labels masked (ignore, default), as positive (ones) or negative (zeros)")
+    p.add_argument("--study-max", action="store_true", default=None, help="chexpert: score a study by the max over its views")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other setting by dotted key, e.g. --set evaluation.bootstrap_resamples=2000 (YAML value)")
     return p
@@ -72,7 +76,8 @@ _FLAG_KEYS = {
     "linear_probe": "linear_probe", "out": "out", "epochs": "epochs", "steps_per_epoch": "steps_per_epoch",
     "batch_size": "batch_size", "width": "width", "lr": "optim.lr", "patience": "patience", "crop": "crop",
     "label_fraction": "label_fractions", "seed": "seed", "repeats": "repeats", "device": "device",
-    "compare": "compare", "resume": "resume",
+    "compare": "compare", "resume": "resume", "weight_decay": "optim.weight_decay", "uncertain": "uncertain",
+    "study_max": "study_max",
 }
 
 
