@@ -38,6 +38,10 @@ class DataConfig:
             at most 512; they stay in memory).
         synthetic_volumes: number of synthetic scans when ``data`` is None.
         synthetic_shape: (z, y, x) voxels of each synthetic scan; None = the generator's default.
+        modality: ``ct``, ``xray`` (chest radiographs, :mod:`genesis.data.radiographs`) or ``auto``
+            (radiographs for a folder of PNG/JPEG, a CSV with a ``Path`` column of images, or the
+            ``metadata`` task; synthetic radiographs when ``data`` is None).
+        image_size: radiographs are resized to this square side (224; CheXpert also used 320).
         workers: DataLoader worker processes (they only read and crop cubes; proxy transforms
             run in the training process, on the GPU when there is one).
     """
@@ -55,6 +59,8 @@ class DataConfig:
     synthetic_volumes: int = 8
     synthetic_shape: tuple[int, int, int] | None = None
     workers: int = 0
+    modality: str = "auto"
+    image_size: int = 224
 
 
 @dataclass

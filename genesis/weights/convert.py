@@ -54,7 +54,7 @@ def strip_prefix(state: Mapping[str, Any], prefix: str = "module.") -> dict[str,
 
 
 #: torchvision's DenseNet checkpoints predate its module names: ``denselayer1.norm.1`` is ``norm1``.
-_LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def rename_legacy_densenet_keys(state: Mapping[str, Any]) -> dict[str, Any]:
