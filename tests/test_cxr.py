@@ -261,3 +261,47 @@ def test_pretrain_then_finetune_chexpert(chexpert_csv, tmp_path, monkeypatch):
     monkeypatch.delenv("GENESIS_OFFLINE", raising=False)
     imagenet = _finetune(tmp_path / "in-ft", chexpert_csv, weights="densenet121.imagenet1k_v1", study_max=True)
     assert imagenet["weights_source"].startswith("densenet121.imagenet1k_v1")
+
+
+_DDP_SCRIPT = r'''
+import sys, torch, torch.distributed as dist
+from proxy_tasks.barlow_twins import barlow_twins_loss
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+g = torch.Generator().manual_seed(0)
+x1, x2 = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
+w = torch.nn.Parameter(torch.randn(5, 3, generator=g))
+half = slice(rank * 4, rank * 4 + 4)
+loss = barlow_twins_loss(x1[half] @ w, x2[half] @ w)
+loss.backward()
+dist.all_reduce(w.grad)
+w.grad /= world  # what DDP does with parameter gradients
+if rank == 0:
+    torch.save({"loss": loss.detach(), "grad": w.grad}, sys.argv[1])
+dist.destroy_process_group()
+'''
+
+
+def test_barlow_twins_ddp_uses_the_global_batch(tmp_path):
+    """Two gloo ranks with half the batch each give the loss and gradient of the whole batch."""
+    import os
+    import subprocess
+    import sys
+
+    from proxy_tasks.barlow_twins import barlow_twins_loss
+
+    script = tmp_path / "bt_ddp.py"
+    script.write_text(_DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), str(tmp_path / "out.pt")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = torch.load(tmp_path / "out.pt", weights_only=True)
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g)
+    w = torch.nn.Parameter(torch.randn(5, 3, generator=g))
+    loss = barlow_twins_loss(x1 @ w, x2 @ w)
+    loss.backward()
+    assert float(got["loss"]) == pytest.approx(float(loss.detach()), rel=1e-5)
+    torch.testing.assert_close(got["grad"], w.grad, rtol=1e-4, atol=1e-6)
