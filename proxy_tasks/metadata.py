@@ -36,6 +36,7 @@ class MetadataPrediction(ProxyTask):
     kind = "classification"
     loss_region = "all"
     spatial_dims = 3  # consumes (image, metadata) stacks of depth 2; the network sees 2D images
+    consumes_metadata = True
 
     def __init__(self, columns: Sequence[str] = META_FIELDS, augment: bool = True) -> None:
         columns = tuple(columns)

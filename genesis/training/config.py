@@ -159,6 +159,10 @@ class PretrainConfig:
         """Raise :class:`ConfigError` for settings that cannot work, naming the setting."""
         if self.dims not in (2, 3):
             raise ConfigError(f"dims must be 2 or 3, got {self.dims}")
+        if self.data.modality not in ("auto", "ct", "xray"):
+            raise ConfigError(f"data.modality must be auto, ct or xray, got {self.data.modality!r}")
+        if self.data.image_size < 32:
+            raise ConfigError(f"data.image_size must be at least 32 (five 2x poolings), got {self.data.image_size}")
         # Fail before any data is read: the U-Nets pool three times (sides divisible by 8).
         sides = self.data.crop if self.dims == 3 else self.data.crop[1:]
         if self.model in ("auto", "unet3d", "unet2d", "encoder_classifier") and any(s % 8 for s in sides):

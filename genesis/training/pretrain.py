@@ -443,6 +443,13 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
 
     cfg = radiograph_config(cfg)  # radiographs: 2D, depth-1 cubes of the whole image
     task = build_task(cfg)
+    if cfg.data.crop[0] <= 2 and cfg.dims == 2 and getattr(task, "spatial_dims", None) == 3 \
+            and not getattr(task, "consumes_metadata", False) and cfg.data.modality != "ct":
+        from genesis.data.radiographs import uses_radiographs
+
+        if uses_radiographs(cfg):
+            raise ConfigError(f"task {cfg.task!r} works on 3D sub-volumes; radiographs are 2D images "
+                              "(use a 2D task: barlow_twins, metadata, rotation, masked_region...)")
     kind = task_kind(task)
     shape = probe_pairs(task, cfg)
     model_name, model_kwargs = resolve_model(cfg, task, shape)
