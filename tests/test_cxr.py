@@ -319,3 +319,17 @@ def test_cli_flags_reach_the_configs():
     assert (cfg.uncertain, cfg.optim.weight_decay, cfg.study_max, tuple(cfg.crop)) == ("ones", 1e-4, True, (1, 320, 320))
     o = overrides_from_args(pretrain_parser().parse_args(["--modality", "xray", "--image-size", "320"]))
     assert o["data.modality"] == "xray" and o["data.image_size"] == 320
+
+
+def test_radiograph_sources(tmp_path):
+    from genesis.data.radiographs import RadiographSource, decode_metadata, find_radiographs, is_radiograph_data
+
+    write_radiograph_dicom(tmp_path / "dx" / "a.dcm", ramp(), window=(2000, 2000), sex="M", age=70, view="LL")
+    assert not is_radiograph_data(tmp_path / "dx")  # DICOM may be CT: radiographs need --modality xray
+    source = RadiographSource(find_radiographs(tmp_path / "dx"), image_size=32, with_metadata=True)
+    images, labels = decode_metadata(torch.from_numpy(source.load(0))[None, None])
+    assert images.shape == (1, 1, 32, 32) and labels.tolist() == [[1.0, 70.0, 1.0]]  # from the header
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "dx" / "b.png")
+    assert is_radiograph_data(tmp_path / "dx")
+    (tmp_path / "dx" / "scan.nii.gz").write_bytes(b"")  # a CT folder with PNG montages stays CT
+    assert not is_radiograph_data(tmp_path / "dx")

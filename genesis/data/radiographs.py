@@ -123,7 +123,8 @@ def find_radiographs(folder: Path) -> list[RadiographItem]:
 
 
 def is_radiograph_data(data: str | Path | None) -> bool:
-    """True for a CSV with a ``Path`` column of images, or a folder holding PNG/JPEG images."""
+    """True for a CSV with a ``Path`` column of images, or a folder holding PNG/JPEG images and no
+    CT volume files (DICOM radiograph folders need ``--modality xray``: CT series are DICOM too)."""
     if data is None:
         return False
     path = Path(data)
@@ -135,7 +136,15 @@ def is_radiograph_data(data: str | Path | None) -> bool:
             return False
         return bool(row) and "Path" in row and str(row["Path"]).lower().endswith((".png", ".jpg", ".jpeg", ".dcm"))
     if path.is_dir():
-        return any(p.suffix.lower() in (".png", ".jpg", ".jpeg") for p in path.rglob("*") if p.is_file())
+        # PNG/JPEG and no CT volume files: a folder of scans with PNG montages stays CT
+        from genesis.io.readers import volume_suffix
+
+        images = False
+        for p in path.rglob("*"):
+            if volume_suffix(p) is not None:
+                return False
+            images = images or p.suffix.lower() in (".png", ".jpg", ".jpeg")
+        return images
     return False
 
 
