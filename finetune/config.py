@@ -144,6 +144,9 @@ class FinetuneConfig:
             metric (Ke et al.: 1e-1 ... 1e-5 on 10%); the choice is recorded in ``metrics.json``.
         lr_grid: the learning rates tried by ``lr_search``.
         lr_search_fraction: the share of training labels the search runs use.
+        uncertain: multi-label targets (chexpert): uncertain labels are ``ignore``-d (masked out of
+            the loss and the AUCs, U-Ignore), mapped to ``ones`` (U-Ones) or to ``zeros`` (U-Zeros).
+        study_max: multi-label targets: score a study by the maximum over its views.
         compare: another output folder whose runs are compared with ours (two-sample t-tests).
         resume: continue interrupted runs from their ``last.pt``; finished runs are reused.
     """
@@ -185,6 +188,8 @@ class FinetuneConfig:
     lr_search_fraction: float = 0.1
     compare: str | None = None
     resume: bool = False
+    uncertain: str = "ignore"
+    study_max: bool = False
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
@@ -222,7 +227,8 @@ class FinetuneConfig:
         for name in ("epochs", "steps_per_epoch", "batch_size", "repeats", "width", "patience"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.crop is not None and any(c < 8 or c % 8 for c in self.crop):
+        # depth 1 is a 2D image (radiographs: --crop 1 224 224)
+        if self.crop is not None and any((c < 8 or c % 8) and not (i == 0 and c == 1) for i, c in enumerate(self.crop)):
             raise ConfigError(f"crop sides must be multiples of 8 (three poolings), got {self.crop}")
         if self.crop is not None and len(self.crop) not in (2, 3):
             raise ConfigError(f"crop must be (D, H, W) or, for 2D, (H, W); got {self.crop}")
@@ -234,6 +240,10 @@ class FinetuneConfig:
             raise ConfigError(f"group_size must be at least 1, got {self.group_size}")
         if self.window is not None and not self.window[1] > self.window[0]:
             raise ConfigError(f"window must be (low, high) with low < high, got {self.window}")
+        if self.uncertain not in ("ignore", "ones", "zeros"):
+            raise ConfigError(f"uncertain must be ignore, ones or zeros, got {self.uncertain!r}")
+        if self.optim.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.optim.weight_decay}")
         if self.optim.lr <= 0:
             raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}")
         if not 0.0 < self.evaluation.confidence < 1.0:

@@ -69,8 +69,11 @@ def sample_batch(
         masks = np.stack([p[1] for p in pairs])[:, None]
         return torch.from_numpy(images.astype(np.float32)), torch.from_numpy(masks.astype(np.float32))
     labels = np.array([s.label for s in train])
-    classes = (0, 1) if set(labels.tolist()) <= {0, 1} else tuple(sorted(set(labels.tolist())))
-    by_class = [np.flatnonzero(labels == c) for c in classes]
+    if labels.ndim > 1:  # multi-label samples (chexpert): no single class to balance on
+        balance, by_class = False, []
+    else:
+        classes = (0, 1) if set(labels.tolist()) <= {0, 1} else tuple(sorted(set(labels.tolist())))
+        by_class = [np.flatnonzero(labels == c) for c in classes]
     picks = []
     for _ in range(batch_size):
         if balance and all(idx.size for idx in by_class):
@@ -80,7 +83,7 @@ def sample_batch(
             picks.append(int(rng.integers(len(train))))
     # study windows are stored larger than the crop (Ke et al.: 256 -> random 224); cubes pass unchanged
     images = _with_channel(np.stack([_fit_crop(train[i].image, crop, rng) for i in picks]), spatial).astype(np.float32)
-    y = np.array([[train[i].label] for i in picks], dtype=np.float32)
+    y = np.array([np.atleast_1d(train[i].label) for i in picks], dtype=np.float32)
     return torch.from_numpy(images), torch.from_numpy(y)
 
 
@@ -225,10 +228,14 @@ def evaluate(
         x = torch.from_numpy(_with_channel(np.stack([_fit_crop(s.image, crop) for s in chunk]), len(crop)).astype(np.float32)).to(device)
         with autocast(device, cfg.amp, cfg.precision):
             logits = _forward(model, x)
-        if target.out_channels > 1:  # K classes: the softmax vector of every sample
+        if hasattr(target, "score_units"):  # multi-label (chexpert): every label's sigmoid
+            scores.extend(torch.sigmoid(logits.float()).reshape(len(chunk), -1).cpu().tolist())
+        elif target.out_channels > 1:  # K classes: the softmax vector of every sample
             scores.extend(torch.softmax(logits.float().reshape(len(chunk), -1), 1).cpu().tolist())
         else:
             scores.extend(torch.sigmoid(logits.float()).reshape(len(chunk), -1)[:, 0].cpu().tolist())
+    if hasattr(target, "score_units"):  # multi-label targets (chexpert): per-label AUCs
+        return target.score_units(samples, np.asarray(scores, dtype=np.float64).reshape(len(samples), -1), cfg)
     labels = [int(s.label) for s in samples]
     names = [s.name for s in samples]
     if target.aggregate is not None:  # study-level prediction = max (Ke et al. 2023) or mean over its windows
@@ -272,6 +279,10 @@ def unit_statistic(task: str, values: dict[str, Any], metric: str) -> Callable[[
     if task == "segmentation":
         arr = np.asarray(values[metric], dtype=np.float64)
         return lambda idx: float(arr[idx].mean())
+    if "columns" in values:  # multi-label test values (finetune.multilabel)
+        from finetune.multilabel import statistic
+
+        return statistic(values, metric, values.get("sets", {}))
     labels = np.asarray(values["labels"])
     scores = np.asarray(values["scores"], dtype=np.float64)
     if scores.ndim == 2:  # K classes: softmax vectors; macro one-vs-rest AUC and accuracy
@@ -335,7 +346,7 @@ def train_run(
         torch.manual_seed(seed)
         model, model_name, model_kwargs, transfer_info = build_model(
             target.task, cfg, spatial_dims=target.spatial_dims, in_channels=target.in_channels,
-            out_channels=target.out_channels)
+            out_channels=getattr(target, "num_outputs", target.out_channels))
     model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
@@ -375,7 +386,10 @@ def train_run(
             with autocast(device, cfg.amp, cfg.precision):
                 out = unpack_output(model(images))
             logits = out.output.float()
-            loss = target_loss(target.task, logits, targets)
+            if hasattr(target, "loss"):  # e.g. chexpert: BCE masked by ignored (uncertain) labels
+                loss = target.loss(logits, targets)
+            else:
+                loss = target_loss(target.task, logits, targets)
             if out.aux_loss is not None:
                 loss = loss + out.aux_loss.float()
             optimizer.zero_grad(set_to_none=True)
@@ -434,7 +448,7 @@ def _check_splits(data: TargetData, target: Target) -> None:
     for split in ("train", "val", "test"):
         if not getattr(data, split):
             raise DatasetLayoutError(f"target {target.name!r}: the {split} split is empty ({data.source})")
-    if target.task == "classification":
+    if target.task == "classification" and not getattr(target, "multilabel", False):
         labels = {s.label for s in data.train}
         if (labels != {0, 1} and target.out_channels == 1) or len(labels) < 2:
             raise DatasetLayoutError(
@@ -456,6 +470,13 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
 
     cfg.validate()
     target = get_target(cfg.target)
+    if cfg.model is None and getattr(target, "default_model", None):  # e.g. chexpert: densenet121
+        from dataclasses import replace
+
+        from finetune.baselines import weights_architecture
+
+        if weights_architecture(cfg.weights)[0] is None:
+            cfg = replace(cfg, model=target.default_model)
     choice = check_model(cfg, target.task, target.crop(cfg), target.name)  # before any data is read
     device = resolve_device(cfg.device)
     out = Path(cfg.out)

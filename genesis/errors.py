@@ -59,3 +59,7 @@ class ChecksumError(WeightsError):
 
 class GenesisWarning(UserWarning):
     """Something looks wrong but work can go on (e.g. a volume that does not look like HU)."""
+
+
+class RadiographReadError(VolumeReadError):
+    """A radiograph (DICOM CR/DX, PNG, JPEG) could not be read or is not a usable 2D image."""

@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N",
                    help="CPU threads of torch (default: $OMP_NUM_THREADS if set, else the cores available to this "
                    "process)")
+    p.add_argument("--weight-decay", type=float, help="Adam weight decay (default 0; CheXpert study: 1e-4 against overfitting)")
+    p.add_argument("--uncertain", choices=("ignore", "ones", "zeros"),
+                   help="chexpert: uncertain labels masked (ignore, default), as positive (ones) or negative (zeros)")
+    p.add_argument("--study-max", action="store_true", default=None, help="chexpert: score a study by the max over its views")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other setting by dotted key, e.g. --set evaluation.bootstrap_resamples=2000 (YAML value)")
     keys = {k: v for k, v in _FLAG_KEYS.items() if k not in ("resume", "linear_probe")}
@@ -111,6 +115,7 @@ _FLAG_KEYS = {
     "precision": "precision", "compare": "compare", "resume": "resume", "channels": "channels", "aggregate": "aggregate",
     "lr_search": "lr_search", "view": "view", "dims": "dims", "test_data": "test_data",
     "group_size": "group_size", "window": "window",
+    "weight_decay": "optim.weight_decay", "uncertain": "uncertain", "study_max": "study_max",
 }
 
 

@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="cubes per step and process (paper: 6)")
     p.add_argument("--width", type=int, help="base width of the network (paper: 32)")
     p.add_argument("--crop", type=int, nargs=3, metavar=("D", "H", "W"), help="sub-volume size (paper: 32 64 64)")
+    p.add_argument("--modality", choices=("auto", "ct", "xray"), help="auto (default): radiographs for a folder/CSV of PNG, JPEG or DICOM X-rays; xray also gives synthetic radiographs without --data")
+    p.add_argument("--image-size", type=int, help="radiographs: square side they are resized to (default 224)")
     p.add_argument("--dims", type=int, choices=(2, 3), help="3: sub-volumes; 2: axial slices of them")
     p.add_argument("--model", help="network: auto (default), unet3d, unet2d, vqvae, encoder_classifier")
     p.add_argument("--loss", choices=("auto", "mse", "composite", "ce"), help="loss (default auto)")
@@ -117,6 +119,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "width": args.width,
         "data.crop": tuple(args.crop) if args.crop else None,
         "dims": args.dims,
+        "data.modality": args.modality,
+        "data.image_size": args.image_size,
         "model": args.model,
         "loss": args.loss,
         "optim.name": args.optimizer,

@@ -41,6 +41,10 @@ class DataConfig:
             at most 512; they stay in memory).
         synthetic_volumes: number of synthetic scans when ``data`` is None.
         synthetic_shape: (z, y, x) voxels of each synthetic scan; None = the generator's default.
+        modality: ``ct``, ``xray`` (chest radiographs, :mod:`genesis.data.radiographs`) or ``auto``
+            (radiographs for a folder of PNG/JPEG, a CSV with a ``Path`` column of images, or the
+            ``metadata`` task; synthetic radiographs when ``data`` is None).
+        image_size: radiographs are resized to this square side (224; CheXpert also used 320).
         workers: DataLoader worker processes (they only read and crop cubes; proxy transforms
             run in the training process, on the GPU when there is one).
         assume_spacing: mm used where a scan's spacing is missing, zero, negative or NaN (an
@@ -66,6 +70,8 @@ class DataConfig:
     assume_spacing: float | None = None
     keep_labels: bool = False
     keep_non_hu: bool = False
+    modality: str = "auto"
+    image_size: int = 224
 
 
 @dataclass
@@ -170,6 +176,10 @@ class PretrainConfig:
         """Raise :class:`ConfigError` for settings that cannot work, naming the setting."""
         if self.dims not in (2, 3):
             raise ConfigError(f"dims must be 2 or 3, got {self.dims}")
+        if self.data.modality not in ("auto", "ct", "xray"):
+            raise ConfigError(f"data.modality must be auto, ct or xray, got {self.data.modality!r}")
+        if self.data.image_size < 32:
+            raise ConfigError(f"data.image_size must be at least 32 (five 2x poolings), got {self.data.image_size}")
         # Fail before any data is read: the U-Nets pool three times (sides divisible by 8).
         sides = self.data.crop if self.dims == 3 else self.data.crop[1:]
         if self.model in ("auto", "unet3d", "unet2d", "encoder_classifier") and any(s % 8 for s in sides):

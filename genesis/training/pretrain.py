@@ -116,6 +116,10 @@ def build_source(cfg: PretrainConfig) -> Any:
     from genesis.data.preprocess import PreprocessConfig
     from genesis.data.sources import volume_source_from_arg
 
+    from genesis.data.radiographs import radiograph_source, uses_radiographs
+
+    if uses_radiographs(cfg):  # chest X-rays: a folder/CSV of radiographs, or synthetic ones
+        return radiograph_source(cfg)
     d = cfg.data
     pre = PreprocessConfig(window=tuple(d.window), spacing=tuple(d.spacing) if d.spacing else None,
                            crop_body=d.crop_body, assume_spacing=d.assume_spacing)
@@ -300,6 +304,10 @@ def resolve_model(cfg: PretrainConfig, task: Any, shape: PairShape) -> tuple[str
         else:
             name = "unet3d" if shape.spatial_dims == 3 else "unet2d"
     w = cfg.width
+    if kind == "classification" and name not in ("encoder_classifier", "auto") and _is_pretrained_backbone(name):
+        # --model densenet121 / resnet50 on a label or embedding task: that network as the encoder
+        cfg = replace(cfg, model_kwargs={"encoder": name, **cfg.model_kwargs})
+        name = "encoder_classifier"
     if kind == "classification" and name != "encoder_classifier":
         raise ConfigError(f"task {cfg.task!r} predicts labels; use --model encoder_classifier or auto")
     if kind != "classification" and name == "encoder_classifier":
@@ -337,11 +345,24 @@ def primary_label(task: Any, logits: torch.Tensor, label: torch.Tensor, ndim: in
 
 def _encoder_kwargs(name: str, shape: PairShape, width: int) -> dict[str, Any]:
     """Constructor arguments of a network of base width ``width`` for these pairs."""
+    if _is_pretrained_backbone(name):  # torchvision-layout 2D/3D nets: no base width
+        return {"in_channels": shape.in_channels}
     if name == "vqvae":
         # the reference VQ-VAE's (64, 128) strided widths at the paper's base width 32
         return {"spatial_dims": shape.spatial_dims, "in_channels": shape.in_channels,
                 "channels": [2 * width, 4 * width]}
     return {"in_channels": shape.in_channels, "base_width": width}
+
+
+def _is_pretrained_backbone(name: str) -> bool:
+    """A registered network rebuilt in torchvision's layout (densenet121, resnet50...)."""
+    from genesis.models._pretrained import PretrainedBackbone
+
+    try:
+        with torch.device("meta"):
+            return isinstance(create_model(name), PretrainedBackbone)
+    except Exception:  # noqa: BLE001 - unknown names and networks needing arguments are not
+        return False
 
 
 def build_model(name: str, kwargs: dict[str, Any], seed: int) -> nn.Module:
@@ -409,6 +430,8 @@ def monitor_metrics(kind: str, region: str, task: Any = None):
 
     def fn(out: ModelOutput, pair: Any) -> dict[str, float]:
         logits = out.output.float()
+        if kind == "classification" and hasattr(task, "val_metrics"):  # metadata, barlow_twins
+            return task.val_metrics(logits, pair.label)
         if kind == "classification":
             logits, label = primary_label(task, logits, pair.label, pair.input.dim() - 2)
             ce = F.cross_entropy(logits, label, reduction="sum")
@@ -447,6 +470,13 @@ def grid_writer(kind: str, n: int, task: Any = None, task_name: str | None = Non
 
         rows, names = [], []
         k = min(n, pair.input.shape[0])
+        if kind == "classification" and hasattr(task, "describe"):
+            described = task.describe(out.output.float(), pair.label)
+            for i in range(k):
+                rows.append([middle(pair.input[i])])
+                names.append(described[i])
+            save_grid(rows, path, row_titles=names, col_titles=["input"], title=title)
+            return
         if kind == "classification":
             logits, label = primary_label(task, out.output.float(), pair.label, pair.input.dim() - 2)
             pred = logits.argmax(1)
@@ -509,9 +539,19 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     rundir.check_out_dir(out, cfg.resume, cfg.overwrite, remove=dist.is_main)
     if cfg.resume:
         _check_resume(out / "last.pt", cfg)  # before the (possibly slow) data loading
+    from genesis.data.radiographs import radiograph_config
+
+    cfg = radiograph_config(cfg)  # radiographs: 2D, depth-1 cubes of the whole image
     source = build_source(cfg)
     cfg = fit_dims_to_source(cfg, source)
     task = build_task(cfg)
+    if cfg.data.crop[0] <= 2 and cfg.dims == 2 and getattr(task, "spatial_dims", None) == 3 \
+            and not getattr(task, "consumes_metadata", False) and cfg.data.modality != "ct":
+        from genesis.data.radiographs import uses_radiographs
+
+        if uses_radiographs(cfg):
+            raise ConfigError(f"task {cfg.task!r} works on 3D sub-volumes; radiographs are 2D images "
+                              "(use a 2D task: barlow_twins, metadata, rotation, masked_region...)")
     kind = task_kind(task)
     if cfg.resume:
         done = _already_done(out, cfg, task)

@@ -53,6 +53,20 @@ def strip_prefix(state: Mapping[str, Any], prefix: str = "module.") -> dict[str,
     return {key[len(prefix):] if key.startswith(prefix) else key: value for key, value in state.items()}
 
 
+#: torchvision's DenseNet checkpoints predate its module names: ``denselayer1.norm.1`` is ``norm1``.
+_LEGACY_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
+
+
+def rename_legacy_densenet_keys(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``features.denseblock1.denselayer1.norm.1.weight`` -> ``...denselayer1.norm1.weight``, as
+    torchvision's ``densenet._load_state_dict`` does; other keys are returned unchanged."""
+    out = {}
+    for key, value in state.items():
+        match = _LEGACY_DENSENET.match(key)
+        out[match.group(1) + match.group(2) if match else key] = value
+    return out
+
+
 def looks_like_official_genesis(state: Mapping[str, Any]) -> bool:
     """True for the key set of the official PyTorch U-Net (``[module.]down_tr64.ops.0.conv1.weight`` ...)."""
     return any(re.match(r"^(module\.)?down_tr64\.ops\.0\.conv1\.weight$", key) for key in state)

@@ -21,6 +21,7 @@ from genesis.weights.convert import (
     convert_keras_h5,
     convert_official_pt,
     looks_like_official_genesis,
+    rename_legacy_densenet_keys,
     reverse_spatial_axes,
     strip_prefix,
 )
@@ -133,7 +134,7 @@ def read_state(path: str | Path, fmt: str | None = None, layout: Layout = "auto"
         return SourceState(_tensors(strip_prefix(obj["model_state"])), "")
     if isinstance(obj.get("state_dict"), Mapping):  # MedicalNet and other DataParallel dumps
         return SourceState(_tensors(strip_prefix(obj["state_dict"])), "")
-    state = _tensors(obj)
+    state = rename_legacy_densenet_keys(_tensors(obj))  # torchvision's densenet files use old names
     if not state:
         raise CheckpointError(f"no state dict found (top-level keys: {sorted(obj)[:10]})", path)
     return SourceState(state, "")

@@ -1,0 +1,92 @@
+"""Multi-label classification (CheXpert-style): masked loss, per-label AUCs and their means.
+
+A multi-label sample's ``label`` is a float vector with one entry per observation: 1 positive,
+0 negative, ``nan`` ignored (an uncertain label under U-Ignore, Irvin et al. 2019). The loss is
+binary cross-entropy per label, averaged over the labels that are not ignored; an AUC is computed
+per observation over the units whose label for it is not ignored.
+
+Test values (``evaluate``) are ``{"names", "labels", "scores", "columns"}`` with (units x labels)
+lists; ``columns`` marks them as multi-label for :func:`finetune.engine.unit_statistic`.
+Metric names: ``auc_<observation>`` (lower case, spaces as ``_``) and ``mean_auc_<set>`` for the
+named sets of the target (e.g. ``mean_auc_competition``: the five CheXpert competition tasks).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from finetune.stats import auroc
+
+
+def metric_key(observation: str) -> str:
+    """``Pleural Effusion`` -> ``auc_pleural_effusion``."""
+    return "auc_" + observation.lower().replace(" ", "_").replace("/", "_")
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over the labels that are not ``nan`` (U-Ignore masks the rest)."""
+    targets = targets.reshape(logits.shape).float()
+    keep = ~torch.isnan(targets)
+    if not bool(keep.any()):
+        return logits.sum() * 0.0  # a batch with every label ignored: no signal, but a graph
+    losses = F.binary_cross_entropy_with_logits(logits.float(), torch.nan_to_num(targets), reduction="none")
+    return (losses * keep).sum() / keep.sum()
+
+
+def score_units(samples: Sequence[Any], probs: np.ndarray, columns: Sequence[str], aggregate: bool) -> dict[str, Any]:
+    """Test values of multi-label samples; with ``aggregate`` one unit per group (study): the
+    maximum probability over its views and, per label, its maximum label (ignored if all are)."""
+    labels = np.stack([np.asarray(s.label, dtype=np.float64) for s in samples])
+    names = [s.name for s in samples]
+    if aggregate:
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(samples):
+            groups.setdefault(s.group, []).append(i)
+        names = sorted(groups)
+        probs = np.stack([probs[groups[g]].max(axis=0) for g in names])
+        with np.errstate(all="ignore"):
+            labels = np.stack([_nanmax(labels[groups[g]]) for g in names])
+    labels_out = [[None if np.isnan(v) else float(v) for v in row] for row in labels]
+    return {"names": names, "labels": labels_out, "scores": probs.tolist(), "columns": list(columns)}
+
+
+def _nanmax(rows: np.ndarray) -> np.ndarray:
+    out = np.full(rows.shape[1], np.nan)
+    for j in range(rows.shape[1]):
+        col = rows[:, j][~np.isnan(rows[:, j])]
+        if col.size:
+            out[j] = col.max()
+    return out
+
+
+def statistic(values: dict[str, Any], metric: str, sets: dict[str, Sequence[str]]) -> Callable[[np.ndarray], float]:
+    """``metric`` recomputed on unit indices: one observation's AUC, or the mean AUC of a set
+    (the mean of the observations whose AUC is defined on those units; ``nan`` if none is)."""
+    columns = list(values["columns"])
+    labels = np.array([[np.nan if v is None else v for v in row] for row in values["labels"]], dtype=np.float64)
+    labels = labels.reshape(len(values["names"]), len(columns))
+    scores = np.asarray(values["scores"], dtype=np.float64).reshape(labels.shape)
+
+    def auc(j: int, idx: np.ndarray) -> float:
+        y, s = labels[idx, j], scores[idx, j]
+        keep = ~np.isnan(y)
+        return auroc(y[keep].astype(int), s[keep])
+
+    keys = {metric_key(c): j for j, c in enumerate(columns)}
+    if metric in keys:
+        j = keys[metric]
+        return lambda idx: auc(j, np.asarray(idx))
+    if metric.startswith("mean_auc_") and metric[len("mean_auc_"):] in sets:
+        members = [columns.index(c) for c in sets[metric[len("mean_auc_"):]] if c in columns]
+
+        def mean(idx: np.ndarray) -> float:
+            aucs = [auc(j, np.asarray(idx)) for j in members]
+            aucs = [a for a in aucs if not np.isnan(a)]
+            return float(np.mean(aucs)) if aucs else float("nan")
+
+        return mean
+    raise KeyError(f"unknown multi-label metric {metric!r}")
