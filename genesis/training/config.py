@@ -126,6 +126,9 @@ class PretrainConfig:
         amp: mixed precision on CUDA (bf16 or fp16); ignored on CPU.
         out: output folder.
         resume: continue from ``out/last.pt``.
+        plans: nnU-Net plans file (``--model nnunet``; with any model, ``--data`` then gets the
+            plans' intensity normalisation and spacing, see :mod:`genesis.nnunet`).
+        configuration: nnU-Net configuration of ``plans`` (``3d_fullres``, ``3d_lowres``...).
     """
 
     task: str = "combined"
@@ -143,6 +146,8 @@ class PretrainConfig:
     amp: bool = True
     out: str = "runs/pretrain"
     resume: bool = False
+    plans: str | None = None
+    configuration: str = "3d_fullres"
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -160,6 +165,8 @@ class PretrainConfig:
                 f"crop {tuple(self.data.crop)}: the U-Net pools three times, so the crop sides must be "
                 "multiples of 8 (e.g. --crop 32 64 64)"
             )
+        if self.model == "nnunet" and not self.plans:
+            raise ConfigError("--model nnunet needs --plans nnUNet_preprocessed/DatasetXXX/nnUNetPlans.json")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.epochs < 1:
