@@ -198,15 +198,19 @@ def test_raw_data_gets_nnunets_normalisation(nnunet_dataset: dict[str, Path]) ->
 
 def test_plans_errors(nnunet_dataset: dict[str, Path], tmp_path: Path) -> None:
     from genesis.nnunet.plans import load_plans, resolve_pretrain_config
-    from genesis.training.config import PretrainConfig
+    from genesis.training.config import DataConfig, PretrainConfig
 
     with pytest.raises(ConfigError, match="--plans"):
         PretrainConfig(model="nnunet").validate()
-    cfg = PretrainConfig(model="nnunet", plans=str(nnunet_dataset["plans"]))
+    plans = str(nnunet_dataset["plans"])
     with pytest.raises(ConfigError, match="multiple"):
-        resolve_pretrain_config(cfg.__class__(model="nnunet", plans=cfg.plans, data=cfg.data.__class__(crop=(15, 32, 32))))
+        resolve_pretrain_config(PretrainConfig(model="nnunet", plans=plans, data=DataConfig(crop=(15, 32, 32))))
     with pytest.raises(ConfigError, match="available: 2d, 3d_fullres"):
-        resolve_pretrain_config(PretrainConfig(model="nnunet", plans=cfg.plans, configuration="3d_huge"))
+        resolve_pretrain_config(PretrainConfig(model="nnunet", plans=plans, configuration="3d_huge"))
+    with pytest.raises(ConfigError, match="--width"):
+        resolve_pretrain_config(PretrainConfig(model="nnunet", plans=plans, width=8))
+    explicit = resolve_pretrain_config(PretrainConfig(model="nnunet", plans=plans, data=DataConfig(crop=(8, 16, 16))))
+    assert explicit.data.crop == (8, 16, 16)  # --crop wins over the patch size
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(Exception, match="not an nnU-Net plans file"):
         load_plans(tmp_path / "bad.json")

@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--format nnunet needs --out FILE (the file for nnUNetv2_train -pretrained_weights)")
         from genesis.nnunet.export import export_nnunet  # needs torch and nnunetv2: imported only here
 
-        nn_result = export_nnunet(args.checkpoint, args.out, plans=args.plans, configuration=args.configuration)
+        nn_result = export_nnunet(args.checkpoint, args.out, plans=args.plans, configuration=args.configuration,
+                                  license=args.license)
         print(f"nnU-Net weights {nn_result.path} ({len(nn_result.transferred)} tensors; seg layers left to nnU-Net)")
         print(f"use: nnUNetv2_train DATASET {nn_result.configuration} FOLD -pretrained_weights {nn_result.path}")
         return 0

@@ -55,6 +55,7 @@ def export_nnunet(
     out: str | Path,
     plans: str | Path | Mapping[str, Any] | None = None,
     configuration: str | None = None,
+    license: str | None = None,
 ) -> NNUNetExport:
     """Write ``out`` = ``{"network_weights": ..., "genesis": {...}}`` for nnU-Net.
 
@@ -63,6 +64,8 @@ def export_nnunet(
         out: the file to write.
         plans, configuration: the plan nnU-Net will train with (default: the pretraining plan);
             the export is refused when its network differs from the pretrained one.
+        license: recorded in the file when given (a file for local nnU-Net training; publish
+            weights with the genesis format, whose model card requires it).
     Raises:
         CheckpointError: not an nnU-Net pretraining checkpoint.
         ConfigError: the target plan's network does not match the pretrained weights (message
@@ -117,6 +120,7 @@ def export_nnunet(
             "plans_name": manager.plans_name,
             "dataset_name": manager.dataset_name,
             "skipped": skipped,
+            "license": license,
         },
     }
     out = Path(out)

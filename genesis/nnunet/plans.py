@@ -156,11 +156,13 @@ def resolve_pretrain_config(cfg: Any) -> Any:
     (32, 64, 64). Every crop side must be a multiple of the network's total stride on that axis.
 
     Raises:
-        ConfigError: no plans, a 2D configuration, several input channels, or a crop the network
-            cannot take.
+        ConfigError: no plans, ``--width`` given, a 2D configuration, several input channels, or a
+            crop the network cannot take.
     """
-    from genesis.training.config import DataConfig
+    from genesis.training.config import DataConfig, PretrainConfig
 
+    if cfg.width != PretrainConfig().width:
+        raise ConfigError("--width does not apply to --model nnunet: the plans fix every width (features_per_stage)")
     if not cfg.plans:
         raise ConfigError("--model nnunet needs --plans nnUNet_preprocessed/DatasetXXX/nnUNetPlans.json")
     plans = load_plans(cfg.plans)
