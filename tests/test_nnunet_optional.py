@@ -27,3 +27,10 @@ def test_missing_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
     plans.write_text(json.dumps({"configurations": {"3d_fullres": {}}}))
     with pytest.raises(ConfigError, match=r"pip install .*genesis-ssl\[nnunet\]"):
         create_model("nnunet", plans=str(plans), configuration="3d_fullres")
+
+
+def test_nnunet_export_needs_an_output_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from genesis.cli.weights import main
+
+    assert main(["export", str(tmp_path / "best.pt"), "--format", "nnunet"]) == 2
+    assert "--out FILE" in capsys.readouterr().err
