@@ -37,7 +37,7 @@ def checkpoint(tmp_path):
 
 def test_export_writes_card_and_manifest_and_loads_back(checkpoint, tmp_path):
     path, model = checkpoint
-    result = export_checkpoint(path, "unet3d.synthetic_demo", tmp_path / "out")
+    result = export_checkpoint(path, "unet3d.synthetic_demo", tmp_path / "out", license="CC-BY-4.0")
     assert result.synthetic is True
     assert result.sha256 == sha256_file(result.weights) and result.size == result.weights.stat().st_size
     meta, body = read_card(result.card)
@@ -80,16 +80,20 @@ def test_unknown_name_and_bad_export_name(checkpoint, tmp_path):
     with pytest.raises(UnknownNameError, match="unet3d.genesis_chest_ct"):
         load_weights(create_model("unet3d", base_width=W), "unet3d.no_such_weights", settings=settings)
     with pytest.raises(ConfigError, match="arch.tag"):
-        export_checkpoint(checkpoint[0], "NoDots", tmp_path)
+        export_checkpoint(checkpoint[0], "NoDots", tmp_path, license="MIT")
 
 
 def test_cli_export(checkpoint, tmp_path, capsys):
     path, _ = checkpoint
-    assert weights_main(["export", str(path), "--name", "unet3d.cli_export", "--out", str(tmp_path / "o")]) == 0
+    assert weights_main(["export", str(path), "--name", "unet3d.cli_export", "--out", str(tmp_path / "o"),
+                        "--license", "CC-BY-4.0"]) == 0
     out = capsys.readouterr().out
     assert "synthetic" in out and (tmp_path / "o" / "unet3d.cli_export.md").is_file()
-    assert weights_main(["export", str(tmp_path / "missing.pt"), "--name", "unet3d.x"]) == 2
+    assert weights_main(["export", str(tmp_path / "missing.pt"), "--name", "unet3d.x", "--license", "MIT"]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    # no silent license: the command refuses and says what to pass
+    assert weights_main(["export", str(path), "--name", "unet3d.cli_export2", "--out", str(tmp_path / "o2")]) == 2
+    assert "--license" in capsys.readouterr().err and not (tmp_path / "o2").exists()
 
 
 def test_registry_name_with_official_format(tmp_path):
@@ -120,8 +124,22 @@ def test_export_reads_the_pretraining_engine_layout(tmp_path):
     save_checkpoint({"model": model.state_dict(), "config": config, "epoch": 7, "task": "combined",
                      "model_name": "unet3d", "model_kwargs": {"base_width": W, "up_mode": "upsample"},
                      "synthetic": False, "metrics": {"epoch": 7, "val_loss": 0.01}}, path)
-    result = export_checkpoint(path, "unet3d.luna_demo", tmp_path / "out")
+    save_checkpoint({**torch.load(path, weights_only=True), "scans": {"train": ["a.nii.gz", "b.nii.gz"],
+                                                                      "val": ["c.nii.gz"]}}, path)
+    result = export_checkpoint(path, "unet3d.luna_demo", tmp_path / "out", license="Custom-Research-Only")
     meta, body = read_card(result.card)
+    # Hugging Face model-card fields; a license the hub does not know becomes "other" + its name
+    assert meta["library_name"] == "genesis" and meta["pipeline_tag"] == "image-feature-extraction"
+    assert meta["license"] == "other" and meta["license_name"] == "Custom-Research-Only"
+    assert meta["datasets"] == ["luna16"] and {"unet3d", "combined", "3d"} <= set(meta["tags"])
+    # no local paths in the card: scans by name and count
+    assert "/scans" not in result.card.read_text() and meta["config"]["data"]["data"] == "luna16"
+    assert meta["data"]["scans"] == {"count": 3, "train": 2, "val": 1, "names": ["a.nii.gz", "b.nii.gz", "c.nii.gz"]}
+    # files a user publishes get normal permissions (0666 minus the umask), not mkstemp's 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (result.weights, result.card, result.manifest):
+        assert written.stat().st_mode & 0o777 == 0o666 & ~umask
     assert result.synthetic is False and meta["data"]["synthetic"] is False and "Synthetic data" not in body
     assert meta["architecture"] == {"name": "unet3d", "args": {"base_width": W, "up_mode": "upsample"}}
     assert meta["proxy_task"] == "combined" and meta["config"]["data"]["crop"] == [32, 64, 64]

@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", choices=("auto", "ct", "xray"), help="auto (default): radiographs for a folder/CSV of PNG, JPEG or DICOM X-rays; xray also gives synthetic radiographs without --data")
     p.add_argument("--image-size", type=int, help="radiographs: square side they are resized to (default 224)")
     p.add_argument("--dims", type=int, choices=(2, 3), help="3: sub-volumes; 2: axial slices of them")
-    p.add_argument("--model", help="network: auto (default), unet3d, unet2d, vqvae, encoder_classifier")
+    p.add_argument("--model", help="network: auto (default), unet3d, unet2d, vqvae, encoder_classifier, nnunet")
+    p.add_argument("--plans", help="nnU-Net plans file (nnUNetPlans.json) for --model nnunet and nnU-Net data")
+    p.add_argument("--configuration", help="nnU-Net configuration of --plans (default: 3d_fullres)")
     p.add_argument("--loss", choices=("auto", "mse", "composite", "ce"), help="loss (default auto)")
     p.add_argument("--optimizer", choices=("sgd", "adam", "adamw", "radam"), help="optimizer (default auto: sgd for Models Genesis tasks, radam for Tariq et al. and label tasks)")
     p.add_argument("--lr", type=float, help="learning rate (default: 1.0 with SGD, 1e-3 otherwise, as in the papers)")
@@ -122,6 +124,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "data.modality": args.modality,
         "data.image_size": args.image_size,
         "model": args.model,
+        "plans": args.plans,
+        "configuration": args.configuration,
         "loss": args.loss,
         "optim.name": args.optimizer,
         "optim.lr": args.lr,

@@ -45,12 +45,23 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--force", action="store_true", help="download again even if cached")
     p = sub.add_parser("verify", help="check cached files against their sha256")
     p.add_argument("name", nargs="?", help="one entry (default: every cached entry)")
-    p = sub.add_parser("export", help="export a checkpoint as safetensors + model card + manifest entry")
+    p = sub.add_parser("export", help="export a checkpoint as safetensors + model card + manifest entry, "
+                       "or (--format nnunet) as nnU-Net pretrained weights")
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("--name", required=True, help="arch.tag name, e.g. unet3d.genesis_synthetic_demo")
-    p.add_argument("--out", type=Path, default=Path("."), help="output directory (default: .)")
-    p.add_argument("--license", default="Apache-2.0")
+    p.add_argument("--format", choices=("genesis", "nnunet"), default="genesis",
+                   help="genesis: safetensors + card + manifest (default); nnunet: one file for "
+                   "nnUNetv2_train -pretrained_weights FILE")
+    p.add_argument("--name", help="arch.tag name, e.g. unet3d.genesis_synthetic_demo (genesis format)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (genesis format, default: .) or file (nnunet format, required)")
+    p.add_argument("--license", default=None,
+                   help="license of the weights, an SPDX id such as CC-BY-4.0 or Apache-2.0 (required for the "
+                   "genesis format: it goes into the model card; the data's terms may restrict it)")
     p.add_argument("--description", default=None)
+    p.add_argument("--plans", type=Path, default=None,
+                   help="nnunet format: plans nnU-Net will train with (default: the pretraining plans)")
+    p.add_argument("--configuration", default=None,
+                   help="nnunet format: configuration of --plans (default: the pretraining one)")
     return parser
 
 
@@ -75,10 +86,25 @@ def _state(entry, settings: WeightsSettings) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``genesis-weights``; returns the exit code (2 on a user error)."""
     args = build_parser().parse_args(argv)
+    if args.command == "export" and args.format == "nnunet":
+        if args.out is None:
+            raise ConfigError("--format nnunet needs --out FILE (the file for nnUNetv2_train -pretrained_weights)")
+        from genesis.nnunet.export import export_nnunet  # needs torch and nnunetv2: imported only here
+
+        nn_result = export_nnunet(args.checkpoint, args.out, plans=args.plans, configuration=args.configuration,
+                                  license=args.license)
+        print(f"nnU-Net weights {nn_result.path} ({len(nn_result.transferred)} tensors; seg layers left to nnU-Net)")
+        print(f"use: nnUNetv2_train DATASET {nn_result.configuration} FOLD -pretrained_weights {nn_result.path}")
+        return 0
     if args.command == "export":
+        if not args.name:
+            raise ConfigError("export needs --name arch.tag (e.g. unet3d.genesis_chest_ct)")
+        if not args.license:
+            raise ConfigError("export needs --license (an SPDX id such as CC-BY-4.0, Apache-2.0 or MIT; check "
+                              "what the training data's terms allow): weights are never given a license silently")
         from genesis.weights.export import export_checkpoint  # needs torch: imported only here
 
-        result = export_checkpoint(args.checkpoint, args.name, args.out, license=args.license,
+        result = export_checkpoint(args.checkpoint, args.name, args.out or Path("."), license=args.license,
                                    description=args.description)
         print(f"weights  {result.weights}\ncard     {result.card}\nmanifest {result.manifest}")
         print(f"sha256   {result.sha256}\nsize     {result.size}")

@@ -147,6 +147,9 @@ class PretrainConfig:
         out: output folder.
         resume: continue from ``out/last.pt``.
         overwrite: replace a run already in ``out`` (without it, or ``resume``, that is an error).
+        plans: nnU-Net plans file (``--model nnunet``; with any model, ``--data`` then gets the
+            plans' intensity normalisation and spacing, see :mod:`genesis.nnunet`).
+        configuration: nnU-Net configuration of ``plans`` (``3d_fullres``, ``3d_lowres``...).
     """
 
     task: str = "combined"
@@ -166,6 +169,8 @@ class PretrainConfig:
     out: str = "runs/pretrain"
     resume: bool = False
     overwrite: bool = False
+    plans: str | None = None
+    configuration: str = "3d_fullres"
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -187,6 +192,8 @@ class PretrainConfig:
                 f"crop {tuple(self.data.crop)}: the U-Net pools three times, so the crop sides must be "
                 "multiples of 8 (e.g. --crop 32 64 64)"
             )
+        if self.model == "nnunet" and not self.plans:
+            raise ConfigError("--model nnunet needs --plans nnUNet_preprocessed/DatasetXXX/nnUNetPlans.json")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.epochs < 1:

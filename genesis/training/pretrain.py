@@ -131,6 +131,16 @@ def build_source(cfg: PretrainConfig) -> Any:
         # keep the whole chest in view: a smaller grid gets proportionally coarser voxels
         spacing = tuple(s * b / n for s, b, n in zip(base.spacing, base.shape, d.synthetic_shape))
         synthetic_cfg = replace(base, shape=tuple(d.synthetic_shape), spacing=spacing)
+    if cfg.plans:  # nnU-Net data: its preprocessed folder, or the plans' normalisation (genesis.nnunet.data)
+        from genesis.nnunet import data as nnunet_data
+
+        if nnunet_data.is_preprocessed_folder(d.data):
+            return nnunet_data.preprocessed_source(d.data, cfg.plans, cfg.configuration)
+        pre = nnunet_data.plans_preprocess_config(pre, cfg.plans, cfg.configuration, keep_spacing=d.spacing is not None)
+        source = volume_source_from_arg(d.data, pre, volume_cache_dir(cfg), synthetic_n=d.synthetic_volumes,
+                                        seed=cfg.seed, synthetic_cfg=synthetic_cfg, keep_labels=d.keep_labels,
+                                        keep_non_hu=d.keep_non_hu, crop=tuple(d.crop))
+        return nnunet_data.transposed(source, cfg.plans)
     return volume_source_from_arg(d.data, pre, volume_cache_dir(cfg), synthetic_n=d.synthetic_volumes, seed=cfg.seed,
                                   synthetic_cfg=synthetic_cfg, keep_labels=d.keep_labels,
                                   keep_non_hu=d.keep_non_hu, crop=tuple(d.crop))
@@ -320,6 +330,10 @@ def resolve_model(cfg: PretrainConfig, task: Any, shape: PairShape) -> tuple[str
         enc_kwargs = _encoder_kwargs(encoder, shape, w)
         enc_kwargs.update(cfg.model_kwargs.get("encoder_kwargs", {}) or {})
         kwargs: dict[str, Any] = {"encoder": encoder, "encoder_kwargs": enc_kwargs, "num_classes": int(num_classes)}
+    elif name == "nnunet":  # the plans fix the architecture (genesis.nnunet)
+        from genesis.nnunet.plans import pretrain_model_kwargs
+
+        kwargs = pretrain_model_kwargs(cfg, shape.in_channels, shape.out_channels)
     else:
         kwargs = _encoder_kwargs(name, shape, w)
         kwargs["out_channels"] = shape.out_channels
@@ -530,6 +544,11 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
 def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainResult:
     from genesis.data.datasets import CubeDataset, make_loader
 
+    if cfg.model == "nnunet":  # crop = the configuration's patch size (genesis.nnunet.plans)
+        from genesis.nnunet.plans import resolve_pretrain_config
+
+        cfg = resolve_pretrain_config(cfg)
+
     from genesis.device import describe_precision, resolve_precision
 
     out = Path(cfg.out)
@@ -602,6 +621,8 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
         "synthetic": synthetic,
         "config": config_to_dict(cfg),
         "sampler_acceptance": sampler_report,
+        # file names only (model cards must not leak local paths); see genesis.weights.export
+        "scans": {"train": [_scan_name(source, i) for i in train_idx], "val": [_scan_name(source, i) for i in val_idx]},
     }
     model = build_model(model_name, model_kwargs, cfg.seed)
     monitor_key = "val_loss" if kind == "classification" else "val_mse"
@@ -659,6 +680,12 @@ def report_acceptance(train_ds: Any, train_src: Any, verbose: bool) -> dict[str,
         print(f"sampler: the Models Genesis rule accepts {report['mean']:.1%} of cube positions on average "
               f"(min {report['min']:.1%}, max {report['max']:.1%}, {n} training volumes){tail}", file=sys.stderr)
     return report
+
+
+def _scan_name(source: Any, i: int) -> str:
+    """The file name (no folders) of volume ``i`` of ``source``."""
+    name = str(source.name(i))
+    return name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
 
 
 def _log_columns() -> tuple[str, ...]:

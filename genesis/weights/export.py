@@ -4,8 +4,10 @@ Our checkpoints are dicts ``{"model": state_dict, "config": {...}, "epoch": ...,
 :func:`genesis.training.checkpoint.save_checkpoint`. The export writes, into ``out_dir``:
 
 * ``<name>.safetensors``: the weights, (z, y, x) layout, with metadata (name, layout, config);
-* ``<name>.md``: a model card, Markdown with YAML front matter (config, data it saw and whether it
-  was synthetic, proxy task, metrics, sha256);
+* ``<name>.md``: a model card, Markdown with YAML front matter: the Hugging Face model-card fields
+  (``library_name``, ``tags``, ``license``, ``datasets``, ``pipeline_tag``) so the folder can be
+  pushed to a model hub as it is, then config, the data it saw (scans by file name and count,
+  whether synthetic), proxy task, metrics, sha256. No absolute local path is written into a card;
 * ``<name>.yaml``: a manifest entry for ``weights/manifests`` or ``GENESIS_WEIGHTS_REGISTRY``; its
   URL points at the exported file (``file://``) until it is replaced by the published one.
 """
@@ -13,6 +15,7 @@ Our checkpoints are dicts ``{"model": state_dict, "config": {...}, "epoch": ...,
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,15 +132,24 @@ def export_checkpoint(
     name: str,
     out_dir: str | Path = ".",
     *,
-    license: str = "Apache-2.0",
+    license: str,
     description: str | None = None,
 ) -> ExportResult:
     """Write ``<name>.safetensors``, ``<name>.md`` and ``<name>.yaml`` for a training checkpoint.
 
+    Args:
+        checkpoint: a training checkpoint.
+        name: ``arch.tag`` name of the weights.
+        out_dir: output folder (files get the permissions of a plain ``open``: 0666 minus umask).
+        license: license of the weights (SPDX id such as ``CC-BY-4.0``); required, never assumed:
+            the terms of the training data may restrict it.
+        description: first paragraph of the card.
     Raises:
-        ConfigError: ``name`` is not ``arch.tag`` style.
+        ConfigError: ``name`` is not ``arch.tag`` style, or no license given.
         CheckpointError: unreadable/unsafe checkpoint or no ``"model"`` state dict in it.
     """
+    if not license or not str(license).strip():
+        raise ConfigError("export needs a license for the weights (e.g. CC-BY-4.0, Apache-2.0, MIT)")
     if not NAME_PATTERN.match(name):
         raise ConfigError(f"weights name {name!r} must look like 'arch.tag' (lower case, digits, _)")
     checkpoint = Path(checkpoint)
@@ -148,6 +160,7 @@ def export_checkpoint(
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
     config = ckpt.get("config") if isinstance(ckpt.get("config"), Mapping) else {}
     config = _plain(config)
+    card_config = _no_local_paths(config)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / f"{name}.safetensors"
@@ -157,6 +170,8 @@ def export_checkpoint(
     metadata = {"format": "genesis", "layout": "zyx", "name": name, "config": json.dumps(config)}
     with atomic_path(weights_path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        # safetensors re-creates the file 0600; published weights get a plain open()'s permissions
+        _plain_permissions(tmp)
     digest, size = sha256_file(weights_path), weights_path.stat().st_size
 
     architecture = _architecture(ckpt, config, tensors)
@@ -185,7 +200,16 @@ def export_checkpoint(
     manifest_path = out_dir / f"{name}.yaml"
     atomic_write_text(manifest_path, yaml.safe_dump(entry, sort_keys=False))
 
+    scans = _scans(ckpt)
+    card_data = {**_no_local_paths(data), **({"scans": scans} if scans else {})}
+    dims = 2 if any(v.dim() == 4 for v in tensors.values()) and not any(v.dim() == 5 for v in tensors.values()) else 3
     card_meta = {
+        # Hugging Face model-card fields first (https://huggingface.co/docs/hub/model-cards)
+        "library_name": "genesis",
+        "tags": _tags(architecture["name"], _task_name(config, ckpt), dims, data["synthetic"]),
+        **_hf_license(license),
+        "datasets": _datasets(config, data["synthetic"]),
+        "pipeline_tag": "image-feature-extraction",
         "name": name,
         "sha256": digest,
         "size": size,
@@ -193,16 +217,97 @@ def export_checkpoint(
         "architecture": architecture,
         "layout": "zyx",
         "proxy_task": _task_name(config, ckpt),
-        "data": data,
+        "data": card_data,
         "metrics": _metrics(ckpt),
         "epoch": _plain(ckpt.get("epoch")),
-        "license": license,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": config,
+        "config": card_config,
     }
     card_path = out_dir / f"{name}.md"
     atomic_write_text(card_path, _card_text(card_meta, description))
     return ExportResult(weights_path, card_path, manifest_path, digest, size, data["synthetic"])
+
+
+def _plain_permissions(path: Path) -> None:
+    """``chmod 0666 & ~umask``, what ``open()`` would have given the file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+#: Licenses the Hugging Face hub knows by id (lower case); anything else is ``other`` + ``license_name``.
+HF_LICENSES = frozenset({
+    "apache-2.0", "mit", "bsd-2-clause", "bsd-3-clause", "gpl-2.0", "gpl-3.0", "lgpl-3.0", "agpl-3.0", "mpl-2.0",
+    "cc0-1.0", "cc-by-2.0", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0", "cc-by-nc-2.0",
+    "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-3.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-2.0",
+    "cc-by-nc-sa-3.0", "cc-by-nc-sa-4.0", "odc-by", "odbl", "pddl", "unlicense", "wtfpl", "openrail",
+})
+
+
+def _hf_license(license: str) -> dict[str, str]:
+    """``license`` (and ``license_name`` when the hub does not know the id) for the front matter."""
+    key = str(license).strip().lower()
+    return {"license": key} if key in HF_LICENSES else {"license": "other", "license_name": str(license).strip()}
+
+
+def _tags(arch: str, task: Any, dims: int, synthetic: bool | None) -> list[str]:
+    tags = ["genesis", "self-supervised", "medical-imaging", "ct", f"{dims}d", str(arch)]
+    if task:
+        tags.append(str(task))
+    if arch == "nnunet":
+        tags.append("nnunet")
+    if synthetic:
+        tags.append("synthetic-data")
+    return list(dict.fromkeys(t.replace("_", "-") for t in tags))
+
+
+def _datasets(config: Mapping[str, Any], synthetic: bool | None) -> list[str]:
+    """Names of the training data (the folder or manifest name; never its local path)."""
+    if synthetic:
+        return ["genesis-synthetic-chest-ct"]
+    data = config.get("data")
+    source = data.get("data") if isinstance(data, Mapping) else data
+    if isinstance(source, str) and source.strip():
+        return [_base_name(source)]
+    return []
+
+
+def _base_name(path: str) -> str:
+    text = path[len("file://"):] if path.startswith("file://") else path
+    return text.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or text
+
+
+def _is_local_path(value: str) -> bool:
+    return value.startswith(("/", "~", "file://", "\\\\")) or (len(value) > 2 and value[1] == ":" and value[2] in "/\\")
+
+
+def _no_local_paths(obj: Any) -> Any:
+    """``obj`` with every absolute local path replaced by its last component (a card is public)."""
+    if isinstance(obj, Mapping):
+        return {k: _no_local_paths(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_no_local_paths(v) for v in obj]
+    if isinstance(obj, str) and _is_local_path(obj):
+        return _base_name(obj)
+    return obj
+
+
+#: Scan names listed in a card (the count is always complete).
+MAX_CARD_SCANS = 200
+
+
+def _scans(ckpt: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``{"count", "train", "val", "names"}`` from the scan file names the pretraining engine recorded."""
+    scans = ckpt.get("scans")
+    if not isinstance(scans, Mapping):
+        return None
+    train = [_base_name(str(s)) for s in scans.get("train") or []]
+    val = [_base_name(str(s)) for s in scans.get("val") or []]
+    names = list(dict.fromkeys(train + val))
+    out: dict[str, Any] = {"count": len(names), "train": len(train), "val": len(val), "names": names[:MAX_CARD_SCANS]}
+    if len(names) > MAX_CARD_SCANS:
+        out["names_truncated"] = True
+    return out
 
 
 def _card_text(meta: dict[str, Any], description: str | None) -> str:

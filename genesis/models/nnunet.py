@@ -1,0 +1,72 @@
+"""``--model nnunet``: exactly the network nnU-Net builds for a plans file, trained on restoration.
+
+The network comes from nnU-Net's own builder (``get_network_from_plans`` with the configuration's
+architecture, nnU-Net's weight initialisation); nothing here re-implements it. The wrapper adds
+only what pretraining needs:
+
+* a fixed affine input map from genesis' [0, 1] intensities to nnU-Net's normalised ones
+  (:class:`genesis.nnunet.plans.IntensityMap`), so the network sees what nnU-Net trains on;
+* one output channel (the restored image; the seg layers are replaced by nnU-Net when it fine-tunes),
+  deep supervision off, and the unused intermediate seg layers frozen so DDP sees no unused parameters.
+
+State-dict keys are nnU-Net's own under ``network.``; :mod:`genesis.nnunet.export` strips that prefix.
+``nnunetv2`` is imported only when the model is built (optional extra ``genesis-ssl[nnunet]``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from genesis.models.base import register_model
+
+
+class NNUNetRestoration(nn.Module):
+    """An nnU-Net network behind a fixed [0, 1] -> nnU-Net intensity map.
+
+    Args:
+        network: the network from nnU-Net's builder (deep supervision off).
+        low, high: nnU-Net intensities that 0 and 1 map to.
+        configuration: name of the plans configuration (kept for export checks).
+    """
+
+    def __init__(self, network: nn.Module, low: float, high: float, configuration: str) -> None:
+        super().__init__()
+        self.network = network
+        self.configuration = configuration
+        self.register_buffer("input_low", torch.tensor(float(low)))
+        self.register_buffer("input_scale", torch.tensor(float(high) - float(low)))
+        seg_layers = getattr(getattr(network, "decoder", None), "seg_layers", None)
+        if seg_layers is not None:  # only the last one is used without deep supervision
+            for layer in list(seg_layers)[:-1]:
+                layer.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, out_channels, *spatial); ``sigmoid`` gives the restored [0, 1] image."""
+        out = self.network(x * self.input_scale.to(x.dtype) + self.input_low.to(x.dtype))
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+
+@register_model("nnunet")
+def nnunet(
+    plans: str | Path | Mapping[str, Any],
+    configuration: str = "3d_fullres",
+    in_channels: int = 1,
+    out_channels: int = 1,
+    base_width: int | None = None,
+) -> NNUNetRestoration:
+    """nnU-Net's network for ``configuration`` of ``plans`` (a path or the plans dict).
+
+    ``base_width`` is ignored: the plans fix every width. Raises ConfigError when nnunetv2 is not
+    installed or the configuration does not exist.
+    """
+    del base_width
+    from genesis.nnunet.plans import build_network, intensity_map, load_plans
+
+    plans = load_plans(plans)
+    network = build_network(plans, configuration, in_channels, out_channels, deep_supervision=False)
+    imap = intensity_map(plans, configuration)
+    return NNUNetRestoration(network, imap.low, imap.high, configuration)

@@ -1,0 +1,199 @@
+"""nnU-Net plans: the network, patch size and intensity normalisation of one configuration.
+
+A plans file (``nnUNetPlans.json``, written by ``nnUNetv2_plan_and_preprocess``) is data: we read
+it with nnU-Net's own :class:`~nnunetv2.utilities.plans_handling.plans_handler.PlansManager`, so
+configuration inheritance and every field mean exactly what they mean to nnU-Net.
+
+genesis' restoration tasks work on intensities in [0, 1]; nnU-Net trains on normalised ones. The
+two are related by one affine map per plan (:class:`IntensityMap`): ``nnunet = low + y * (high -
+low)``. For CT, nnU-Net clips HU to the dataset's foreground percentiles 0.5 / 99.5 and then
+subtracts the foreground mean and divides by its s.d.; ``low`` and ``high`` are the clip bounds
+after that scaling, so ``y`` is exactly the HU window ``[p0.5, p99.5]`` mapped to [0, 1] and the
+network behind the map sees exactly nnU-Net's input.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from genesis.errors import ConfigError, InputFileError
+
+#: Install hint shown whenever nnunetv2 is needed but missing.
+INSTALL_HINT = 'pip install "genesis-ssl[nnunet]" (or pip install nnunetv2)'
+
+#: Range of z-scores mapped to [0, 1] for nnU-Net's per-image z-score normalisation (MRI etc.):
+#: the per-image scale has no dataset-wide bounds, so a fixed +-3 s.d. (99.7 % of a Gaussian).
+ZSCORE_RANGE = (-3.0, 3.0)
+
+
+def require_nnunetv2() -> None:
+    """Import nnunetv2 or raise a :class:`ConfigError` that says how to install it."""
+    try:
+        import nnunetv2  # noqa: F401
+        import dynamic_network_architectures  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"nnU-Net support needs the optional extra: {INSTALL_HINT} ({exc})") from None
+
+
+def load_plans(plans: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """The plans as a dict, from a file path or a dict (deep-copied).
+
+    Raises:
+        InputFileError: the file is missing or is not an nnU-Net plans JSON.
+    """
+    if isinstance(plans, Mapping):
+        data = copy.deepcopy(dict(plans))
+        path: Path | None = None
+    else:
+        path = Path(plans).expanduser()
+        if not path.is_file():
+            raise InputFileError("nnU-Net plans file not found (nnUNet_preprocessed/DatasetXXX/nnUNetPlans.json)", path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputFileError(f"not a readable nnU-Net plans JSON: {exc}", path) from None
+    if not isinstance(data, dict) or "configurations" not in data:
+        raise InputFileError("not an nnU-Net plans file (no 'configurations')", path or "plans")
+    return data
+
+
+def configuration_manager(plans: Mapping[str, Any], configuration: str) -> tuple[Any, Any]:
+    """nnU-Net's ``(PlansManager, ConfigurationManager)`` for ``configuration``.
+
+    Raises:
+        ConfigError: nnunetv2 missing, or no such configuration (the message lists the available ones).
+    """
+    require_nnunetv2()
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    manager = PlansManager(copy.deepcopy(dict(plans)))
+    if configuration not in manager.available_configurations:
+        raise ConfigError(f"nnU-Net configuration {configuration!r} is not in plans {manager.plans_name!r}; "
+                          f"available: {', '.join(manager.available_configurations)}")
+    return manager, manager.get_configuration(configuration)
+
+
+def input_channels(plans: Mapping[str, Any]) -> int:
+    """Number of image channels of the dataset the plans were made for."""
+    return max(1, len(plans.get("foreground_intensity_properties_per_channel") or {"0": None}))
+
+
+def build_network(plans: Mapping[str, Any], configuration: str, in_channels: int, out_channels: int,
+                  deep_supervision: bool) -> Any:
+    """The network nnU-Net builds for this plan, with nnU-Net's own builder and initialisation."""
+    _, cm = configuration_manager(plans, configuration)
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                  cm.network_arch_init_kwargs_req_import, in_channels, out_channels,
+                                  allow_init=True, deep_supervision=deep_supervision)
+
+
+@dataclass(frozen=True)
+class IntensityMap:
+    """``nnunet_value = low + y * (high - low)`` between genesis' [0, 1] and nnU-Net's intensities.
+
+    Attributes:
+        scheme: nnU-Net's normalisation class name for channel 0.
+        low, high: normalised intensities that map to 0 and 1.
+        hu_window: for CT, the (p0.5, p99.5) HU window that gives ``y`` straight from raw HU.
+    """
+
+    scheme: str
+    low: float
+    high: float
+    hu_window: tuple[float, float] | None = None
+
+    def to_unit(self, values: np.ndarray) -> np.ndarray:
+        """nnU-Net-normalised intensities -> float32 [0, 1] (clipped)."""
+        out = (np.asarray(values, dtype=np.float32) - np.float32(self.low)) * np.float32(1.0 / (self.high - self.low))
+        return np.clip(out, 0.0, 1.0, out=out)
+
+
+def intensity_map(plans: Mapping[str, Any], configuration: str) -> IntensityMap:
+    """The :class:`IntensityMap` of channel 0 of ``configuration``.
+
+    Raises:
+        ConfigError: a normalisation scheme without a fixed range (e.g. ``NoNormalization``).
+    """
+    _, cm = configuration_manager(plans, configuration)
+    scheme = str(cm.normalization_schemes[0])
+    props = (plans.get("foreground_intensity_properties_per_channel") or {}).get("0")
+    if scheme == "CTNormalization":
+        if not props:
+            raise ConfigError("plans use CTNormalization but hold no foreground_intensity_properties_per_channel")
+        mean, std = float(props["mean"]), max(float(props["std"]), 1e-8)
+        lo_hu, hi_hu = float(props["percentile_00_5"]), float(props["percentile_99_5"])
+        if not hi_hu > lo_hu:
+            raise ConfigError(f"plans: foreground percentiles 0.5/99.5 are not increasing ({lo_hu}, {hi_hu})")
+        return IntensityMap(scheme, (lo_hu - mean) / std, (hi_hu - mean) / std, (lo_hu, hi_hu))
+    if scheme == "ZScoreNormalization":
+        return IntensityMap(scheme, *ZSCORE_RANGE)
+    if scheme in ("RescaleTo01Normalization", "RGBTo01Normalization"):
+        return IntensityMap(scheme, 0.0, 1.0)
+    raise ConfigError(f"nnU-Net normalisation {scheme!r} has no fixed intensity range; genesis supports "
+                      "CTNormalization, ZScoreNormalization and RescaleTo01Normalization")
+
+
+def stride_products(cm: Any) -> tuple[int, ...]:
+    """Total downsampling per axis: every crop side must be a multiple of it."""
+    strides = cm.network_arch_init_kwargs.get("strides") or cm.pool_op_kernel_sizes
+    dims = len(strides[0])
+    return tuple(int(math.prod(int(s[a]) for s in strides)) for a in range(dims))
+
+
+def resolve_pretrain_config(cfg: Any) -> Any:
+    """Check ``--model nnunet`` settings and default the crop to the configuration's patch size.
+
+    The crop is the patch size unless ``data.crop`` was changed from its Models Genesis default
+    (32, 64, 64). Every crop side must be a multiple of the network's total stride on that axis.
+
+    Raises:
+        ConfigError: no plans, ``--width`` given, a 2D configuration, several input channels, or a
+            crop the network cannot take.
+    """
+    from genesis.training.config import DataConfig, PretrainConfig
+
+    if cfg.width != PretrainConfig().width:
+        raise ConfigError("--width does not apply to --model nnunet: the plans fix every width (features_per_stage)")
+    if not cfg.plans:
+        raise ConfigError("--model nnunet needs --plans nnUNet_preprocessed/DatasetXXX/nnUNetPlans.json")
+    plans = load_plans(cfg.plans)
+    _, cm = configuration_manager(plans, cfg.configuration)
+    patch = tuple(int(p) for p in cm.patch_size)
+    if len(patch) != 3:
+        raise ConfigError(f"nnU-Net configuration {cfg.configuration!r} is 2D; genesis pretrains 3D "
+                          "configurations (3d_fullres, 3d_lowres)")
+    if input_channels(plans) != 1:
+        raise ConfigError(f"plans describe {input_channels(plans)} input channels; pretraining for nnU-Net "
+                          "supports single-channel datasets (e.g. CT)")
+    crop = tuple(int(c) for c in cfg.data.crop)
+    if crop == tuple(DataConfig().crop):
+        crop = patch
+    multiples = stride_products(cm)
+    if any(c % m for c, m in zip(crop, multiples)):
+        raise ConfigError(f"crop {crop}: the nnU-Net network of {cfg.configuration!r} downsamples by {multiples}, "
+                          f"so each side must be a multiple of that (patch size {patch})")
+    return replace(cfg, data=replace(cfg.data, crop=crop))
+
+
+def pretrain_model_kwargs(cfg: Any, in_channels: int, out_channels: int) -> dict[str, Any]:
+    """Constructor arguments of ``--model nnunet``: the plans themselves (so the checkpoint alone
+    rebuilds the network), the configuration and the channels.
+
+    Raises:
+        ConfigError: the task feeds more channels than the dataset has (nnU-Net could not load it).
+    """
+    plans = load_plans(cfg.plans)
+    if in_channels != input_channels(plans):
+        raise ConfigError(f"task {cfg.task!r} feeds {in_channels} input channels; nnU-Net's network for these "
+                          f"plans takes {input_channels(plans)}")
+    return {"plans": plans, "configuration": cfg.configuration, "in_channels": int(in_channels),
+            "out_channels": int(out_channels)}
