@@ -43,6 +43,7 @@ def error_line(capsys) -> str:
         (["--set", "early_stop.patience=-1"], "early_stop.patience"),
         (["--set", "early_stop.patience=0"], "early_stop.patience"),
         (["--set", "data.window=[1000, -1000]"], "data.window"),
+        (["--crop", "512", "512", "512", "--batch-size", "64", "--width", "64"], "needs at least"),
     ],
 )
 def test_impossible_settings_are_one_line_errors(tmp_path, capsys, flags, fragment) -> None:

@@ -216,7 +216,9 @@ class SubVolumeSampler:
         Raises:
             VolumeReadError: the volume holds NaN or infinite values.
         """
-        volume = self._padded(volume01, name)
+        return self._acceptance(self._padded(volume01, name), name)
+
+    def _acceptance(self, volume: np.ndarray, name: str | None) -> Acceptance:
         key = (name, volume.shape) if name is not None else None
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
@@ -294,7 +296,7 @@ class SubVolumeSampler:
                 out[i] = volume[z : z + d, y : y + h, x : x + w]
                 _check_finite(out[i], name)
             return out
-        acc = self.acceptance(volume01, name)
+        acc = self._acceptance(volume, name)
         for i in range(n):
             if acc.accept is not None:
                 z, y, x = acc.draw(rng)

@@ -241,6 +241,27 @@ class PretrainConfig:
         check_out_dir(self.out)
 
 
+def check_memory(cfg: PretrainConfig, free_bytes: int | None, where: str) -> None:
+    """Refuse a crop/batch/width whose activations cannot fit, before any data is read.
+
+    The estimate is a deliberate lower bound (about 8 x width float32 values kept per input
+    voxel for the backward pass at full resolution; a 3D U-Net keeps more), so only settings that
+    certainly fail are refused.
+
+    Raises:
+        ConfigError: naming the estimate, the free memory and the settings to lower.
+    """
+    if free_bytes is None:
+        return
+    voxels = cfg.data.crop[0] * cfg.data.crop[1] * cfg.data.crop[2] if cfg.dims == 3 else cfg.data.crop[1] * cfg.data.crop[2]
+    need = 8 * max(cfg.width, 1) * voxels * cfg.batch_size * 4
+    if need > free_bytes:
+        raise ConfigError(
+            f"crop {tuple(cfg.data.crop)} x batch {cfg.batch_size} x width {cfg.width} needs at least "
+            f"{need / (1 << 30):.1f} GiB for activations but {free_bytes / (1 << 30):.1f} GiB is free on {where}; "
+            "use a smaller --crop, --batch-size or --width")
+
+
 def _at_least(low: int, **values: int) -> None:
     for name, value in values.items():
         if value < low:

@@ -530,6 +530,7 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
     device = resolve_device(cfg.device)
     if device.type == "cuda" and device.index is None:  # one GPU per torchrun process
         device = torch.device("cuda", env_dist_info().local_rank)
+    _check_memory(cfg, device)
     dist = setup_distributed(device)
     success = False
     try:
@@ -539,6 +540,17 @@ def run_pretraining(cfg: PretrainConfig) -> PretrainResult:
         return result
     finally:
         cleanup_distributed(dist, success)
+
+
+def _check_memory(cfg: PretrainConfig, device: torch.device) -> None:
+    from genesis.io.integrity import available_memory
+    from genesis.training.config import check_memory
+
+    if device.type == "cuda":
+        free = int(torch.cuda.mem_get_info(device)[0])
+    else:
+        free = available_memory()
+    check_memory(cfg, free, str(device))
 
 
 def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainResult:
