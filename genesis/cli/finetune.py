@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a (pretrained) 3D U-Net, or a video/ImageNet/MedicalNet baseline on classification "
                     "targets, on a target task: metrics.json, metrics.md, metrics.png.",
     )
-    p.add_argument("--target", choices=TARGETS.names(), help="target task (default from config: ncs)")
+    p.add_argument("--target", metavar="NAME", help=f"target task: {', '.join(targets)}")
     p.add_argument("--data", help="dataset root in the target's real layout; omitted: embedded synthetic chest CT. "
                    "segmentation/classification: an MSD/nnU-Net raw folder, a MONAI datalist .json, a .csv "
                    "(image,label[,group][,split]) or an .h5/.npz arrays file")
