@@ -169,7 +169,8 @@ def build_model(
                               "for segmentation use --freeze encoder")
         name = unet
         kwargs = {"in_channels": in_channels, "out_channels": out_channels, **backbone_kwargs}
-        model = create_model(name, **kwargs)
+        # pretrained restoration networks have one output channel: load into that shape, then replace it
+        model = create_model(name, **{**kwargs, "out_channels": 1} if cfg.weights else kwargs)
         if cfg.weights:
             info.update(load_pretrained(model, cfg.weights, part="full"))
             model.replace_output(out_channels)  # a new 1x1x1 output layer for the target

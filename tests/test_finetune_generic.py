@@ -77,6 +77,19 @@ def test_3d_msd_folder_multiclass_segmentation(tmp_path):
     assert run["transfer"]["model_kwargs"]["in_channels"] == 2 and run["transfer"]["model_kwargs"]["out_channels"] == 3
 
 
+def test_pretrained_single_output_weights_fill_a_multiclass_network(tmp_path):
+    from genesis.models import create_model
+    from genesis.training.checkpoint import save_checkpoint
+
+    root = msd_folder(tmp_path / "Dataset003", n=4, channels=1, n_classes=3, with_test=False)
+    weights = tmp_path / "pre.pt"  # a restoration network: one output channel
+    save_checkpoint({"model": create_model("unet3d", base_width=2).state_dict(), "model_name": "unet3d",
+                     "model_kwargs": {"base_width": 2}}, weights)
+    metrics = run_finetune(tiny("segmentation", root, tmp_path / "out", crop=(16, 16, 16), weights=str(weights)),
+                           log=lambda s: None)
+    assert metrics["weights_source"] and metrics["classes"] == ["background", "bright", "dark"]
+
+
 def test_monai_datalist_segmentation_and_csv_classification(tmp_path):
     seg = run_finetune(tiny("segmentation", datalist(tmp_path / "dl"), tmp_path / "seg", crop=(16, 16, 16)),
                        log=lambda s: None)
