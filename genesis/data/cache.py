@@ -121,7 +121,9 @@ class VolumeCache:
     Layout: ``root/arrays/ab/<key>.npy`` with its checksum record ``<key>.json`` (key, shape,
     dtype, size, sha256 and, with ``xxhash`` installed, xxh3_128 of the file's bytes),
     ``root/files/cd/<sha256(abs path)>.json`` (file hashes) and
-    ``root/volumes/ef/<sha256(stamps)>.json`` (volume fingerprints).
+    ``root/volumes/ef/<sha256(stamps)>.json`` (volume fingerprints); other derived arrays (the
+    sampler's acceptance maps) go to their own folder, e.g. ``root/acceptance/``, with the same
+    records.
 
     Entries are verified against their record on the first open in each process (the set of
     verified files travels with the object to loader workers, so they do not hash again).
@@ -189,11 +191,11 @@ class VolumeCache:
     def _shard(digest: str, suffix: str) -> str:
         return f"{digest[:2]}/{digest}{suffix}"
 
-    def path_for(self, key_parts: Any) -> Path:
+    def path_for(self, key_parts: Any, folder: str = "arrays") -> Path:
         """The ``.npy`` of an entry (its checksum record is the ``.json`` next to it)."""
-        return self.root / "arrays" / self._shard(self.key(key_parts), ".npy")
+        return self.root / folder / self._shard(self.key(key_parts), ".npy")
 
-    def get(self, key_parts: Any, warn: bool = True) -> np.ndarray | None:
+    def get(self, key_parts: Any, warn: bool = True, folder: str = "arrays") -> np.ndarray | None:
         """The verified entry as a read-only memory map, or None when absent or damaged.
 
         The first open of an entry in a process checks the whole file against its checksum
@@ -201,7 +203,7 @@ class VolumeCache:
         mtime) only ``stat`` it. A damaged entry gives a :class:`GenesisWarning` and None, so the
         caller rebuilds it (``warn=False``: None without the warning).
         """
-        path = self.path_for(key_parts)
+        path = self.path_for(key_parts, folder)
         try:
             st = path.stat()
         except OSError:
@@ -221,9 +223,9 @@ class VolumeCache:
         except (OSError, ValueError, EOFError):  # replaced between the check and the map
             return None
 
-    def put(self, key_parts: Any, array: np.ndarray) -> np.ndarray:
+    def put(self, key_parts: Any, array: np.ndarray, folder: str = "arrays") -> np.ndarray:
         """Store ``array`` atomically with its checksum record and return it as a memory map."""
-        path = self.path_for(key_parts)
+        path = self.path_for(key_parts, folder)
         array = np.ascontiguousarray(array)
         record: dict[str, Any] = {}
 
@@ -264,6 +266,34 @@ class VolumeCache:
             if hit is not None:
                 return hit
             return self.put(key_parts, compute())
+
+    def get_or_compute_group(self, key_parts: Any, names: tuple[str, ...],
+                             compute: Callable[[], tuple[np.ndarray, ...]],
+                             folder: str = "arrays") -> tuple[np.ndarray, ...]:
+        """Several arrays computed together (one entry each, keyed ``{"group": key_parts,
+        "part": name}``, under ``root/folder``), each stored and verified like
+        :meth:`get_or_compute`'s.
+
+        When any of them is absent or damaged, all are computed once (under one lock) and the
+        missing or damaged ones rewritten.
+
+        Returns:
+            Read-only memory maps, in the order of ``names``.
+        """
+        parts = [{"group": key_parts, "part": name} for name in names]
+        hits = [self.get(p, folder=folder) for p in parts]
+        if all(h is not None for h in hits):
+            return tuple(hits)  # type: ignore[arg-type]
+        with _entry_lock(self.path_for(parts[0], folder).with_suffix(".lock")):
+            hits = [self.get(p, warn=False, folder=folder) for p in parts]
+            if all(h is not None for h in hits):
+                return tuple(hits)  # type: ignore[arg-type]
+            arrays = compute()
+            return tuple(h if h is not None else self.put(p, a, folder) for p, h, a in zip(parts, hits, arrays))
+
+    def group_paths(self, key_parts: Any, names: tuple[str, ...], folder: str = "arrays") -> tuple[Path, ...]:
+        """The ``.npy`` files of :meth:`get_or_compute_group`'s entries."""
+        return tuple(self.path_for({"group": key_parts, "part": name}, folder) for name in names)
 
 
 # ---- checksums -------------------------------------------------------------------------------

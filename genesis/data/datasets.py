@@ -9,14 +9,16 @@ The volume is drawn uniformly per key, so consecutive keys rarely share a volume
 source (the default in ``genesis-pretrain``) ``source.load`` returns a read-only memory map of a
 verified ``.npy``: a miss costs one ``np.load(mmap_mode="r")`` (tens of microseconds), a cube is a
 slice of the map, and worker processes share the pages through the page cache. Each process keeps
-a small LRU of these maps (handles, not data). Workers receive keys, never arrays: the pickled
-dataset carries no volume.
+a small LRU of these maps (handles, not data). The sampler's acceptance map of each volume is
+stored next to its entry (:meth:`~genesis.data.sources._CachedLoading.load_acceptance`) and
+memory-mapped the same way, so a cube never needs a pass over its whole volume. Workers
+receive keys, never arrays: the pickled dataset carries no volume.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -58,11 +60,13 @@ class CubeDataset(Dataset):
         self.seed = int(seed)
         self.lru_volumes = max(1, int(lru_volumes))
         self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._acceptance_lru: OrderedDict[int, Any] = OrderedDict()
 
     def __getstate__(self) -> dict:
         # Worker processes started with "spawn" get a pickled copy: send no loaded volumes.
         state = self.__dict__.copy()
         state["_lru"] = OrderedDict()
+        state["_acceptance_lru"] = OrderedDict()
         return state
 
     @property
@@ -83,6 +87,23 @@ class CubeDataset(Dataset):
             self._lru.popitem(last=False)
         return array
 
+    def acceptance(self, index: int) -> Any:
+        """The stored acceptance map of volume ``index`` (memory maps, through a per-process LRU
+        of ``lru_volumes`` handles), or None when the source stores none (no cache, no rejection
+        rule): the sampler then computes it in process and keeps its own LRU."""
+        load = getattr(self.source, "load_acceptance", None)
+        if load is None or not self.sampler.cfg.rejects:
+            return None
+        if index in self._acceptance_lru:
+            self._acceptance_lru.move_to_end(index)
+            return self._acceptance_lru[index]
+        acc = load(index, self.sampler)
+        if acc is not None:
+            self._acceptance_lru[index] = acc
+            while len(self._acceptance_lru) > self.lru_volumes:
+                self._acceptance_lru.popitem(last=False)
+        return acc
+
     def volume_index(self, key: int) -> int:
         """Which source volume key ``key`` samples from."""
         return int(self._rng(key).integers(len(self.source)))
@@ -96,7 +117,8 @@ class CubeDataset(Dataset):
             raise IndexError(f"CubeDataset keys are >= 0, got {key}")
         rng = self._rng(key)
         index = int(rng.integers(len(self.source)))
-        cube = self.sampler.sample(self.volume(index), 1, rng, name=self.source.name(index))
+        cube = self.sampler.sample(self.volume(index), 1, rng, name=self.source.name(index),
+                                   acceptance=self.acceptance(index))
         return torch.from_numpy(cube)  # (1, D, H, W)
 
 

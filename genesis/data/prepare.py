@@ -1,9 +1,9 @@
 """Preprocess a whole volume source into its cache once, in parallel, resumably.
 
 ``genesis-pretrain --prepare-only`` and the start of every cached pretraining run call
-:func:`prepare_source`: each volume's cache entry is built when missing or damaged and verified
-when present, in a pool of processes. Interrupting it loses at most the entries in flight
-(entries are written atomically); running it again skips every entry that is already valid.
+:func:`prepare_source`: each volume's cache entry (and, given the sampler, its acceptance map)
+is built when missing or damaged and verified when present, in a pool of processes.
+Interrupting it loses at most the entries in flight (entries are written atomically); running it again skips every entry that is already valid.
 The source then knows each entry's file, so training only memory-maps them.
 """
 
@@ -17,9 +17,10 @@ from typing import Any, Callable, Sequence
 
 from genesis.errors import ConfigError
 
-#: The source a pool process works on (set once per process by the pool initializer, so the
-#: source is pickled once per process, not once per volume).
+#: The source (and sampler) a pool process works on (set once per process by the pool
+#: initializer, so they are pickled once per process, not once per volume).
 _POOL_SOURCE: Any = None
+_POOL_SAMPLER: Any = None
 
 
 @dataclass
@@ -44,9 +45,9 @@ class PrepareReport:
         return self.volumes - self.built
 
 
-def _init_pool(source: Any) -> None:
-    global _POOL_SOURCE
-    _POOL_SOURCE = source
+def _init_pool(source: Any, sampler: Any = None) -> None:
+    global _POOL_SOURCE, _POOL_SAMPLER
+    _POOL_SOURCE, _POOL_SAMPLER = source, sampler
     try:
         import torch
 
@@ -55,14 +56,17 @@ def _init_pool(source: Any) -> None:
         pass
 
 
-def _prepare_one(i: int) -> tuple[int, str, bool, Any]:
-    return _prepare_in(_POOL_SOURCE, i)
+def _prepare_one(i: int) -> tuple[int, str, bool, Any, Any]:
+    return _prepare_in(_POOL_SOURCE, i, _POOL_SAMPLER)
 
 
-def _prepare_in(source: Any, i: int) -> tuple[int, str, bool, Any]:
+def _prepare_in(source: Any, i: int, sampler: Any = None) -> tuple[int, str, bool, Any, Any]:
     builds = source.cache.builds
     entry = source.prepare(i)
-    return i, entry, source.cache.builds > builds, getattr(source, "_layouts", {}).get(i)
+    built = source.cache.builds > builds
+    # the sampler's acceptance map, stored next to the entry (read back as memory maps)
+    stored = source.prepare_acceptance(i, sampler) if sampler is not None and hasattr(source, "prepare_acceptance") else None
+    return i, entry, built, getattr(source, "_layouts", {}).get(i), stored
 
 
 def prepare_source(
@@ -71,6 +75,7 @@ def prepare_source(
     progress: bool = True,
     order: Sequence[int] | None = None,
     log: Callable[[str], None] | None = None,
+    sampler: Any = None,
 ) -> PrepareReport:
     """Build or verify the cache entry of every volume of ``source``.
 
@@ -83,6 +88,9 @@ def prepare_source(
             different offsets, so they build different entries while the file locks keep any
             entry from being built twice.
         log: called with a one-line summary.
+        sampler: a :class:`~genesis.data.sampler.SubVolumeSampler` (or its ``SamplerConfig``):
+            with a rejection rule, each volume's acceptance map for it is also built (or
+            verified) and stored in the cache, so that training memory-maps it.
     Returns:
         A :class:`PrepareReport`.
     Raises:
@@ -93,21 +101,29 @@ def prepare_source(
     if cache is None:
         raise ConfigError("this volume source has no cache to prepare (caching was turned off)")
     indices = list(range(len(source))) if order is None else [int(i) for i in order]
+    if sampler is not None and not hasattr(sampler, "acceptance_settings"):
+        from genesis.data.sampler import SubVolumeSampler
+
+        sampler = SubVolumeSampler(sampler)
+    if sampler is not None and not sampler.cfg.rejects:
+        sampler = None
     start = time.perf_counter()
     bar = _bar(len(indices), progress, str(cache.root))
     built = 0
     try:
         if workers <= 1 or len(indices) <= 1:
             for i in indices:
-                _, entry, was_built, _ = _prepare_in(source, i)
+                _, entry, was_built, _, _ = _prepare_in(source, i, sampler)
                 built += was_built
                 bar.update(1)
         else:
             context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
             with ProcessPoolExecutor(min(workers, len(indices)), mp_context=context, initializer=_init_pool,
-                                     initargs=(source,)) as pool:
-                for i, entry, was_built, layout in pool.map(_prepare_one, indices, chunksize=1):
+                                     initargs=(source, sampler)) as pool:
+                for i, entry, was_built, layout, stored in pool.map(_prepare_one, indices, chunksize=1):
                     source.adopt(i, entry, layout)  # verified by the pool process
+                    if stored is not None:
+                        source.adopt_acceptance(i, stored)
                     built += was_built
                     bar.update(1)
     finally:

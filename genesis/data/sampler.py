@@ -100,12 +100,20 @@ class SamplerConfig:
 class Acceptance:
     """Which cube start positions of one volume pass the rule.
 
+    The accepted positions are held in one of three forms (all give the same draws): the bool
+    ``accept`` map (computed in this process), or, read back from the volume cache as memory
+    maps (:func:`encode_acceptance`), the map packed to bits per z plane (``packed``) or the
+    sorted flat indices of the accepted positions (``flat``), whichever is smaller on disk.
+
     Attributes:
         low: (z, y, x) start position of ``accept[0, 0, 0]``.
-        accept: bool map over the start positions (None when nothing passes).
+        accept: bool map over the start positions (None when nothing passes or when stored).
         score: the score map, kept only when nothing passes (for the best-of fallback).
         n_accepted: accepted positions.
         n_positions: all start positions.
+        shape: (nz, ny, nx) of the map of start positions.
+        packed: (nz, ceil(ny * nx / 8)) uint8, ``np.packbits`` of each z plane of the map.
+        flat: uint32 flat (C order) indices of the accepted positions, ascending.
     """
 
     low: np.ndarray
@@ -114,20 +122,94 @@ class Acceptance:
     n_accepted: int
     n_positions: int
     _cumulative: np.ndarray | None = None  # accepted positions up to and including each z plane
+    shape: tuple[int, int, int] | None = None
+    packed: np.ndarray | None = None
+    flat: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.shape is None:
+            maps = self.accept if self.accept is not None else self.score
+            assert maps is not None, "an Acceptance needs its map shape"
+            self.shape = tuple(int(s) for s in maps.shape)  # type: ignore[assignment]
 
     @property
     def rate(self) -> float:
         return self.n_accepted / max(self.n_positions, 1)
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int, int]:
-        """A start position drawn uniformly among the accepted ones."""
-        assert self.accept is not None and self._cumulative is not None
+        """A start position drawn uniformly among the accepted ones (the u-th in C order)."""
+        assert self.n_accepted > 0 and self.shape is not None
+        _, ny, nx = self.shape
         u = int(rng.integers(self.n_accepted))
-        plane = int(np.searchsorted(self._cumulative, u, side="right"))
-        before = int(self._cumulative[plane - 1]) if plane else 0
-        flat = int(np.flatnonzero(self.accept[plane])[u - before])
-        y, x = divmod(flat, self.accept.shape[2])
+        if self.flat is not None:
+            plane, flat = divmod(int(self.flat[u]), ny * nx)
+        else:
+            assert self._cumulative is not None
+            plane = int(np.searchsorted(self._cumulative, u, side="right"))
+            before = int(self._cumulative[plane - 1]) if plane else 0
+            if self.accept is not None:
+                row = self.accept[plane].ravel()
+            else:  # one plane unpacked from the memory map (ny * nx / 8 bytes read)
+                assert self.packed is not None
+                row = np.unpackbits(np.asarray(self.packed[plane]), count=ny * nx)
+            flat = int(np.flatnonzero(row)[u - before])
+        y, x = divmod(flat, nx)
         return int(self.low[0] + plane), int(self.low[1] + y), int(self.low[2] + x)
+
+
+#: Version of the stored acceptance layout (part of the cache key of every stored map).
+ACCEPTANCE_FORMAT = 1
+_PACKED, _FLAT, _SCORE = 0, 1, 2  # what the data array of a stored acceptance holds
+_META_HEAD = 10  # format, kind, low (3), shape (3), n_accepted, n_positions; then per-plane cumsum
+
+
+def encode_acceptance(acc: Acceptance, form: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(meta, data) arrays that store ``acc`` compactly, for :func:`decode_acceptance`.
+
+    ``meta`` is int64: format, kind, low, shape, counts, then the cumulative accepted count per z
+    plane. ``data`` is the bit-packed map per z plane or the uint32 flat indices of the accepted
+    positions (whichever is smaller), or, when nothing passes, the int32 score map (the fallback
+    needs it). ``form`` ("packed" or "flat") forces one of the two forms (None: the smaller).
+    """
+    assert acc.shape is not None
+    nz, ny, nx = acc.shape
+    if acc.n_accepted == 0:
+        assert acc.score is not None
+        kind, data, cumulative = _SCORE, np.ascontiguousarray(acc.score, dtype=np.int32), np.zeros(nz, np.int64)
+    else:
+        assert acc.accept is not None and acc._cumulative is not None
+        cumulative = np.asarray(acc._cumulative, np.int64)
+        packed_bytes = nz * ((ny * nx + 7) // 8)
+        smaller = "flat" if 4 * acc.n_accepted < packed_bytes and acc.n_positions < 2**32 else "packed"
+        if (form or smaller) == "flat":
+            kind, data = _FLAT, np.flatnonzero(acc.accept).astype(np.uint32)
+        else:
+            kind, data = _PACKED, np.packbits(acc.accept.reshape(nz, ny * nx), axis=1)
+    head = [ACCEPTANCE_FORMAT, kind, *(int(v) for v in acc.low), nz, ny, nx, acc.n_accepted, acc.n_positions]
+    return np.concatenate([np.asarray(head, np.int64), cumulative]), data
+
+
+def decode_acceptance(meta: np.ndarray, data: np.ndarray) -> Acceptance:
+    """The :class:`Acceptance` that :func:`encode_acceptance` stored (``data`` stays a memory map).
+
+    Raises:
+        ValueError: the arrays do not describe an acceptance map of this format.
+    """
+    meta = np.asarray(meta)
+    if meta.ndim != 1 or meta.size < _META_HEAD or int(meta[0]) != ACCEPTANCE_FORMAT:
+        raise ValueError("not a stored acceptance map of this format")
+    kind = int(meta[1])
+    low = meta[2:5].copy()
+    shape = tuple(int(v) for v in meta[5:8])
+    n_accepted, n_positions = int(meta[8]), int(meta[9])
+    cumulative = meta[_META_HEAD:].copy()
+    expected = {_PACKED: (shape[0], (shape[1] * shape[2] + 7) // 8), _FLAT: (n_accepted,), _SCORE: shape}.get(kind)
+    if expected is None or tuple(data.shape) != expected or cumulative.size != shape[0]:
+        raise ValueError("stored acceptance map does not match its description")
+    if kind == _SCORE:
+        return Acceptance(low, None, data, 0, n_positions, shape=shape)  # type: ignore[arg-type]
+    return Acceptance(low, None, None, n_accepted, n_positions, cumulative, shape=shape,  # type: ignore[arg-type]
+                      packed=data if kind == _PACKED else None, flat=data if kind == _FLAT else None)
 
 
 def _box_sums(array: np.ndarray, size: int, axis: int) -> np.ndarray:
@@ -218,6 +300,33 @@ class SubVolumeSampler:
         """
         return self._acceptance(self._padded(volume01, name), name)
 
+    def compute_acceptance(self, volume01: np.ndarray, name: str | None = None) -> Acceptance:
+        """The acceptance map of a volume, computed now and not kept (to be stored elsewhere).
+
+        Raises:
+            VolumeReadError: the volume holds NaN or infinite values.
+        """
+        return self._compute_acceptance(self._padded(volume01, name), name)
+
+    def acceptance_settings(self) -> dict:
+        """Everything the acceptance map depends on besides the volume (part of its cache key)."""
+        cfg = self.cfg
+        return {"format": ACCEPTANCE_FORMAT, "crop": list(cfg.crop), "margin": list(cfg.margin),
+                "threshold": cfg.reject_threshold, "fraction": cfg.max_fraction_above,
+                "len_depth": cfg.len_depth, "pad_small": cfg.pad_small, "pad_value": cfg.pad_value}
+
+    def acceptance_tag(self) -> tuple:
+        """A cheap, hashable form of :meth:`acceptance_settings` (compared on every cube)."""
+        cfg = self.cfg
+        return (ACCEPTANCE_FORMAT, cfg.crop, cfg.margin, cfg.reject_threshold, cfg.max_fraction_above,
+                cfg.len_depth, cfg.pad_small, cfg.pad_value)
+
+    def _fits(self, acc: Acceptance, shape: tuple[int, ...]) -> bool:
+        """Whether a stored acceptance describes start positions of a volume of ``shape``."""
+        ranges = self.start_ranges(shape, self.cfg.len_depth - 1)
+        return acc.shape == tuple(int(v) for v in ranges[:, 1] - ranges[:, 0] + 1) and \
+            [int(v) for v in acc.low] == [int(v) for v in ranges[:, 0]]
+
     def _acceptance(self, volume: np.ndarray, name: str | None) -> Acceptance:
         key = (name, volume.shape) if name is not None else None
         if key is not None and key in self._cache:
@@ -270,7 +379,8 @@ class SubVolumeSampler:
             return Acceptance(ranges[:, 0].copy(), None, score, 0, int(accept.size))
         return Acceptance(ranges[:, 0].copy(), accept, None, n_accepted, int(accept.size), np.cumsum(per_plane))
 
-    def sample(self, volume01: np.ndarray, n: int, rng: np.random.Generator, name: str | None = None) -> np.ndarray:
+    def sample(self, volume01: np.ndarray, n: int, rng: np.random.Generator, name: str | None = None,
+               acceptance: Acceptance | None = None) -> np.ndarray:
         """Draw ``n`` cubes.
 
         Args:
@@ -278,6 +388,9 @@ class SubVolumeSampler:
             n: number of cubes.
             rng: numpy Generator; the same generator state gives the same cubes.
             name: the volume's file or name, for warnings and errors (and the acceptance cache).
+            acceptance: this volume's acceptance map computed beforehand (e.g. stored in the
+                volume cache, see :func:`decode_acceptance`); None: computed here and kept in
+                the per-process LRU. Both give the same cubes.
         Returns:
             float32 array (n, D, H, W).
         Raises:
@@ -296,13 +409,15 @@ class SubVolumeSampler:
                 out[i] = volume[z : z + d, y : y + h, x : x + w]
                 _check_finite(out[i], name)
             return out
-        acc = self._acceptance(volume, name)
+        acc = acceptance if acceptance is not None and self._fits(acceptance, volume.shape) else None
+        if acc is None:
+            acc = self._acceptance(volume, name)
         for i in range(n):
-            if acc.accept is not None:
+            if acc.n_accepted > 0:
                 z, y, x = acc.draw(rng)
             else:  # nothing passes: best of max_tries uniform candidates, as the fallback
                 assert acc.score is not None
-                shape = np.asarray(acc.score.shape)
+                shape = np.asarray(acc.shape)
                 picks = rng.integers(0, shape, size=(self.cfg.max_tries, 3))
                 best = picks[int(np.argmin(acc.score[picks[:, 0], picks[:, 1], picks[:, 2]]))]
                 z, y, x = (int(v) for v in acc.low + best)

@@ -21,6 +21,9 @@ from genesis.data.public.manifest import MANIFEST_SUFFIXES, read_manifest
 from genesis.errors import DatasetLayoutError, InputFileError
 from genesis.io.readers import load_volume, volume_suffix
 
+#: The arrays of a stored acceptance map (see :func:`genesis.data.sampler.encode_acceptance`).
+_ACCEPTANCE_PARTS = ("meta", "data")
+
 #: Number of synthetic volumes when no data is given.
 DEFAULT_SYNTHETIC_N = 8
 
@@ -64,6 +67,7 @@ class _CachedLoading:
     cache: VolumeCache | None
     _entries: dict[int, str]
     _layouts: dict[int, tuple[str, str, int, tuple[int, ...]]]  # entry, dtype, offset, shape
+    _acceptance: dict[int, tuple]  # sampler tag, layouts of the stored acceptance arrays
 
     def _key(self, i: int) -> Any:
         raise NotImplementedError
@@ -130,6 +134,89 @@ class _CachedLoading:
         if isinstance(array, np.memmap) and array.flags.c_contiguous:
             self._layouts[i] = (entry, array.dtype.str, int(array.offset), tuple(array.shape))
 
+    # ---- the sampler's acceptance maps, stored next to the volume entries --------------------
+    # Computing a volume's acceptance map reads the whole volume (~55 ms for a 1 mm CT): done
+    # once per (entry, sampler settings) and stored in the cache, so that loader workers only
+    # memory-map it, however many volumes there are (an in-process LRU would miss on nearly
+    # every cube beyond its size, as cubes draw their volume at random).
+
+    def _acceptance_tag(self, sampler: Any) -> tuple:
+        return sampler.acceptance_tag()
+
+    def prepare_acceptance(self, i: int, sampler: Any) -> tuple | None:
+        """Build (or verify) the stored acceptance map of volume ``i`` for ``sampler`` (a
+        :class:`~genesis.data.sampler.SubVolumeSampler`); None without a cache or rejection rule.
+
+        Returns:
+            (tag, ((meta path, dtype, offset, shape), (data path, dtype, offset, shape))).
+        """
+        if self.cache is None or not sampler.cfg.rejects:
+            return None
+        i = _check_index(i, len(self))  # type: ignore[arg-type]
+        tag = self._acceptance_tag(sampler)
+        known = self._acceptance.get(i)
+        if known is not None and known[0] == tag:
+            return known
+        from genesis.data.sampler import encode_acceptance
+
+        # keyed by the volume's entry (its file name is the entry's key) and the sampler settings
+        parts = {"kind": "acceptance", "volume": Path(self.prepare(i) or "").stem,
+                 "sampler": sampler.acceptance_settings()}
+        arrays = self.cache.get_or_compute_group(
+            parts, _ACCEPTANCE_PARTS, lambda: encode_acceptance(sampler.compute_acceptance(self.load(i), self.name(i))),
+            folder="acceptance")
+        paths = self.cache.group_paths(parts, _ACCEPTANCE_PARTS, folder="acceptance")
+        self._acceptance[i] = (tag, tuple((str(p), a.dtype.str, int(a.offset), tuple(a.shape))
+                                          for p, a in zip(paths, arrays)))
+        return self._acceptance[i]
+
+    def adopt_acceptance(self, i: int, stored: tuple | None) -> None:
+        """Record the stored acceptance map of volume ``i`` that another process prepared and verified."""
+        if stored is not None:
+            self._acceptance[_check_index(i, len(self))] = stored  # type: ignore[arg-type]
+
+    def load_acceptance(self, i: int, sampler: Any) -> Any:
+        """The stored acceptance map of volume ``i`` (memory maps), built on first use; None
+        without a cache or rejection rule (the sampler then computes it in process)."""
+        stored = self.prepare_acceptance(i, sampler)
+        if stored is None:
+            return None
+        from genesis.data.sampler import decode_acceptance
+
+        try:
+            # the small meta array is read (no file handle kept); only the map is memory-mapped
+            (meta_path, meta_dtype, meta_offset, meta_shape), data_layout = stored[1]
+            size = np.dtype(meta_dtype).itemsize * int(np.prod(meta_shape))
+            with open(meta_path, "rb") as handle:
+                handle.seek(meta_offset)
+                meta = np.frombuffer(handle.read(size), np.dtype(meta_dtype))
+            return decode_acceptance(meta, _map_npy(*data_layout))
+        except (OSError, ValueError):  # removed or replaced since it was verified: check and rebuild
+            self._acceptance.pop(i, None)
+            stored = self.prepare_acceptance(i, sampler)
+            assert stored is not None
+            meta, data = (np.load(p, mmap_mode="r", allow_pickle=False) for p, *_ in stored[1])
+            return decode_acceptance(meta, data)
+
+
+def _map_npy(path: str, dtype: str, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+    """A read-only memory map of a C-ordered ``.npy`` whose header was read before.
+
+    ``mmap`` + ``np.frombuffer``: about a third of ``np.memmap``'s cost per open, which is
+    paid on nearly every cube when there are many more volumes than handles kept open.
+    """
+    import mmap
+
+    dt = np.dtype(dtype)
+    count = int(np.prod(shape))
+    with open(path, "rb") as handle:
+        if count == 0:
+            return np.empty(shape, dt)
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    if offset + count * dt.itemsize > len(mapped):
+        raise ValueError(f"{path}: shorter than its recorded layout")
+    return np.frombuffer(mapped, dt, count, offset).reshape(shape)
+
 
 class FileVolumeSource(_CachedLoading):
     """Volumes read from files or DICOM folders, preprocessed, optionally cached on disk.
@@ -158,6 +245,7 @@ class FileVolumeSource(_CachedLoading):
         self.cache = VolumeCache(cache_dir) if cache_dir is not None else None
         self._entries: dict[int, str] = {}
         self._layouts: dict[int, tuple[str, str, int, tuple[int, ...]]] = {}
+        self._acceptance: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -219,6 +307,7 @@ class SyntheticVolumeSource(_CachedLoading):
         self.cache = VolumeCache(cache_dir) if cache_dir is not None else None
         self._entries: dict[int, str] = {}
         self._layouts: dict[int, tuple[str, str, int, tuple[int, ...]]] = {}
+        self._acceptance: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return self.n

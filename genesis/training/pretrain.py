@@ -99,6 +99,11 @@ class SubsetSource:
     def name(self, i: int) -> str:
         return self.source.name(self.indices[i])
 
+    def load_acceptance(self, i: int, sampler: Any) -> Any:
+        """The stored acceptance map of volume ``i`` (None when the source stores none)."""
+        load = getattr(self.source, "load_acceptance", None)
+        return load(self.indices[i], sampler) if load is not None else None
+
 
 def split_volumes(n: int, val_fraction: float) -> tuple[list[int], list[int]]:
     """Last ``round(n * val_fraction)`` volumes (at least one when n >= 2) are held out.
@@ -166,6 +171,8 @@ def prepare_volumes(source: Any, cfg: PretrainConfig, dist: DistInfo, workers: i
     import os
 
     from genesis.data.prepare import prepare_source
+    from genesis.data.radiographs import uses_radiographs
+    from genesis.data.sampler import SubVolumeSampler
     from genesis.training.ddp import barrier
 
     if getattr(source, "cache", None) is None:
@@ -177,8 +184,9 @@ def prepare_volumes(source: Any, cfg: PretrainConfig, dist: DistInfo, workers: i
     log = (lambda line: print(line, file=sys.stderr)) if dist.is_main else None
     if log is not None:
         log(f"volume cache: {source.cache.root}")
+    sampler = SubVolumeSampler(sampler_config(cfg)) if not uses_radiographs(cfg) else None
     prepare_source(source, workers=cfg.data.workers if workers is None else workers,
-                   progress=cfg.log.progress and dist.is_main, order=mine, log=log)
+                   progress=cfg.log.progress and dist.is_main, order=mine, log=log, sampler=sampler)
     if local_world > 1:
         barrier(dist)
         for i in range(n):
@@ -671,17 +679,21 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
 
 
 def report_acceptance(train_ds: Any, train_src: Any, verbose: bool) -> dict[str, Any]:
-    """Acceptance rate of the Models Genesis cube rule on the preloaded training volumes.
+    """Acceptance rate of the Models Genesis cube rule on the training volumes.
 
-    Computing it here, in the main process, also fills the sampler's per-volume acceptance maps
-    that forked DataLoader workers inherit. Printed to the run log (stderr) and stored in the
-    checkpoints; empty when the sampler does not reject.
+    With the volume cache (default) it reads every training volume's stored acceptance map
+    (built by :func:`prepare_volumes`: no pass over the volumes here). Without it, it computes
+    the maps of the first ``lru_volumes`` volumes, which also fills the sampler's in-process
+    LRU that forked DataLoader workers inherit. Printed to the run log (stderr) and stored in
+    the checkpoints; empty when the sampler does not reject.
     """
     sampler = train_ds.sampler
     if not sampler.cfg.rejects:
         return {}
-    n = min(len(train_src), train_ds.lru_volumes)
-    rates = [sampler.acceptance(train_ds.volume(i), train_src.name(i)).rate for i in range(n)]
+    stored = train_ds.acceptance(0) is not None
+    n = len(train_src) if stored else min(len(train_src), train_ds.lru_volumes)
+    rates = [(train_ds.acceptance(i) if stored else sampler.acceptance(train_ds.volume(i), train_src.name(i))).rate
+             for i in range(n)]
     report = {"volumes": n, "mean": float(np.mean(rates)), "min": float(min(rates)), "max": float(max(rates)),
               "without_acceptable_cube": int(sum(r == 0 for r in rates))}
     if verbose:

@@ -1,0 +1,148 @@
+"""Loader cubes per CPU second with 10 vs 200 scans: acceptance maps in an LRU vs stored in the cache.
+
+The Models Genesis sampler needs each volume's acceptance map (a pass over the whole volume).
+``CubeDataset`` draws each cube's volume at random, so with more volumes than the sampler's
+in-process LRU (32) nearly every cube recomputed a whole map (``before``). Now the map is built
+once by ``prepare_source`` and stored next to the volume's cache entry, and cubes only
+memory-map it (``after``). ``before`` is measured in the same run on the same prepared cache by
+hiding the stored maps from the dataset (a source without ``load_acceptance``), which is the
+path of sources without a cache and was the only path before the change.
+
+Synthetic volumes of 32x64x64 (the ``--scale`` shape of ``bench_data_pipeline.py``), crop
+16x32x32, the Models Genesis sampler, ``make_loader`` with 0 workers and batch 8, interleaved
+rounds; the median is reported. Written to ``<out>/acceptance_scale.json`` / ``.md``.
+
+Run::
+
+    python benchmarks/bench_acceptance_scale.py [--rounds 3] [--cubes 512] [--cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from genesis.data import CubeDataset, SamplerConfig, make_loader
+from genesis.data.prepare import prepare_source
+from genesis.data.sources import SyntheticVolumeSource
+from genesis.errors import GenesisWarning
+from genesis.fileio import atomic_write_text
+
+SHAPE = (32, 64, 64)
+CROP = (16, 32, 32)
+VOLUMES = (10, 200)
+BATCH = 8
+
+
+class WithoutStoredMaps:
+    """The same cached volumes, without ``load_acceptance``: the sampler's in-process LRU path."""
+
+    def __init__(self, source) -> None:
+        self.source, self.is_synthetic = source, True
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, i: int):
+        return self.source.load(i)
+
+    def name(self, i: int) -> str:
+        return self.source.name(i)
+
+
+def _source(n: int, cache: Path) -> SyntheticVolumeSource:
+    from genesis.data.synthetic import SyntheticConfig
+
+    base = SyntheticConfig()
+    cfg = replace(base, shape=SHAPE, spacing=tuple(s * b / k for s, b, k in zip(base.spacing, base.shape, SHAPE)))
+    return SyntheticVolumeSource(n, 0, synthetic_cfg=cfg, cache_dir=cache)
+
+
+def _rate(source, cubes: int) -> float:
+    """Cubes per CPU second of one epoch of ``cubes`` through ``make_loader`` (workers=0)."""
+    ds = CubeDataset(source, SamplerConfig.models_genesis(crop=CROP), cubes_per_epoch=cubes, seed=0, lru_volumes=32)
+    start = time.process_time()
+    for _ in make_loader(ds, BATCH, epoch=0, workers=0):
+        pass
+    return cubes / (time.process_time() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cubes", type=int, default=512)
+    parser.add_argument("--cache", type=Path, help="volume cache folder to (re)use (default: a fresh one)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args(argv)
+    warnings.simplefilter("ignore", GenesisWarning)  # tiny volumes: "no cube passes" for most
+    cache = args.cache or Path(tempfile.mkdtemp(prefix="genesis-bench-acceptance-"))
+    sampler = SamplerConfig.models_genesis(crop=CROP)
+    sources = {}
+    prepare = {}
+    for n in VOLUMES:
+        start = time.perf_counter()
+        sources[n] = _source(n, cache)
+        report = prepare_source(sources[n], workers=min(2, os.cpu_count() or 1), progress=False, sampler=sampler)
+        prepare[n] = time.perf_counter() - start
+        print(f"{n} volumes prepared ({report.built} built) in {prepare[n]:.1f} s", file=sys.stderr)
+    rates: dict[str, list[float]] = {f"{mode}_{n}": [] for n in VOLUMES for mode in ("before", "after")}
+    for r in range(args.rounds):  # interleaved: every variant sees the same machine load
+        for n in VOLUMES:
+            rates[f"before_{n}"].append(_rate(WithoutStoredMaps(sources[n]), args.cubes))
+            rates[f"after_{n}"].append(_rate(sources[n], args.cubes))
+            print(f"round {r + 1}, {n} volumes: before {rates[f'before_{n}'][-1]:.0f}, after "
+                  f"{rates[f'after_{n}'][-1]:.0f} cubes per CPU s", file=sys.stderr)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    lo, hi = VOLUMES
+    result = {
+        "benchmark": "acceptance_scale",
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python benchmarks/bench_acceptance_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "settings": {"shape": SHAPE, "crop": CROP, "batch": BATCH, "cubes": args.cubes, "rounds": args.rounds,
+                     "workers": 0, "lru": 32},
+        "load_at_start": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+        "prepare_s": prepare,
+        "cubes_per_cpu_s_median": med,
+        "runs": rates,
+        "ratio_200_vs_10": {mode: med[f"{mode}_{hi}"] / med[f"{mode}_{lo}"] for mode in ("before", "after")},
+        "after_vs_before_200": med[f"after_{hi}"] / med[f"before_{hi}"],
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "acceptance_scale.json", json.dumps(result, indent=2) + "\n")
+    md = [
+        "# Acceptance maps at scale: 10 vs 200 scans",
+        "",
+        f"{result['date']}: loader cubes per CPU second (`make_loader`, workers 0, batch {BATCH}, {args.cubes} cubes "
+        f"an epoch) over synthetic volumes of {'x'.join(map(str, SHAPE))} in the memory-mapped cache, Models Genesis "
+        f"sampler, crop {'x'.join(map(str, CROP))}; {args.rounds} interleaved rounds, medians. `before`: acceptance "
+        "maps in the sampler's in-process LRU of 32 volumes (the path before this change, and still the path "
+        "without a cache); `after`: maps stored next to the cache entries and memory-mapped. "
+        f"Machine: {result['cpus']} CPUs, load {result['load_at_start']:.1f} at start.",
+        "",
+        f"Command: `{result['command'].strip()}`",
+        "",
+        "| Scans | before: cubes per CPU s | after: cubes per CPU s | after / before |",
+        "|---:|---:|---:|---:|",
+    ]
+    for n in VOLUMES:
+        md.append(f"| {n} | {med[f'before_{n}']:.0f} | {med[f'after_{n}']:.0f} | "
+                  f"x{med[f'after_{n}'] / med[f'before_{n}']:.2f} |")
+    md += ["", f"200 / 10 scans: before x{result['ratio_200_vs_10']['before']:.2f}, after "
+               f"x{result['ratio_200_vs_10']['after']:.2f} (target: within 20%, i.e. >= x0.80).", ""]
+    atomic_write_text(args.out / "acceptance_scale.md", "\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
