@@ -21,7 +21,9 @@ above the threshold. The reference draws candidates until one passes (50 per wan
 and returns fewer cubes, or none, for volumes where few pass. Here the score of *every* start
 position is computed once per volume with running box sums (a separable summed-area table: three
 cumulative sums), so each cube is drawn uniformly among the accepted positions, which is the
-distribution rejection sampling converges to, at the cost of one lookup. A volume where no
+distribution rejection sampling converges to, at the cost of one lookup. With a volume cache
+the map is built once per (cache entry, sampler settings) and stored compactly next to the entry
+(:func:`encode_acceptance`: bit-packed planes or flat indices), then memory-mapped per cube. A volume where no
 position passes gets a :class:`GenesisWarning` and falls back to the best of ``max_tries``
 uniform candidates.
 """
@@ -246,7 +248,10 @@ class SubVolumeSampler:
 
     The acceptance map of a volume is computed once and kept (up to ``cache_volumes`` volumes,
     keyed by the volume's name and shape); it is a pure function of the volume, so results do
-    not depend on what is cached.
+    not depend on what is cached. With a volume cache the maps are instead stored next to the
+    cache entries (see :meth:`genesis.data.sources._CachedLoading.load_acceptance`) and passed
+    to :meth:`sample`: with many volumes drawn at random, an LRU would recompute a whole map
+    for nearly every cube.
     """
 
     def __init__(self, cfg: SamplerConfig | None = None, cache_volumes: int = 32) -> None:
