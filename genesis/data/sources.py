@@ -9,6 +9,7 @@ A source is what :class:`~genesis.data.datasets.CubeDataset` samples from: files
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Protocol, Sequence, runtime_checkable
 
@@ -186,7 +187,7 @@ class _CachedLoading:
         try:
             # the small meta array is read (no file handle kept); only the map is memory-mapped
             (meta_path, meta_dtype, meta_offset, meta_shape), data_layout = stored[1]
-            size = np.dtype(meta_dtype).itemsize * int(np.prod(meta_shape))
+            size = np.dtype(meta_dtype).itemsize * math.prod(meta_shape)
             with open(meta_path, "rb") as handle:
                 handle.seek(meta_offset)
                 meta = np.frombuffer(handle.read(size), np.dtype(meta_dtype))
@@ -208,7 +209,7 @@ def _map_npy(path: str, dtype: str, offset: int, shape: tuple[int, ...]) -> np.n
     import mmap
 
     dt = np.dtype(dtype)
-    count = int(np.prod(shape))
+    count = math.prod(shape)
     with open(path, "rb") as handle:
         if count == 0:
             return np.empty(shape, dt)
