@@ -286,7 +286,8 @@ def _loader_rate(n: int, cache_dir: Path, cubes: int) -> float:
     cfg = replace(base, shape=SCALE_SHAPE,
                   spacing=tuple(s * b / k for s, b, k in zip(base.spacing, base.shape, SCALE_SHAPE)))
     source = SyntheticVolumeSource(n, 0, synthetic_cfg=cfg, cache_dir=cache_dir)
-    prepare_source(source, progress=False)
+    # the sampler's acceptance maps are stored at prepare time too, as genesis-pretrain does
+    prepare_source(source, progress=False, sampler=SamplerConfig.models_genesis(crop=(16, 32, 32)))
     # lru_volumes as genesis-pretrain sets it for a cached source
     ds = CubeDataset(source, SamplerConfig.models_genesis(crop=(16, 32, 32)), cubes_per_epoch=cubes, seed=0,
                      lru_volumes=32)
