@@ -3,7 +3,8 @@
 ``genesis-pretrain --prepare-only`` and the start of every cached pretraining run call
 :func:`prepare_source`: each volume's cache entry (and, given the sampler, its acceptance map)
 is built when missing or damaged and verified when present, in a pool of processes.
-Interrupting it loses at most the entries in flight (entries are written atomically); running it again skips every entry that is already valid.
+Interrupting it loses at most the entries in flight (entries are written atomically); running
+it again skips every entry that is already valid.
 The source then knows each entry's file, so training only memory-maps them.
 """
 
@@ -65,7 +66,9 @@ def _prepare_in(source: Any, i: int, sampler: Any = None) -> tuple[int, str, boo
     entry = source.prepare(i)
     built = source.cache.builds > builds
     # the sampler's acceptance map, stored next to the entry (read back as memory maps)
-    stored = source.prepare_acceptance(i, sampler) if sampler is not None and hasattr(source, "prepare_acceptance") else None
+    stored = None
+    if sampler is not None and hasattr(source, "prepare_acceptance"):
+        stored = source.prepare_acceptance(i, sampler)
     return i, entry, built, getattr(source, "_layouts", {}).get(i), stored
 
 
