@@ -663,8 +663,11 @@ class LayoutVolumeSource:
         from genesis.data.preprocess import resample
         from genesis.io.volume import Volume
 
+        from genesis.io.readers import assumed_spacing
+
         item, c = self._index[i]
-        image, geometry, header_modality = self.dataset.load_image(item)
+        with assumed_spacing(getattr(self.preprocess_cfg, "assume_spacing", None)):  # pretrain --assume-spacing
+            image, geometry, header_modality = self.dataset.load_image(item)
         if self._mode is None:
             self._mode = intensity_mode(self.dataset, image, header_modality)
         channel = image[c]

@@ -1,0 +1,116 @@
+"""Issue 12 gaps: --assume-spacing for fine-tuning, huge arrays-file headers, checkpoint OSErrors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _owndata import classification_csv  # noqa: E402
+
+from genesis.errors import GenesisWarning, VolumeReadError  # noqa: E402
+
+
+class _Loaded(Exception):
+    """Raised right after the target's data were read: the test needs no training."""
+
+
+def _zero_spacing(path: Path) -> None:
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj)
+    broken = nib.Nifti1Image(data, np.eye(4))
+    broken.header["pixdim"][1:4] = (0.0, 2.0, 2.0)
+    nib.save(broken, str(path))
+
+
+def test_finetune_assume_spacing_reaches_the_target_readers(tmp_path, monkeypatch) -> None:
+    from finetune import engine
+    from genesis.cli.finetune import build_parser, config_from_args
+
+    root = tmp_path / "ds"
+    csv_path = classification_csv(root, n=6)
+    _zero_spacing(root / "vol" / "v1.nii.gz")
+
+    def stop(data, target):
+        raise _Loaded(data)
+
+    monkeypatch.setattr(engine, "_check_splits", stop)
+    argv = ["--target", "classification", "--data", str(csv_path), "--device", "cpu", "--width", "2"]
+    cfg = config_from_args(build_parser().parse_args(argv + ["--out", str(tmp_path / "a")]))
+    with pytest.raises(VolumeReadError, match="--assume-spacing") as info:
+        engine.run_finetune(cfg, log=lambda line: None)
+    assert "v1.nii.gz" in str(info.value)
+
+    cfg = config_from_args(build_parser().parse_args(argv + ["--out", str(tmp_path / "b"), "--assume-spacing", "1.5"]))
+    assert cfg.assume_spacing == 1.5
+    with pytest.warns(GenesisWarning, match="assuming 1.5 mm"), pytest.raises(_Loaded) as loaded:
+        engine.run_finetune(cfg, log=lambda line: None)
+    data = loaded.value.args[0]
+    assert len(data.train) + len(data.val) + len(data.test) == 6
+    # the setting is scoped to the target's loading: a bare read afterwards is strict again
+    from genesis.io import load_volume
+
+    with pytest.raises(VolumeReadError, match="--assume-spacing"):
+        load_volume(root / "vol" / "v1.nii.gz")
+
+
+def test_finetune_assume_spacing_is_validated_and_keys_the_volume_cache(tmp_path) -> None:
+    from finetune.config import FinetuneConfig
+    from finetune.targets._common import cached_array
+    from genesis.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="assume_spacing"):
+        FinetuneConfig(out=str(tmp_path / "x"), assume_spacing=0.0).validate()
+    source = tmp_path / "scan.nii"
+    source.write_bytes(b"scan")
+    calls: list[float | None] = []
+
+    def compute(mm):
+        def run():
+            calls.append(mm)
+            return np.full(3, mm or 0.0, np.float32), {}
+        return run
+
+    for mm in (None, 1.5, None, 1.5):
+        cfg = FinetuneConfig(out=str(tmp_path / "out"), assume_spacing=mm)
+        array, _ = cached_array(cfg, "ncc", source, ("params",), compute(mm))
+        assert float(array[0]) == (mm or 0.0)
+    assert calls == [None, 1.5]  # one entry per setting, each reused
+
+
+def _scan(path: Path, pixdim) -> Path:
+    """A small float CT-like scan (air around a noisy body) with the given NIfTI pixdim."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(len(path.name))
+    data = np.full((24, 24, 24), -1000.0, np.float32) + rng.normal(0, 10, (24, 24, 24)).astype(np.float32)
+    data[4:20, 4:20, 4:20] = 40 + rng.normal(0, 30, (16, 16, 16))
+    image = nib.Nifti1Image(data, np.eye(4))
+    image.header["pixdim"][1:4] = pixdim
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
+    return path
+
+
+def test_pretrain_assume_spacing_reaches_folder_discovery_and_layouts(tmp_path) -> None:
+    from genesis.data.preprocess import PreprocessConfig
+    from genesis.data.sources import volume_source_from_arg
+
+    folder = tmp_path / "vol"
+    _scan(folder / "a.nii.gz", (1.0, 1.0, 1.0))
+    _scan(folder / "b.nii.gz", (0.0, 1.0, 1.0))
+    strict = volume_source_from_arg(folder, PreprocessConfig(), cache_dir=tmp_path / "c1")
+    assert [s.status for s in strict.data_report.scans] == ["used", "skipped"]
+    lenient = volume_source_from_arg(folder, PreprocessConfig(assume_spacing=1.5), cache_dir=tmp_path / "c2")
+    assert [s.status for s in lenient.data_report.scans] == ["used", "used"]
+    assert any("assuming 1.5 mm" in w for w in lenient.data_report.scans[1].seen_warnings)  # said in data.csv
+    csv_path = tmp_path / "images.csv"
+    csv_path.write_text("image,label,group\nvol/a.nii.gz,0,p0\nvol/b.nii.gz,1,p1\n")
+    layout = volume_source_from_arg(csv_path, PreprocessConfig(assume_spacing=1.5), cache_dir=tmp_path / "c3")
+    with pytest.warns(GenesisWarning, match="assuming 1.5 mm"):
+        assert layout.load(1).ndim == 3
