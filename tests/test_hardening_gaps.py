@@ -114,3 +114,67 @@ def test_pretrain_assume_spacing_reaches_folder_discovery_and_layouts(tmp_path) 
     layout = volume_source_from_arg(csv_path, PreprocessConfig(assume_spacing=1.5), cache_dir=tmp_path / "c3")
     with pytest.warns(GenesisWarning, match="assuming 1.5 mm"):
         assert layout.load(1).ndim == 3
+
+
+def _huge_h5(path: Path, name: str = "images", shape=(1 << 20, 1, 64, 1024, 1024)) -> Path:
+    """An HDF5 file of a few KB whose chunked dataset declares ~256 TiB (nothing written)."""
+    import h5py
+
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset(name, shape=shape, dtype="float32", chunks=(1,) * (len(shape) - 2) + (8, 2))
+        if name == "images":
+            handle.create_dataset("labels", data=np.zeros(4, np.int64))
+    return path
+
+
+def test_huge_arrays_file_header_is_refused_before_allocating(tmp_path) -> None:
+    from genesis.data.layouts import read_dataset
+    from genesis.data.public.medmnist import load_medmnist3d
+    from genesis.errors import DatasetLayoutError, InputFileError
+
+    path = _huge_h5(tmp_path / "claims.h5")
+    assert path.stat().st_size < 64 << 10
+    with pytest.raises(DatasetLayoutError, match="GiB") as info:
+        read_dataset(path)
+    assert "claims.h5" in str(info.value) and "images" in str(info.value)
+
+    # npz: a compressed member whose .npy header claims far more than it holds (a zip bomb of one)
+    import zipfile
+
+    header = {"descr": "<f4", "fortran_order": False, "shape": (1 << 16, 1, 512, 512, 512)}
+    buffer = __import__("io").BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, header)
+    npz = tmp_path / "claims.npz"
+    with zipfile.ZipFile(npz, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("images.npy", buffer.getvalue() + b"\0" * 1024)
+        archive.writestr("labels.npy", _npy(np.zeros(4, np.int64)))
+    with pytest.raises(DatasetLayoutError, match="GiB") as info:
+        read_dataset(npz)
+    assert "claims.npz" in str(info.value)
+    medmnist = tmp_path / "organ.npz"
+    with zipfile.ZipFile(medmnist, "w", zipfile.ZIP_DEFLATED) as archive:
+        for split in ("train", "val", "test"):
+            archive.writestr(f"{split}_images.npy", buffer.getvalue() + b"\0" * 1024)
+            archive.writestr(f"{split}_labels.npy", _npy(np.zeros((4, 1), np.int64)))
+    with pytest.raises(InputFileError, match="GiB") as info:
+        load_medmnist3d(medmnist)
+    assert "organ.npz" in str(info.value)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_huge_keras_weights_header_is_refused_before_allocating(tmp_path) -> None:
+    from genesis.errors import CheckpointError
+    from genesis.weights.convert import convert_keras_h5
+
+    # 1 TiB declared: over the weights limit on any machine (and never allocatable by mistake)
+    path = _huge_h5(tmp_path / "keras.h5", "model_weights/depth_0_conv/kernel", shape=(1 << 14, 1024, 1024, 16))
+    with pytest.raises(CheckpointError, match="GiB") as info:
+        convert_keras_h5(path)
+    assert "keras.h5" in str(info.value) and "depth_0_conv/kernel" in str(info.value)
