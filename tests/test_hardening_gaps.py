@@ -178,3 +178,32 @@ def test_huge_keras_weights_header_is_refused_before_allocating(tmp_path) -> Non
     with pytest.raises(CheckpointError, match="GiB") as info:
         convert_keras_h5(path)
     assert "keras.h5" in str(info.value) and "depth_0_conv/kernel" in str(info.value)
+
+
+def test_io_errors_while_persisting_an_epoch_are_one_line(tmp_path, capsys, monkeypatch) -> None:
+    import errno
+
+    from genesis.cli._common import user_errors_exit
+    from genesis.cli.pretrain import main
+    from genesis.training import engine
+
+    tiny = ["--steps-per-epoch", "1", "--batch-size", "2", "--width", "2", "--crop", "8", "16", "16", "--device",
+            "cpu", "--no-progress", "--task", "masked_region", "--set", "data.synthetic_shape=[16,32,32]",
+            "--set", "data.synthetic_volumes=2", "--set", "data.val_cubes=2", "--set", "log.grids=false",
+            "--set", "log.tensorboard=false", "--out", str(tmp_path / "run"), "--epochs", "1"]
+
+    def failing_disk(history, path, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")  # no filename: the engine names it
+
+    monkeypatch.setattr(engine, "write_csv_log", failing_disk)
+    assert main(tiny) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "log.csv" in line and "Input/output error" in line
+    assert (tmp_path / "run" / "last.pt").is_file()  # the checkpoint written before it is intact
+
+    @user_errors_exit
+    def reads():
+        raise OSError(errno.EIO, "Input/output error", "/mnt/scans/a.nii.gz")
+
+    assert reads() == 2
+    assert capsys.readouterr().err.strip() == "error: Input/output error: /mnt/scans/a.nii.gz"
