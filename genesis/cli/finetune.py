@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "segmentation/classification: an MSD/nnU-Net raw folder, a MONAI datalist .json, a .csv "
                    "(image,label[,group][,split]) or an .h5/.npz arrays file")
     p.add_argument("--weights", help="pretrained weights: checkpoint path (e.g. genesis-pretrain best.pt) or released name "
-                   "(genesis-weights list: unet3d.genesis_chest_ct, r3d_18.kinetics400, resnet18.imagenet1k_v1 ...)")
+                   "(genesis-weights list: unet3d.genesis_chest_ct, r3d_18.kinetics400, resnet18.imagenet1k_v1 ...); a "
+                   "download gives up after $GENESIS_DOWNLOAD_TIMEOUT seconds (default 1800)")
     p.add_argument("--model", metavar="NAME",
                    help="network: unet3d (Models Genesis), or for ncc/ecc/pe a baseline such as r3d_18, mc3_18, "
                         "r2plus1d_18, resnet18, resnet50, resnext101_32x8d, lrcn, resnet18_3d (default: the "
