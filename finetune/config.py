@@ -114,6 +114,8 @@ class FinetuneConfig:
         dims: 2 or 3: the generic targets (``segmentation``, ``classification``) check that the
             data and network have this many spatial dims; ``None`` takes the data's.
         test_data: generic targets: a separate labelled test set in any dataset layout.
+        assume_spacing: mm used where a scan's voxel spacing is missing, zero, negative or NaN (an
+            explicit opt-in, with a warning); ``None`` (default) makes such a scan an error.
         group_size: generic targets on an arrays file without ``groups``: each run of this many
             consecutive samples is one patient (splits and label fractions draw whole patients).
         label_fractions: fractions of the training labels to use (a label-efficiency curve).
@@ -167,6 +169,7 @@ class FinetuneConfig:
     dims: int | None = None
     test_data: str | None = None
     group_size: int | None = None
+    assume_spacing: float | None = None
     epochs: int = 100
     steps_per_epoch: int = 50
     batch_size: int = 8
@@ -236,6 +239,8 @@ class FinetuneConfig:
             raise ConfigError(f"dims must be 2 or 3, got {self.dims}")
         if self.dims is not None and self.crop is not None and len(self.crop) != self.dims:
             raise ConfigError(f"--dims {self.dims} needs a crop of {self.dims} sides, got {tuple(self.crop)}")
+        if self.assume_spacing is not None and not self.assume_spacing > 0:
+            raise ConfigError(f"assume_spacing must be a positive number of mm, got {self.assume_spacing}")
         if self.group_size is not None and self.group_size < 1:
             raise ConfigError(f"group_size must be at least 1, got {self.group_size}")
         if self.window is not None and not self.window[1] > self.window[0]:

@@ -485,7 +485,10 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     from finetune.load_report import write_load_report
 
     write_load_report(cfg, target.task, out, log)  # before the data: a wrong file fails at once
-    data = target.load(cfg)
+    from genesis.io import assumed_spacing
+
+    with assumed_spacing(cfg.assume_spacing):  # every volume a target reads (luna16, lidc, layouts...)
+        data = target.load(cfg)
     _check_splits(data, target)
     if data.synthetic:
         log(SYNTHETIC_BANNER)

@@ -125,7 +125,11 @@ def test_dims_mismatch_and_wrong_target_are_errors(tmp_path):
         run_finetune(tiny("classification", h5, tmp_path / "c"), log=lambda s: None)
     from genesis.training.checkpoint import save_checkpoint
 
-    save_checkpoint({"model": {}, "model_name": "unet3d", "model_kwargs": {"base_width": 2}}, tmp_path / "w3d.pt")
+    from genesis.models import create_model
+
+    # real 3D weights (an empty state dict now fails earlier, in the load report written before the data)
+    save_checkpoint({"model": create_model("unet3d", base_width=2).state_dict(), "model_name": "unet3d",
+                     "model_kwargs": {"base_width": 2}}, tmp_path / "w3d.pt")
     with pytest.raises(ConfigError, match="hold a 3D network"):
         run_finetune(tiny("segmentation", h5, tmp_path / "d", weights=str(tmp_path / "w3d.pt"), group_size=4),
                      log=lambda s: None)

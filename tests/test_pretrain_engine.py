@@ -86,7 +86,7 @@ def test_loader_workers_do_not_change_the_result(two_epochs: Path, tmp_path: Pat
     assert all(torch.equal(with_workers[k], full[k]) for k in full)
 
 
-def test_failed_checkpoint_write_keeps_previous_file(tmp_path: Path, monkeypatch) -> None:
+def test_failed_checkpoint_write_keeps_previous_file(tmp_path: Path, monkeypatch, capsys) -> None:
     out = tmp_path / "run"
     run_cli(out, "--task", "masked_region", "--epochs", "1")
     before = weights(out / "last.pt")
@@ -99,8 +99,10 @@ def test_failed_checkpoint_write_keeps_previous_file(tmp_path: Path, monkeypatch
         atomic_write(path, write)
 
     monkeypatch.setattr(engine, "save_checkpoint", broken_save)
-    with pytest.raises(OSError):  # a plain OSError (not one a user can fix) is not hidden
-        main([*TINY, "--out", str(out), "--task", "masked_region", "--epochs", "2", "--resume"])
+    # even an OSError without errno is one line naming the checkpoint, exit 2 (issue 12)
+    assert main([*TINY, "--out", str(out), "--task", "masked_region", "--epochs", "2", "--resume"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "disk full" in line and ".pt" in line and "is kept" in line
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["epoch"] == 1
     assert all(torch.equal(ckpt["model"][k], before[k]) for k in before)

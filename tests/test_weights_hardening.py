@@ -113,6 +113,28 @@ def test_stalled_server_hits_the_deadline(server, tmp_path) -> None:
     assert not part_path(entry, settings).exists() and not cached_path(entry, settings).exists()
 
 
+def test_finetune_weight_downloads_share_the_deadline_setting(server, tmp_path, monkeypatch) -> None:
+    """``genesis-finetune --weights NAME`` resolves through load_weights -> WeightsSettings.from_env:
+    $GENESIS_DOWNLOAD_TIMEOUT bounds that download as ``genesis-weights --timeout`` does."""
+    import yaml
+
+    server.mode = "trickle"
+    registry = tmp_path / "registry.yaml"
+    registry.write_text(yaml.safe_dump({"name": "unet3d.hardening", "urls": [server.url], "filename": "w.bin",
+                                        "format": "genesis"}))
+    monkeypatch.setenv("GENESIS_WEIGHTS_REGISTRY", str(registry))
+    monkeypatch.setenv("GENESIS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GENESIS_DOWNLOAD_TIMEOUT", "0.6")
+    assert WeightsSettings.from_env().deadline == 0.6
+    start = time.monotonic()
+    with pytest.raises(WeightsError, match="did not finish within 0.6 s"):
+        load_weights(create_model("unet3d", base_width=2), "unet3d.hardening")
+    assert time.monotonic() - start < 5.0
+    monkeypatch.setenv("GENESIS_DOWNLOAD_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="GENESIS_DOWNLOAD_TIMEOUT"):
+        WeightsSettings.from_env()
+
+
 def test_more_bytes_than_the_manifest_size_abort(server, tmp_path) -> None:
     server.mode = "oversize"
     settings, entry = _settings(tmp_path), _entry(server.url, size=len(PAYLOAD))

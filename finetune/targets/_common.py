@@ -111,8 +111,10 @@ def cached_array(cfg: "FinetuneConfig", kind: str, source: Path, params: object,
     from genesis.fileio import atomic_path, atomic_write_text
 
     stat = source.stat() if source.exists() else None
+    # assume_spacing changes the geometry of scans without a valid spacing, so it is part of the key
     key = hashlib.sha256(repr((str(source.resolve()), stat.st_size if stat else None,
-                               stat.st_mtime_ns if stat else None, params)).encode()).hexdigest()[:20]
+                               stat.st_mtime_ns if stat else None, params,
+                               getattr(cfg, "assume_spacing", None))).encode()).hexdigest()[:20]
     path = Path(cfg.out) / "cache" / kind / f"{key}.npy"
     meta_path = path.with_suffix(".json")
     if not (path.is_file() and meta_path.is_file()):

@@ -9,9 +9,10 @@ from typing import Callable
 
 from genesis.errors import GenesisError
 
-#: OSErrors the user can cause or fix (a full disk, a read-only or forbidden folder): one line, exit 2.
+#: OSErrors the user can cause or fix (a full disk, a read-only or forbidden folder, a failing disk
+#: or network mount: EIO): one line, exit 2.
 USER_OS_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-                            errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG})
+                            errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.EIO})
 
 
 def one_line(exc: BaseException) -> str:

@@ -60,7 +60,7 @@ def check_file(path: str | Path | None, what: str) -> None:
     if not p.exists():
         raise InputFileError(f"{what} does not exist", p)
     if not p.is_file():
-        raise InputFileError(f"{what} is not a file", p)
+        raise InputFileError(f"{what} {'is a directory' if p.is_dir() else 'is not a regular file'}", p)
 
 
 def check_exists(path: str | Path | None, what: str) -> None:

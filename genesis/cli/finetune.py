@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "segmentation/classification: an MSD/nnU-Net raw folder, a MONAI datalist .json, a .csv "
                    "(image,label[,group][,split]) or an .h5/.npz arrays file")
     p.add_argument("--weights", help="pretrained weights: checkpoint path (e.g. genesis-pretrain best.pt) or released name "
-                   "(genesis-weights list: unet3d.genesis_chest_ct, r3d_18.kinetics400, resnet18.imagenet1k_v1 ...)")
+                   "(genesis-weights list: unet3d.genesis_chest_ct, r3d_18.kinetics400, resnet18.imagenet1k_v1 ...); a "
+                   "download gives up after $GENESIS_DOWNLOAD_TIMEOUT seconds (default 1800)")
     p.add_argument("--model", metavar="NAME",
                    help="network: unet3d (Models Genesis), or for ncc/ecc/pe a baseline such as r3d_18, mc3_18, "
                         "r2plus1d_18, resnet18, resnet50, resnext101_32x8d, lrcn, resnet18_3d (default: the "
@@ -68,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "labelled test set (any layout --data takes)")
     p.add_argument("--group-size", type=int, metavar="N", help="arrays file without 'groups': each run of N "
                    "consecutive samples is one patient (splits and label fractions never cut a patient)")
+    p.add_argument("--assume-spacing", type=float, metavar="MM",
+                   help="use MM where a scan's voxel spacing is missing or invalid (default: such a scan is an error)")
     p.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="HU window mapped to [0, 1] for CT (default: the target's, CT [-1000, 1000])")
     p.add_argument("--label-fraction", type=float, nargs="+", help="one or several fractions of the training labels")
@@ -114,7 +117,7 @@ _FLAG_KEYS = {
     "label_fraction": "label_fractions", "seed": "seed", "repeats": "repeats", "device": "device",
     "precision": "precision", "compare": "compare", "resume": "resume", "channels": "channels", "aggregate": "aggregate",
     "lr_search": "lr_search", "view": "view", "dims": "dims", "test_data": "test_data",
-    "group_size": "group_size", "window": "window",
+    "group_size": "group_size", "window": "window", "assume_spacing": "assume_spacing",
     "weight_decay": "optim.weight_decay", "uncertain": "uncertain", "study_max": "study_max",
 }
 

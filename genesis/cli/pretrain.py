@@ -194,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.prepare_only:  # --prepare-only writes only to the cache, never to --out
         check_out_dir(cfg.out, cfg.resume, cfg.overwrite, remove=False)
     if cfg.resume and not _resumable(Path(cfg.out)):
+        if (Path(cfg.out) / "best.pt").is_file():  # issue 12: say what is there and what to do
+            raise ConfigError(f"--resume: only best.pt is in {cfg.out}, no last.pt (the training state is saved in "
+                              "last.pt); start over without --resume (or use another --out), or fine-tune from "
+                              "best.pt (genesis-finetune --weights)")
         raise ConfigError(f"--resume: nothing to resume in {cfg.out} (no last.pt)")
     if cfg.resume and run_config.is_file():
         from genesis.config import config_to_dict

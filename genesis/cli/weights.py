@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra manifest YAML file (repeatable; also $GENESIS_WEIGHTS_REGISTRY)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="give up on a file whose download takes longer than this, retries included (default 1800)")
+                        help="give up on a file whose download takes longer than this, retries included (default: $GENESIS_DOWNLOAD_TIMEOUT, else 1800; the variable also bounds "
+                        "genesis-finetune --weights NAME)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="registered weights and their cache state")
     for command, text in (("info", "show a manifest entry"), ("download", "download and verify"),

@@ -477,11 +477,21 @@ class _Arrays:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        from genesis.io.integrity import check_declared_arrays, npz_headers
+
+        # The whole arrays are read into memory (full()): refuse a header claim that cannot fit
+        # before allocating. No fixed cap (a dataset may rightly be large): available memory is it.
+        keys = ("images", "labels", "groups", "modality")
         if path.suffix.lower() == ".npz":
+            import zipfile
+
             try:
+                headers = npz_headers(path)
+                check_declared_arrays({k: v for k, v in headers.items() if k in keys}, path, limit=None,
+                                      error=DatasetLayoutError)
                 with np.load(path, allow_pickle=False) as z:
-                    self._data = {k: z[k] for k in ("images", "labels", "groups", "modality") if k in z.files}
-            except (OSError, ValueError) as exc:
+                    self._data = {k: z[k] for k in keys if k in z.files}
+            except (OSError, ValueError, zipfile.BadZipFile) as exc:
                 raise DatasetLayoutError(f"cannot read npz ({exc})", path) from None
             self.attrs: dict[str, Any] = {}
             if "modality" in self._data:
@@ -493,7 +503,16 @@ class _Arrays:
                 handle = h5py.File(path, "r")
             except OSError as exc:
                 raise DatasetLayoutError(f"cannot read HDF5 ({exc})", path) from None
-            self._data = {k: handle[k] for k in ("images", "labels", "groups") if k in handle}
+            self._data = {k: handle[k] for k in keys[:3] if k in handle}
+            try:
+                not_arrays = [k for k, v in self._data.items() if not isinstance(v, h5py.Dataset)]
+                if not_arrays:
+                    raise DatasetLayoutError(f"{not_arrays} in the arrays file are HDF5 groups, not datasets", path)
+                check_declared_arrays({k: (v.shape, v.dtype) for k, v in self._data.items()}, path, limit=None,
+                                      error=DatasetLayoutError)
+            except DatasetLayoutError:
+                handle.close()
+                raise
             self.attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in handle.attrs.items()}
         if "images" not in self._data:
             raise DatasetLayoutError(f"arrays file needs an 'images' array (N, C, H, W) or (N, C, D, H, W); "
@@ -663,8 +682,11 @@ class LayoutVolumeSource:
         from genesis.data.preprocess import resample
         from genesis.io.volume import Volume
 
+        from genesis.io.readers import assumed_spacing
+
         item, c = self._index[i]
-        image, geometry, header_modality = self.dataset.load_image(item)
+        with assumed_spacing(getattr(self.preprocess_cfg, "assume_spacing", None)):  # pretrain --assume-spacing
+            image, geometry, header_modality = self.dataset.load_image(item)
         if self._mode is None:
             self._mode = intensity_mode(self.dataset, image, header_modality)
         channel = image[c]

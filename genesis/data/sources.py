@@ -387,9 +387,12 @@ def volume_source_from_arg(
         return LayoutVolumeSource(path, preprocess_cfg, group_size=None)
     if path.is_dir():
         from genesis.data.discovery import discover_scans
+        from genesis.io.readers import assumed_spacing
 
-        report = discover_scans(path, crop=crop, keep_labels=keep_labels, keep_non_hu=keep_non_hu,
-                                spacing=preprocess_cfg.spacing if preprocess_cfg is not None else None)
+        # discovery reads every scan: --assume-spacing must reach it, or such scans are skipped
+        with assumed_spacing(preprocess_cfg.assume_spacing if preprocess_cfg is not None else None):
+            report = discover_scans(path, crop=crop, keep_labels=keep_labels, keep_non_hu=keep_non_hu,
+                                    spacing=preprocess_cfg.spacing if preprocess_cfg is not None else None)
         source = FileVolumeSource(report.records, preprocess_cfg, cache_dir)
         source.data_report = report
         return source

@@ -15,8 +15,11 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
+from typing import Any, Mapping, Sequence
 
-from genesis.errors import GenesisWarning, VolumeReadError
+import numpy as np
+
+from genesis.errors import GenesisError, GenesisWarning, VolumeReadError
 from genesis.io.volume import Volume
 
 #: Largest float32 volume we agree to allocate (a 2048 x 1024 x 1024 CT is 8 GiB); larger headers
@@ -57,23 +60,70 @@ def available_memory() -> int | None:
         return None
 
 
-def check_allocation(n_bytes: int, path: str | Path | None, what: str = "the volume") -> None:
-    """Refuse to allocate ``n_bytes`` for ``what`` when it exceeds :data:`MAX_VOLUME_BYTES` or
-    the memory available now.
+def check_allocation(n_bytes: int, path: str | Path | None, what: str = "the volume", *,
+                     limit: int | None = MAX_VOLUME_BYTES, error: type[GenesisError] = VolumeReadError) -> None:
+    """Refuse to allocate ``n_bytes`` for ``what`` when it exceeds ``limit`` (default
+    :data:`MAX_VOLUME_BYTES`; None: no fixed limit) or the memory available now.
 
     Raises:
-        VolumeReadError: naming ``path`` and both sizes.
+        ``error`` (default VolumeReadError): naming ``path`` and both sizes.
     """
     gib = n_bytes / (1 << 30)
-    if n_bytes > MAX_VOLUME_BYTES:
-        raise VolumeReadError(
-            f"header declares {what} of {gib:.1f} GiB, more than the {MAX_VOLUME_BYTES >> 30} GiB limit "
+    if limit is not None and n_bytes > limit:
+        raise error(
+            f"header declares {what} of {gib:.1f} GiB, more than the {limit / (1 << 30):g} GiB limit "
             "(corrupt header?)", path)
     free = available_memory()
     if free is not None and n_bytes > free:
-        raise VolumeReadError(
+        raise error(
             f"header declares {what} of {gib:.1f} GiB but only {free / (1 << 30):.1f} GiB of memory is available",
             path)
+
+
+def npz_headers(path: str | Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """``{name: (shape, dtype)}`` of the arrays in an ``.npz``, read from their ``.npy`` headers only.
+
+    ``np.load(...)[name]`` allocates whatever a member's header declares (and inflates a
+    compressed member to that size); reading the headers first lets the caller refuse a claim
+    before any allocation.
+
+    Raises:
+        OSError / ValueError / zipfile.BadZipFile: not a readable npz (the caller names the file).
+    """
+    import zipfile
+
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as handle:
+                version = np.lib.format.read_magic(handle)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+                else:  # 3.0 (utf-8 field names) has no public reader; same header layout as 2.0
+                    shape, _, dtype = np.lib.format._read_array_header(handle, version)
+            out[info.filename[:-4]] = (tuple(int(n) for n in shape), np.dtype(dtype))
+    return out
+
+
+def check_declared_arrays(declared: Mapping[str, tuple[Sequence[int], Any]], path: str | Path, what: str = "arrays",
+                          *, limit: int | None = MAX_VOLUME_BYTES, error: type[GenesisError] = VolumeReadError) -> None:
+    """:func:`check_allocation` for the arrays a file declares (HDF5 datasets, npz members).
+
+    Args:
+        declared: ``{name: (shape, dtype)}`` from the file's headers (nothing read yet).
+        what: the kind of file for the message (``"arrays"``, ``"weights"``).
+    """
+    sizes = {name: math.prod(int(n) for n in shape) * np.dtype(dtype).itemsize for name, (shape, dtype) in declared.items()}
+    if not sizes:
+        return
+    largest = max(sizes, key=sizes.__getitem__)
+    shape = "x".join(str(int(n)) for n in declared[largest][0])
+    check_allocation(sum(sizes.values()), path, f"{what} ({largest}: {shape} {np.dtype(declared[largest][1])}"
+                     f"{f', and {len(sizes) - 1} more' if len(sizes) > 1 else ''})", limit=limit, error=error)
 
 
 def verify_compressed(path: Path, offset: int, wbits: int, expected: int | None, what: str) -> None:

@@ -12,7 +12,10 @@ import os
 import shutil
 import tempfile
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -31,6 +34,27 @@ FILE_FORMATS: dict[str, str] = {
     ".nrrd": "NrrdImageIO",
     ".nhdr": "NrrdImageIO",
 }
+
+
+#: ``--assume-spacing`` for readers called deep inside a dataset loader (the fine-tuning targets'
+#: LUNA16 / LIDC / LiTS / RSNA PE / dataset-layout readers): one scoped setting instead of an
+#: argument threaded through every loader. A ContextVar, not a module global: it is set only inside
+#: :func:`assumed_spacing` and restored on exit, so nothing leaks between runs or threads.
+_ASSUMED_SPACING: ContextVar[float | None] = ContextVar("genesis_assume_spacing", default=None)
+
+
+@contextmanager
+def assumed_spacing(mm: float | None) -> Iterator[None]:
+    """Within the block, :func:`load_volume` calls without ``assume_spacing`` use ``mm``.
+
+    ``None`` keeps the default (invalid spacing is an error). An explicit ``assume_spacing``
+    argument of :func:`load_volume` always wins.
+    """
+    token = _ASSUMED_SPACING.set(mm)
+    try:
+        yield
+    finally:
+        _ASSUMED_SPACING.reset(token)
 
 
 def volume_suffix(path: str | Path) -> str | None:
@@ -187,7 +211,8 @@ def load_volume(path: str | Path, *, series_uid: str | None = None, assume_spaci
             a DICOM series, or one ``.dcm`` file (its whole series in that folder is read).
         series_uid: SeriesInstanceUID to pick when a DICOM folder holds several series.
         assume_spacing: mm to use where the file's spacing is missing, zero, negative or NaN
-            (an explicit opt-in, with a warning); None (default) makes that an error.
+            (an explicit opt-in, with a warning); None (default) takes the enclosing
+            :func:`assumed_spacing` block's value, and without one makes that an error.
     Returns:
         The :class:`Volume` (geometry in the ITK/LPS convention, see :mod:`genesis.io.volume`).
     Raises:
@@ -198,6 +223,8 @@ def load_volume(path: str | Path, *, series_uid: str | None = None, assume_spaci
         GenesisWarning: non-CT modality, intensities that do not look like HU.
     """
     path = Path(path)
+    if assume_spacing is None:
+        assume_spacing = _ASSUMED_SPACING.get()
     if not path.exists():
         raise VolumeReadError("no such file or directory", path)
     check_readable(path)

@@ -27,14 +27,18 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
     try:
         atomic_write(path, lambda tmp: torch.save(state, tmp))
-    except OSError as exc:
-        kept = f"the previous {path.name} is kept" if path.is_file() else f"no {path.name} was written"
-        raise CheckpointError(f"cannot write checkpoint ({exc.strerror or exc}); {kept}", path) from exc
-    except RuntimeError as exc:  # torch.save reports a failed write ("file write failed") as RuntimeError
-        kept = f"the previous {path.name} is kept" if path.is_file() else f"no {path.name} was written"
-        reason = " ".join(str(exc).split())
-        raise CheckpointError(f"cannot write checkpoint ({reason}); {kept}", path) from exc
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write ("file write failed") as RuntimeError
+        raise write_error(exc, path, "checkpoint") from exc
     return path
+
+
+def write_error(exc: BaseException, path: str | Path, what: str = "file") -> CheckpointError:
+    """The one-line error for a failed atomic write of ``path`` (any OSError: disk full, I/O error,
+    permission, or one without an errno), saying whether the previous file is still there."""
+    path = Path(path)
+    kept = f"the previous {path.name} is kept" if path.is_file() else f"no {path.name} was written"
+    reason = getattr(exc, "strerror", None) or " ".join(str(exc).split()) or type(exc).__name__
+    return CheckpointError(f"cannot write {what} ({reason}); {kept}", path)
 
 
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:

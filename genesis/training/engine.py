@@ -32,7 +32,7 @@ from genesis.device import autocast, needs_grad_scaler
 from genesis.errors import ConfigError, GenesisError
 from genesis.models import ModelOutput, unpack_output
 from genesis.rng import capture_rng_state, restore_rng_state
-from genesis.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
+from genesis.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, write_error
 from genesis.training.config import PretrainConfig
 from genesis.training.ddp import (
     DistInfo,
@@ -302,10 +302,16 @@ class Trainer:
                 if dist.is_main:
                     state = self._checkpoint(model, optimizer, scheduler, scaler, early, history, epoch + 1,
                                              global_step, stage, finished, stopped_early)
-                    if improved or not best_path.is_file():
-                        save_checkpoint(state, best_path)
-                    save_checkpoint(state, last_path)
-                    write_csv_log(history, out / "log.csv")
+                    writing = best_path
+                    try:  # any OSError while persisting the epoch: one line naming the file, exit 2
+                        if improved or not best_path.is_file():
+                            save_checkpoint(state, best_path)
+                        writing = last_path
+                        save_checkpoint(state, last_path)
+                        writing = out / "log.csv"
+                        write_csv_log(history, writing)
+                    except OSError as exc:
+                        raise write_error(exc, writing, "checkpoint" if writing.suffix == ".pt" else "log") from exc
                     tb.scalars(record, epoch + 1)
                     print(epoch_line(record, cfg.epochs, stage, self._eta(history, first_epoch, epoch)),
                           file=sys.stderr, flush=True)

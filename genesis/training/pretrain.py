@@ -731,7 +731,10 @@ def _report_data(source: Any, cfg: PretrainConfig, out: Path, train_idx: list[in
 
     report = getattr(source, "data_report", None)
     if report is None and hasattr(source, "records"):  # a manifest or one file: listed scans, all kept
-        report = inspect_records(source.records, str(cfg.data.data))
+        from genesis.io.readers import assumed_spacing
+
+        with assumed_spacing(cfg.data.assume_spacing):
+            report = inspect_records(source.records, str(cfg.data.data))
     if report is None:
         kind = "synthetic chest CT (generated)" if getattr(source, "is_synthetic", False) else type(source).__name__
         report = report_without_reading([VolumeRecord(Path(source.name(i))) for i in range(len(source))], kind)

@@ -118,6 +118,20 @@ def _keras_layers(handle: Any) -> list[tuple[str, dict[str, np.ndarray]]]:
     return layers
 
 
+#: Largest Keras weights file we read: the Models Genesis U-Net is about 80 MB (19 M float32).
+MAX_KERAS_WEIGHTS_BYTES = 4 << 30
+
+
+def _check_declared_sizes(handle: Any, path: Path) -> None:
+    """Refuse datasets whose declared sizes add up to more than a U-Net could need (or than memory
+    holds) before any is read: a chunked HDF5 dataset of 1 TB takes a few KB on disk."""
+    from genesis.io.integrity import check_declared_arrays
+
+    declared: dict[str, tuple[Any, Any]] = {}
+    handle.visititems(lambda name, obj: declared.__setitem__(name, (obj.shape, obj.dtype)) if hasattr(obj, "dtype") else None)
+    check_declared_arrays(declared, path, "weights", limit=MAX_KERAS_WEIGHTS_BYTES, error=CheckpointError)
+
+
 def _keras_bn_epsilon(handle: Any) -> dict[str, float]:
     """Per-layer batch-norm epsilon from the stored model config (full-model files only)."""
     config = handle.attrs.get("model_config")
@@ -153,6 +167,7 @@ def convert_keras_h5(path: str | Path, bn_eps: float = 1e-5) -> dict[str, torch.
     except OSError as exc:
         raise CheckpointError(f"cannot read Keras HDF5 file: {exc}", path) from None
     with handle:
+        _check_declared_sizes(handle, path)
         try:
             layers = _keras_layers(handle)
             epsilons = _keras_bn_epsilon(handle)

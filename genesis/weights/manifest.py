@@ -245,11 +245,23 @@ class WeightsSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "WeightsSettings":
-        """Build settings from ``GENESIS_CACHE``, ``GENESIS_WEIGHTS_REGISTRY``, ``GENESIS_OFFLINE``."""
+        """Build settings from ``GENESIS_CACHE``, ``GENESIS_WEIGHTS_REGISTRY``, ``GENESIS_OFFLINE`` and
+        ``GENESIS_DOWNLOAD_TIMEOUT`` (seconds per file: the ``deadline``; ``genesis-weights --timeout``
+        overrides it). Every entry point that downloads (``genesis-finetune --weights NAME``, baselines'
+        pretrained weights) builds its settings here, so one variable bounds them all."""
         env = os.environ if env is None else env
         files = [Path(p) for p in env.get("GENESIS_WEIGHTS_REGISTRY", "").split(os.pathsep) if p.strip()]
         offline = env.get("GENESIS_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
         settings = cls(cache_dir=default_cache_dir(env), registry_files=files, offline=offline)
+        raw = env.get("GENESIS_DOWNLOAD_TIMEOUT", "").strip()
+        if raw:
+            try:
+                deadline = float(raw)
+            except ValueError:
+                deadline = float("nan")
+            if not deadline > 0 or deadline == float("inf"):
+                raise ConfigError(f"GENESIS_DOWNLOAD_TIMEOUT must be a positive number of seconds, got {raw!r}")
+            settings.deadline = deadline
         for key, value in overrides.items():
             if value is not None:
                 setattr(settings, key, value)

@@ -42,7 +42,14 @@ def load_medmnist3d(path: str | Path, splits: Sequence[str] = SPLITS) -> dict[st
         raise DatasetLayoutError(f"unknown MedMNIST split(s) {unknown}; use {SPLITS}", path)
     if not path.is_file():
         raise InputFileError("MedMNIST file does not exist", path)
+    from genesis.io.integrity import check_declared_arrays, npz_headers
+
     try:
+        # sizes from the headers, checked before np.load allocates them (a lone .npy fails below)
+        headers = npz_headers(path) if zipfile.is_zipfile(path) else {}
+        wanted = {f"{s}_{k}" for s in splits for k in ("images", "labels")}
+        check_declared_arrays({k: v for k, v in headers.items() if k in wanted}, path, limit=None,
+                              error=InputFileError)
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise InputFileError(f"not a MedMNIST .npz archive ({exc})", path) from exc
