@@ -15,8 +15,10 @@ Example (the MSD lung-tumour patches: 13 patients x 10 patches in order)::
         --out benchmarks/results/label_efficiency_msd_lung
 
 Every step is a plain ``genesis-pretrain`` / ``genesis-finetune`` run under ``--out`` (rerun with
-the same ``--out`` to resume); a task that cannot pretrain on these data (e.g. ``combined`` on 2D
-before it accepts 2D batches) is reported as such, not dropped silently.
+the same ``--out`` to resume); a task that cannot pretrain on these data (e.g. a 3D-only task with
+``--dims 2``) is reported as such, not dropped silently. On a CPU shared with other jobs, run it with
+``OMP_NUM_THREADS=1``: with torch's default threads each fine-tuning step of the tiny 2D U-Net cost
+about 15x the CPU time (and 10x the wall time) on a busy 2-core machine.
 """
 
 from __future__ import annotations
