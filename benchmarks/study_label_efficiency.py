@@ -197,6 +197,14 @@ def markdown(s: dict[str, Any]) -> str:
         "pretraining helped for " + ", ".join(f"{r['config']} at {r['fraction']:g}" for r in helped) if helped else
         "pretraining did not help detectably at any fraction")
         + ("; it hurt for " + ", ".join(f"{r['config']} at {r['fraction']:g}" for r in hurt) if hurt else "") + "."]
+    # each row is its own test; with several, say how many survive a Bonferroni correction
+    tested = [r for r in s["rows"] if r["vs_scratch"] and r["vs_scratch"].get("p_welch") is not None]
+    if len(tested) > 1:
+        strict = ALPHA / len(tested)
+        kept = [r for r in tested if r["vs_scratch"]["p_welch"] < strict]
+        lines.append(f"{len(tested)} comparisons: at a Bonferroni-corrected alpha of {strict:.4g}, "
+                     + (", ".join(f"{r['config']} at {r['fraction']:g}" for r in kept) if kept else "none")
+                     + " remain significant.")
     return "\n".join(lines) + "\n"
 
 
