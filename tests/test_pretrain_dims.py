@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _owndata import patches_h5  # noqa: E402
@@ -22,17 +21,6 @@ from genesis.training.pretrain import run_pretraining  # noqa: E402
 
 TINY = ["--preset", "quick", "--epochs", "1", "--steps-per-epoch", "1", "--width", "2", "--device", "cpu",
         "--no-progress", "--set", "log.grids=false", "--set", "log.tensorboard=false"]
-
-
-def _combined_accepts_2d() -> bool:
-    """Capability check: the Models Genesis ``combined`` scheme takes (B, C, H, W) batches."""
-    import proxy_tasks
-
-    try:
-        pair = proxy_tasks.build("combined")(torch.rand(2, 1, 16, 16), generator=torch.Generator().manual_seed(0))
-    except Exception:  # noqa: BLE001 - any refusal means "not yet"
-        return False
-    return pair.input.dim() == 4
 
 
 def test_auto_optimizer_uses_sgd_only_for_the_3d_unet_genesis_recipe():
@@ -73,19 +61,9 @@ def test_dims_mismatches_are_config_errors(tmp_path, capsys):
         run_pretraining(cfg)
 
 
-@pytest.mark.skipif(not _combined_accepts_2d(), reason="combined does not accept (B, C, H, W) batches yet "
-                    "(the transforms helper's change); then this test runs")
 def test_combined_pretraining_in_2d_trains_unet2d(tmp_path):
     h5 = patches_h5(tmp_path / "p.h5", n=8, side=24)
     out = tmp_path / "mg2d"
     assert main([*TINY, "--task", "combined", "--dims", "2", "--data", str(h5), "--out", str(out)]) == 0
     ckpt = load_checkpoint(out / "best.pt")
     assert ckpt["dims"] == 2 and ckpt["model_name"] == "unet2d"
-
-
-def test_combined_in_2d_is_refused_while_it_only_takes_volumes(tmp_path, capsys):
-    if _combined_accepts_2d():
-        pytest.skip("combined accepts 2D batches now")
-    h5 = patches_h5(tmp_path / "p.h5", n=8, side=24)
-    assert main([*TINY, "--task", "combined", "--dims", "2", "--data", str(h5), "--out", str(tmp_path / "c")]) == 2
-    assert "not the --dims 2 asked for" in capsys.readouterr().err
