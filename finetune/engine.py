@@ -482,13 +482,16 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    from finetune.load_report import write_load_report
-
-    write_load_report(cfg, target.task, out, log)  # before the data: a wrong file fails at once
     from genesis.io import assumed_spacing
 
     with assumed_spacing(cfg.assume_spacing):  # every volume a target reads (luna16, lidc, layouts...)
         data = target.load(cfg)
+    from finetune.load_report import write_load_report
+
+    # after the data: the generic targets learn their dimensions, channels and classes from it, and
+    # a report built for another network (e.g. 2D kernels "inflated" into a 3D U-Net) would be wrong
+    write_load_report(cfg, target.task, out, log, spatial_dims=target.spatial_dims, in_channels=target.in_channels,
+                      out_channels=getattr(target, "num_outputs", target.out_channels))
     _check_splits(data, target)
     if data.synthetic:
         log(SYNTHETIC_BANNER)

@@ -58,6 +58,8 @@ def test_2d_h5_segmentation_with_groups_test_data_fractions_and_pretrained_weigh
                           "--compare", str(tmp_path / "scratch")]) == 0
     mg = json.loads((tmp_path / "mg" / "metrics.json").read_text())
     assert mg["weights"].endswith("best.pt") and mg["model"] == "unet2d"
+    report = json.loads((tmp_path / "mg" / "load_report.json").read_text())
+    assert report["loaded"] and not report["inflated_2d_to_3d"]  # built as the 2D network it fine-tunes
     assert [f["fraction"] for f in mg["label_fractions"]] == [1.0]
     assert mg["comparison"]["fractions"][0]["dice"]["n_a"] == 2
 
