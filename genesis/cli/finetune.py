@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="study prediction from window predictions, and 2D window from slice logits (default max)")
     p.add_argument("--view", choices=("window", "axial", "orthogonal"),
                    help="2D baselines: every slice (default), 3 adjacent axial slices (2D) or axial/coronal/"
-                        "sagittal planes through the centre (2.5D) as RGB")
+                        "sagittal planes through the centre (2.5D) as RGB; ncs: unet2d on axial planes (2D) or "
+                        "on axial, coronal and sagittal planes, averaged (2.5D)")
     p.add_argument("--lr-search", action="store_true", default=None,
                    help="choose the learning rate first: one run per lr_grid rate (1e-1 ... 1e-5) on 10%% of the "
                         "training labels, best validation metric wins (Ke et al.)")
@@ -142,6 +143,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         target_name = overrides.get("target") or load_config(FinetuneConfig, args.config).target
         quick_crop = get_target(str(target_name)).quick_crop
         if quick_crop is not None:  # None: the target fits its crop to the images
+            if overrides.get("dims") == 2 and len(quick_crop) == 3:  # 2D planes of a cube target (ncs --dims 2)
+                quick_crop = tuple(quick_crop)[1:]
             overrides["crop"] = quick_crop
     return load_config(FinetuneConfig, args.config, overrides).validate()
 
