@@ -497,7 +497,8 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     save_config(cfg, out / "config.yaml")
     from finetune.load_report import write_load_report
 
-    write_load_report(cfg, target.task, out, log)  # before the data: a wrong file fails at once
+    net_input = target.network_input(cfg) if hasattr(target, "network_input") else {}  # 2D/2.5D ncs: unet2d
+    write_load_report(cfg, target.task, out, log, **net_input)  # before the data: a wrong file fails at once
     data = target.load(cfg)
     _check_splits(data, target)
     if data.synthetic:

@@ -54,7 +54,18 @@ def _run(tmp_path, name, *flags):
     (("--view", "orthogonal", "--channels", "neighbors"), "orthogonal", 3),
 ])
 def test_ncs_2d_and_2_5d_through_the_cli(tmp_path, flags, view, channels):
+    if view == "axial":  # a genesis-pretrain --dims 2 checkpoint (unet2d, one channel) loads as it is
+        from genesis.models import create_model
+        from genesis.training.checkpoint import save_checkpoint
+
+        weights = tmp_path / "best.pt"
+        save_checkpoint({"model": create_model("unet2d", base_width=2).state_dict(), "model_name": "unet2d",
+                         "model_kwargs": {"base_width": 2}, "epoch": 1}, weights)
+        flags = (*flags, "--weights", str(weights))
     out, metrics = _run(tmp_path, view, *flags)
+    if view == "axial":
+        report = json.loads((out / "load_report.json").read_text())
+        assert report["loaded"] and not report["missing"] and not report["inflated_2d_to_3d"]
     assert metrics["model"] == "unet2d" and metrics["spatial_dims"] == 2
     assert metrics["model_kwargs"]["in_channels"] == channels
     assert ("2D slice-based" if view == "axial" else "2.5D orthogonal") in metrics["evaluation"]

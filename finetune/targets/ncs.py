@@ -88,6 +88,14 @@ class NoduleSegmentation(Target):
                               "(slices n-1, n, n+1 as channels)")
         return view
 
+    def network_input(self, cfg: "FinetuneConfig") -> dict[str, int]:
+        """``spatial_dims`` / ``in_channels`` of the network, known before the data (the load report)."""
+        if self.slice_view(cfg) is None:
+            return {}
+        from finetune.slicewise import CONTEXT
+
+        return {"spatial_dims": 2, "in_channels": CONTEXT[cfg.channels]}
+
     def volume_crop(self, cfg: "FinetuneConfig") -> tuple[int, int, int]:
         """The 3D training crop (D, H, W); a 2D ``--crop H W`` gets depth H / 2 (the 64x64x32 aspect)."""
         if cfg.crop is not None and len(cfg.crop) == 2:
@@ -106,7 +114,8 @@ class NoduleSegmentation(Target):
             from finetune.slicewise import slice_input
 
             self.slices = slice_input(view, cfg.channels, self.volume_crop(cfg), self.crop(cfg))
-            self.spatial_dims, self.in_channels = 2, self.slices.context
+            net = self.network_input(cfg)
+            self.spatial_dims, self.in_channels = net["spatial_dims"], net["in_channels"]
         return super().load(cfg)
 
     def load_synthetic(self, cfg: "FinetuneConfig") -> TargetData:
