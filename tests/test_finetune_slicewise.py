@@ -44,7 +44,7 @@ def _run(tmp_path, name, *flags):
                  "--steps-per-epoch", "1", "--device", "cpu", "--out", str(out), *flags,
                  "--set", "synthetic.n_train=1", "--set", "synthetic.n_val=1", "--set", "synthetic.n_test=1",
                  "--set", "synthetic.shape=[48, 64, 64]", "--set", "precise_bn_batches=1",
-                 "--set", "evaluation.bootstrap_resamples=20"])
+                 "--set", "evaluation.bootstrap_resamples=20", "--set", "evaluation.region_scale=1"])
     assert code == 0
     return out, json.loads((out / "metrics.json").read_text())
 
