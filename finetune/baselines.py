@@ -222,7 +222,8 @@ def check_model(cfg: Any, task: str, crop: tuple[int, int, int], target_name: st
                           f"{UNET} or a classifier ({', '.join(classifier_names())})")
     if choice.is_baseline:
         check_baseline(choice, crop, target_name)
-    elif getattr(cfg, "channels", "repeat") != "repeat" or getattr(cfg, "view", "window") != "window":
+    elif (getattr(cfg, "channels", "repeat") != "repeat" or getattr(cfg, "view", "window") != "window") \
+            and not _slice_view_target(cfg, target_name):
         raise ConfigError(f"--channels / --view make RGB from grey CT for the pretrained RGB baselines; "
                           f"the {UNET} U-Net takes the grey volume itself (leave them out)")
     if cfg.weights and not Path(cfg.weights).is_file():
@@ -230,6 +231,13 @@ def check_model(cfg: Any, task: str, crop: tuple[int, int, int], target_name: st
 
         resolve_source(cfg.weights, None)  # unknown names, failed downloads: GenesisError
     return choice
+
+
+def _slice_view_target(cfg: Any, target_name: str) -> bool:
+    """A 3D target that takes ``--view axial|orthogonal`` with the U-Net (2D/2.5D ncs, finetune.slicewise)."""
+    from finetune import get_target
+
+    return getattr(cfg, "view", "window") in getattr(get_target(target_name), "slice_views", ())
 
 
 def encoder_prefixes(model: nn.Module) -> tuple[str, ...]:

@@ -140,7 +140,10 @@ class FinetuneConfig:
         view: 2D baselines on classification crops: ``window`` (every slice scored, then
             ``aggregate``), ``axial`` (the centre slice and its two neighbours as RGB, the 2D input of
             Models Genesis Table 4) or ``orthogonal`` (axial, coronal and sagittal planes through the
-            crop centre as RGB, the 2.5D input).
+            crop centre as RGB, the 2.5D input). ``ncs`` with the U-Net: a ``unet2d`` on axial planes
+            (``axial``, also ``dims=2``) or on axial, coronal and sagittal planes, averaged
+            (``orthogonal``), scored in 3D; ``channels`` ``repeat`` = one slice, ``neighbors`` =
+            three adjacent slices (:mod:`finetune.slicewise`).
         lr_search: before the experiment, train one run per ``lr_grid`` rate on
             ``lr_search_fraction`` of the training split and use the rate with the best validation
             metric (Ke et al.: 1e-1 ... 1e-5 on 10%); the choice is recorded in ``metrics.json``.

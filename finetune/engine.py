@@ -135,6 +135,7 @@ def recompute_bn_stats(
     cfg: FinetuneConfig,
     seed: int,
     device: torch.device,
+    slices: Any = None,
 ) -> None:
     """Precise batch norm: running statistics of the trainable BN layers = the average over
     ``cfg.precise_bn_batches`` training batches under the current weights.
@@ -157,7 +158,8 @@ def recompute_bn_stats(
     frozen_batchnorm_eval(model)
     rng = numpy_generator(seed, 1_000_003)  # a stream no (epoch, step) batch uses
     for _ in range(cfg.precise_bn_batches):
-        images, _ = sample_batch(task, train, crop, cfg.batch_size, rng, cfg.balance)
+        images, _ = (slices.sample(train, cfg.batch_size, rng) if slices is not None
+                     else sample_batch(task, train, crop, cfg.batch_size, rng, cfg.balance))
         with autocast(device, cfg.amp, cfg.precision):
             model(images.to(device))
     for m, momentum in zip(layers, momenta):
@@ -172,12 +174,15 @@ def _forward(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_volume(
-    model: torch.nn.Module, image: np.ndarray, crop: tuple[int, ...], cfg: FinetuneConfig, device: torch.device
+    model: torch.nn.Module, image: np.ndarray, crop: tuple[int, ...], cfg: FinetuneConfig, device: torch.device,
+    batched: bool = False,
 ) -> np.ndarray:
     """Foreground probability of a whole (z, y, x) volume (or (y, x) image, channels first when
-    several) by sliding-window inference; (K, *spatial) class probabilities for K-class models."""
+    several) by sliding-window inference; (K, *spatial) class probabilities for K-class models.
+    ``batched``: ``image`` is (N, C, *spatial) and the result has a leading N axis (planes of a
+    volume, :mod:`finetune.slicewise`)."""
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    x = (x[None, None] if x.dim() == len(crop) else x[None]).to(device)
+    x = (x if batched else x[None, None] if x.dim() == len(crop) else x[None]).to(device)
     with autocast(device, cfg.amp, cfg.precision):
         logits = sliding_window_inference(
             x,
@@ -189,8 +194,9 @@ def predict_volume(
         )
     logits = torch.as_tensor(logits).float()
     if logits.shape[1] > 1:
-        return torch.softmax(logits, 1)[0].cpu().numpy()
-    return torch.sigmoid(logits)[0, 0].cpu().numpy()
+        probs = torch.softmax(logits, 1)
+        return (probs if batched else probs[0]).cpu().numpy()
+    return torch.sigmoid(logits)[:, 0].cpu().numpy() if batched else torch.sigmoid(logits)[0, 0].cpu().numpy()
 
 
 @torch.no_grad()
@@ -213,8 +219,12 @@ def evaluate(
         return _evaluate_multiclass(model, target, samples, crop, cfg, device)
     if target.task == "segmentation":
         out: dict[str, Any] = {"names": [], "dice": [], "iou": [], "iou_mean_thresholds": []}
+        slices = getattr(target, "slices", None)  # 2D/2.5D inputs of a 3D target: plane by plane, stacked
         for case in samples:
-            prob = predict_volume(model, case.image, crop, cfg, device)
+            if slices is not None:
+                prob = slices.predict(case.image, lambda planes: predict_volume(model, planes, crop, cfg, device, batched=True))
+            else:
+                prob = predict_volume(model, case.image, crop, cfg, device)
             pred = prob > 0.5
             out["names"].append(case.name)
             out["dice"].append(dice(pred, case.mask))
@@ -378,7 +388,10 @@ def train_run(
         losses = []
         for step in range(cfg.steps_per_epoch):
             rng = numpy_generator(seed, epoch, step)
-            images, targets = sample_batch(target.task, train, crop, cfg.batch_size, rng, cfg.balance)
+            if getattr(target, "slices", None) is not None:  # 2D/2.5D planes of a 3D target (finetune.slicewise)
+                images, targets = target.slices.sample(train, cfg.batch_size, rng)
+            else:
+                images, targets = sample_batch(target.task, train, crop, cfg.batch_size, rng, cfg.balance)
             masks = targets if target.task == "segmentation" else None
             images, masks = augmenter.batch(images, masks, rng.integers(0, 2**31, images.shape[0]))
             images = images.to(device)
@@ -401,7 +414,7 @@ def train_run(
                 loss.backward()
                 optimizer.step()
             losses.append(float(loss.detach()))
-        recompute_bn_stats(model, target.task, train, crop, cfg, seed, device)
+        recompute_bn_stats(model, target.task, train, crop, cfg, seed, device, getattr(target, "slices", None))
         val_values = evaluate(model, target, data.val, crop, cfg, device)
         val = metric_values(target.task, val_values, (target.val_metric,))[target.val_metric]
         train_loss = float(np.mean(losses))
@@ -490,8 +503,11 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
 
     # after the data: the generic targets learn their dimensions, channels and classes from it, and
     # a report built for another network (e.g. 2D kernels "inflated" into a 3D U-Net) would be wrong
-    write_load_report(cfg, target.task, out, log, spatial_dims=target.spatial_dims, in_channels=target.in_channels,
-                      out_channels=getattr(target, "num_outputs", target.out_channels))
+    network = {"spatial_dims": target.spatial_dims, "in_channels": target.in_channels,
+               "out_channels": getattr(target, "num_outputs", target.out_channels)}
+    if hasattr(target, "network_input"):  # 2D/2.5D ncs: unet2d
+        network.update(target.network_input(cfg))
+    write_load_report(cfg, target.task, out, log, **network)
     _check_splits(data, target)
     if data.synthetic:
         log(SYNTHETIC_BANNER)

@@ -32,9 +32,12 @@ def summary_lines(details: dict[str, Any], path: Path) -> list[str]:
     return lines
 
 
-def write_load_report(cfg: Any, task: str, out: Path, log: Callable[[str], None] = print, *,
-                      spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 1) -> dict[str, Any] | None:
+def write_load_report(cfg: Any, task: str, out: Path, log: Callable[[str], None] = print,
+                      **network: Any) -> dict[str, Any] | None:
     """Build the network with ``cfg.weights`` once, log the load report and write ``out/load_report.json``.
+
+    ``network``: ``spatial_dims`` / ``in_channels`` of the run's network when the target knows them
+    before its data (2D/2.5D ``ncs``), passed to :func:`finetune.transfer.build_model`.
 
     Returns:
         The report (None without ``--weights``).
@@ -50,8 +53,7 @@ def write_load_report(cfg: Any, task: str, out: Path, log: Callable[[str], None]
     path = out / "load_report.json"
     try:
         with torch.random.fork_rng(devices=[]):
-            _, _, _, info = build_model(task, cfg, spatial_dims=spatial_dims, in_channels=in_channels,
-                                        out_channels=out_channels)
+            _, _, _, info = build_model(task, cfg, **network)
     except CheckpointError as exc:
         details = getattr(exc, "load_report", None)
         if details is None:

@@ -107,7 +107,8 @@ def build_metrics(
             "t = 0.50, 0.55, ..., 0.95, per test case, then averaged over cases"
         ) if target.task == "segmentation" else None,
         "evaluation": (
-            "sliding-window inference over whole test volumes/regions" if target.task == "segmentation"
+            getattr(target, "slices").describe() if getattr(target, "slices", None) is not None  # 2D/2.5D ncs
+            else "sliding-window inference over whole test volumes/regions" if target.task == "segmentation"
             else (f"study-level: {cfg.aggregate} over window predictions" if target.aggregate else "sample-level")
         ),
         "configuration": describe(cfg, model["model"]),

@@ -13,6 +13,9 @@ SHARED_REAL = Path(os.environ.get("GENESIS_REAL_DATA", REPO.parent / "shared" / 
 TEST_DATA = Path(__file__).resolve().parent / "data"
 
 # Two cores on CI: one intra-op thread per process keeps parallel DataLoader/DDP tests honest.
+# OMP_NUM_THREADS also reaches subprocesses and the CLIs' --threads default (which would
+# otherwise give every in-process CLI run all cores, and oversubscribe a busy machine).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="study prediction from window predictions, and 2D window from slice logits (default max)")
     p.add_argument("--view", choices=("window", "axial", "orthogonal"),
                    help="2D baselines: every slice (default), 3 adjacent axial slices (2D) or axial/coronal/"
-                        "sagittal planes through the centre (2.5D) as RGB")
+                        "sagittal planes through the centre (2.5D) as RGB; ncs: unet2d on axial planes (2D) or "
+                        "on axial, coronal and sagittal planes, averaged (2.5D)")
     p.add_argument("--lr-search", action="store_true", default=None,
                    help="choose the learning rate first: one run per lr_grid rate (1e-1 ... 1e-5) on 10%% of the "
                         "training labels, best validation metric wins (Ke et al.)")
@@ -145,8 +146,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
         target_name = overrides.get("target") or load_config(FinetuneConfig, args.config).target
         quick_crop = get_target(str(target_name)).quick_crop
         if quick_crop is not None:  # None: the target fits its crop to the images
+            if overrides.get("dims") == 2 and len(quick_crop) == 3:  # 2D planes of a cube target (ncs --dims 2)
+                quick_crop = tuple(quick_crop)[1:]
             overrides["crop"] = quick_crop
     return load_config(FinetuneConfig, args.config, overrides).validate()
+
+
+WEIGHTS_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin", ".safetensors", ".h5", ".hdf5")
 
 
 @user_errors_exit
@@ -162,7 +168,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     _preflight.check_file(args.config, "--config file")
     _preflight.check_exists(args.data, "--data")
     _preflight.check_exists(args.compare, "--compare folder")
-    if args.weights and (Path(args.weights).suffix or "/" in args.weights) and not Path(args.weights).exists():
+    # registered names have a dot too (arch.tag): only a path or a weights-file ending means a file
+    weights_file = args.weights and ("/" in args.weights or Path(args.weights).suffix.lower() in WEIGHTS_SUFFIXES)
+    if weights_file and not Path(args.weights).exists():
         raise ConfigError(f"--weights {args.weights}: no such file (registered names look like unet3d.genesis_chest_ct)")
     _check_finetune_out(args)
     _preflight.apply_threads(args.threads)
