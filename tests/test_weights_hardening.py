@@ -146,9 +146,9 @@ def test_more_bytes_than_the_manifest_size_abort(server, tmp_path) -> None:
 @pytest.mark.parametrize("filename", ["../evil.bin", "sub/w.bin", "..", "a\\b.bin"])
 def test_manifest_file_names_stay_in_the_cache(filename) -> None:
     with pytest.raises(ConfigError, match="plain file name"):
-        entry_from_dict({"name": "unet3d.evil", "urls": ["https://example.org/w.bin"], "filename": filename})
+        entry_from_dict({"name": "unet3d.evil", "urls": ["http://127.0.0.1:9/w.bin"], "filename": filename})
     with pytest.raises(ConfigError, match="plain file name"):
-        entry_from_dict({"name": "unet3d.evil", "urls": ["https://example.org/%2E%2E"]})
+        entry_from_dict({"name": "unet3d.evil", "urls": ["http://127.0.0.1:9/%2E%2E"]})
 
 
 def test_wrong_dtype_weights_are_refused(tmp_path) -> None:

@@ -1,6 +1,6 @@
 """A ``--model nnunet`` checkpoint as the file ``nnUNetv2_train ... -pretrained_weights FILE`` loads.
 
-nnU-Net's ``load_pretrained_weights`` reads ``torch.load(FILE)["network_weights"]``, a state dict
+nnU-Net's ``load_pretrained_weights`` loads FILE with torch and reads its ``"network_weights"``, a state dict
 with the bare network's keys (no ``module.`` / ``_orig_mod.`` prefixes), skips every key that
 contains ``.seg_layers.`` and asserts that every other key of its freshly built network is present
 with the same shape. We therefore write the encoder and decoder weights under nnU-Net's own names,
