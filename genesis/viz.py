@@ -6,11 +6,21 @@ Uses matplotlib's non-interactive Agg backend so it works on headless machines.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from genesis.fileio import atomic_path
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Lay out ``fig``, write it as a PNG atomically (a reader never sees half a picture), close it."""
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    _pyplot().close(fig)
+    return path
 
 
 def _pyplot():
@@ -79,12 +89,7 @@ def save_grid(
                 ax.set_ylabel(row_titles[i], fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_montage(
@@ -117,12 +122,7 @@ def save_montage(
         fig.legend(handles, list(overlay_slices), loc="lower center", ncol=len(overlay_slices), fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_curves(
@@ -149,12 +149,7 @@ def save_curves(
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def save_points(
@@ -190,12 +185,7 @@ def save_points(
     ax.grid(alpha=0.3, axis="y")
     ax.text(0.01, 0.01, "dots: runs; diamond and whiskers: mean and 95% CI", transform=ax.transAxes,
             fontsize=7, alpha=0.7)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 #: Column titles of restoration pictures for tasks whose input and target are not "the same image".
