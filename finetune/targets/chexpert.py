@@ -27,9 +27,8 @@ undefined (reported as n/a) and outputs are marked synthetic.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -64,38 +63,15 @@ def parse_label(text: str, uncertain: str) -> float:
     return value
 
 
-def read_chexpert_csv(path: Path) -> tuple[list[dict[str, str]], Path]:
-    """Rows of a CheXpert CSV and the folder its ``Path`` entries are relative to.
+def read_chexpert_csv(path: Path) -> tuple[list[dict[str, str]], Callable[[str], Path]]:
+    """Rows of a CheXpert CSV and the function that finds the image of a ``Path`` entry.
 
     Raises:
         DatasetLayoutError: missing columns, no rows, or image files that cannot be found.
     """
-    try:
-        with open(path, newline="") as handle:
-            reader = csv.DictReader(handle)
-            fields = list(reader.fieldnames or [])
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetLayoutError(f"cannot read the CSV ({exc})", path) from None
-    missing = [c for c in ("Path", *CHEXPERT_OBSERVATIONS) if c not in fields]
-    if missing:
-        raise DatasetLayoutError(f"not a CheXpert CSV: missing columns {missing}", path)
-    if not rows:
-        raise DatasetLayoutError("CSV has no rows", path)
-    first = Path(rows[0]["Path"])
-    bases = [path.parent, path.parent.parent]
-    base = next((b for b in bases if (b / first).is_file()), None)
-    if base is None and len(first.parts) > 1 and (path.parent / Path(*first.parts[1:])).is_file():
-        base = path.parent / "__strip_first__"
-    if base is None:
-        raise DatasetLayoutError(f"image {first} of the first row not found next to the CSV or its folder", path)
-    return rows, base
+    from genesis.data.radiographs import read_image_table
 
-
-def resolve_image(base: Path, rel: str) -> Path:
-    if base.name == "__strip_first__":
-        return base.parent / Path(*Path(rel).parts[1:])
-    return base / rel
+    return read_image_table(path, ("Path", *CHEXPERT_OBSERVATIONS))
 
 
 def patient_and_study(rel: str) -> tuple[str, str]:
@@ -156,7 +132,7 @@ class CheXpert(Target):
         from genesis.io.radiograph import load_radiograph
 
         policy, size = self._policy(cfg), self.image_size(cfg)
-        rows, base = read_chexpert_csv(csv_path)
+        rows, resolve_image = read_chexpert_csv(csv_path)
         labels = []
         for k, row in enumerate(rows):
             try:
@@ -168,7 +144,7 @@ class CheXpert(Target):
             images = np.empty((len(rows), 1, size, size), dtype=np.float16)
             for k, row in enumerate(rows):
                 try:
-                    images[k, 0] = load_radiograph(resolve_image(base, row["Path"]), size=size).array
+                    images[k, 0] = load_radiograph(resolve_image(row["Path"]), size=size).array
                 except GenesisError as exc:
                     raise DatasetLayoutError(f"row {k + 2}: {exc}", csv_path) from None
             return images, {"n": len(rows)}

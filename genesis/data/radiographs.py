@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -85,11 +85,15 @@ def _view(text: Any) -> float | None:
     return 1.0 if t in _LATERAL_VIEWS else None
 
 
-def read_radiograph_csv(path: Path) -> list[RadiographItem]:
-    """A CSV with a ``Path`` column (CheXpert layout; ``Sex``, ``Age``, ``Frontal/Lateral`` optional).
+def read_image_table(path: Path, required: tuple[str, ...] = ("Path",)) -> tuple[list[dict[str, str]], Callable[[str], Path]]:
+    """Rows of a CSV whose ``Path`` column names images, and the function that finds each image.
 
     ``Path`` is resolved against the CSV's folder, its parent, or the CSV's folder without the
     path's first component (CheXpert's ``CheXpert-v1.0-small/...``), whichever holds the first row.
+
+    Raises:
+        DatasetLayoutError: unreadable CSV, missing ``required`` columns, no rows, or a first image
+            that none of those folders holds.
     """
     try:
         with open(path, newline="") as handle:
@@ -98,16 +102,26 @@ def read_radiograph_csv(path: Path) -> list[RadiographItem]:
             rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DatasetLayoutError(f"cannot read the CSV ({exc})", path) from None
-    if "Path" not in fields:
-        raise DatasetLayoutError("a CSV of radiographs needs a 'Path' column", path)
+    missing = [c for c in required if c not in fields]
+    if missing:
+        raise DatasetLayoutError(f"the CSV lacks column(s) {missing} (has {fields})", path)
     if not rows:
         raise DatasetLayoutError("CSV has no rows", path)
-    first = Path(rows[0]["Path"])
-    candidates = [lambda p: path.parent / p, lambda p: path.parent.parent / p,
-                  lambda p: path.parent / Path(*Path(p).parts[1:]) if len(Path(p).parts) > 1 else path.parent / p]
+    first = rows[0]["Path"]
+    candidates: list[Callable[[str], Path]] = [
+        lambda p: path.parent / p,
+        lambda p: path.parent.parent / p,
+        lambda p: path.parent / Path(*Path(p).parts[1:]) if len(Path(p).parts) > 1 else path.parent / p,
+    ]
     resolve = next((c for c in candidates if c(first).is_file()), None)
     if resolve is None:
         raise DatasetLayoutError(f"image {first} of the first row not found next to the CSV or its folder", path)
+    return rows, resolve
+
+
+def read_radiograph_csv(path: Path) -> list[RadiographItem]:
+    """A CSV with a ``Path`` column (CheXpert layout; ``Sex``, ``Age``, ``Frontal/Lateral`` optional)."""
+    rows, resolve = read_image_table(path)
     return [RadiographItem(resolve(row["Path"]), _sex(row.get("Sex")), _float(row.get("Age")),
                            _view(row.get("Frontal/Lateral") or row.get("AP/PA"))) for row in rows]
 
