@@ -115,3 +115,52 @@ def box_slices(start: torch.Tensor, size: torch.Tensor, active: torch.Tensor) ->
         [tuple(slice(a, a + z) for a, z in zip(s, sz)) for s, sz, on in zip(starts[i], sizes[i], flags[i]) if on]
         for i in range(len(flags))
     ]
+
+
+def box_voxels(boxes: list[list[tuple[slice, ...]]]) -> int:
+    """Number of voxels (per channel) of all the boxes of :func:`box_slices`, overlaps counted twice."""
+    total = 0
+    for sample in boxes:
+        for box in sample:
+            count = 1
+            for side in box:
+                count *= side.stop - side.start
+            total += count
+    return total
+
+
+def fill_boxes_(
+    batch: torch.Tensor, rows: list[int], boxes: list[list[tuple[slice, ...]]], values: torch.Tensor
+) -> torch.Tensor:
+    """Write consecutive chunks of the flat ``values`` into the boxes of ``batch[rows[j]]`` (all channels), in place.
+
+    Box after box, so where boxes overlap the last one wins (as in the reference loops). ``values``
+    needs at least ``channels * box_voxels(boxes)`` entries; each voxel reads its own entry.
+    """
+    offset = 0
+    for row, sample_boxes in zip(rows, boxes):
+        sample = batch[row]
+        for box in sample_boxes:
+            region = sample[(slice(None), *box)]
+            count = region.numel()
+            region.copy_(values[offset : offset + count].view(region.shape))
+            offset += count
+    return batch
+
+
+def fill_outside_boxes_(
+    batch: torch.Tensor, rows: list[int], boxes: list[list[tuple[slice, ...]]], values: torch.Tensor
+) -> torch.Tensor:
+    """Replace ``batch[rows[j]]`` by ``values[j]`` (n, C * voxels) except inside its boxes, in place.
+
+    The boxes' voxels are saved, the sample overwritten, the boxes written back: two copies of
+    the boxes plus one of the sample, where a 0/1 mask and a blend cost a mask build and a
+    read of three whole samples.
+    """
+    for j, (row, sample_boxes) in enumerate(zip(rows, boxes)):
+        sample = batch[row]
+        saved = [sample[(slice(None), *box)].clone() for box in sample_boxes]
+        sample.copy_(values[j].view(sample.shape))
+        for box, kept in zip(sample_boxes, saved):
+            sample[(slice(None), *box)] = kept
+    return batch

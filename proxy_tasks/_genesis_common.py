@@ -173,7 +173,7 @@ def uniform_noise(
         numel *= int(s)
     count = (numel + 3) // 4
     if workspace is not None:
-        draws = workspace.get("noise_draws", (count,), torch.int64, device)
+        draws = workspace.flat("noise_draws", count, torch.int64, device)
     else:
         draws = torch.empty(count, dtype=torch.int64, device=device)
     draws.random_(-(2**63), 2**63 - 1, generator=generator)
@@ -210,25 +210,6 @@ def batch_noise(
     return bank.as_strided((n, numel), (s, 1), bank.storage_offset() + r)
 
 
-def blend_rows_(
-    batch: torch.Tensor, rows: list[int], other: torch.Tensor, weight: torch.Tensor, keep_where_one: bool
-) -> torch.Tensor:
-    """Per row ``j``: ``batch[rows[j]]`` takes ``other[j]`` where ``weight[j]`` is 0 (``keep_where_one``)
-    or where it is 1 (otherwise), in place; ``weight`` (n, 1 or C, *spatial) holds 0/1.
-
-    ``torch.lerp`` with 0/1 weights is exact and several times faster than a boolean ``where`` on
-    the CPU; it reads and writes each voxel at the same place, so writing into ``batch`` is safe.
-    """
-    for j, row in enumerate(rows):
-        target = batch[row]
-        other_j = other[j].view(target.shape)
-        if keep_where_one:
-            torch.lerp(other_j, target, weight[j], out=target)
-        else:
-            torch.lerp(target, other_j, weight[j], out=target)
-    return batch
-
-
 class Workspace:
     """Reusable scratch tensors of a transform (intermediates that never leave the call).
 
@@ -247,6 +228,15 @@ class Workspace:
             buf = torch.empty(shape, dtype=dtype, device=device)
             self._buffers[name] = buf
         return buf
+
+    def flat(self, name: str, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A 1-D scratch tensor of ``numel`` entries, the first part of a buffer that only grows
+        (for sizes that change from call to call, such as the noise of a varying set of boxes)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < numel or buf.dtype != dtype or buf.device != torch.device(device):
+            buf = torch.empty(max(numel, buf.numel() if buf is not None else 0), dtype=dtype, device=device)
+            self._buffers[name] = buf
+        return buf[:numel]
 
     def __getstate__(self) -> dict:
         return {"_buffers": {}}

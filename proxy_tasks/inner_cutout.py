@@ -6,25 +6,19 @@ must infer the content of the holes from their surroundings (context, interpolat
 ``randint(dim//6, dim//3)`` per axis, at least 3 voxels from the border, is filled with uniform noise
 (16-bit resolution, see ``uniform_noise``).
 
-Speed: the boxes of all samples become one 0/1 mask of their union (a batched matrix product, see
-``_boxes.union_of_boxes``; where boxes overlap a voxel gets one noise value, as the last box
-writes in the reference) and each sample is one blend with noise drawn once per call and read by
-each sample at its own random offset (``batch_noise``).
+Speed: the boxes are written through slices, box after box (where boxes overlap the last one
+wins, as in the reference), with noise drawn once per call for all boxes of all samples (each
+voxel its own value). The boxes cover about 8% of a cube, so this touches only that much memory;
+the previous whole-cube 0/1 mask and blend cost 3.4 ms a call at batch 6 against 0.4 ms
+(``benchmarks/bench_proxy_transforms.py``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from proxy_tasks._boxes import chained_counts, sample_boxes, union_of_boxes
-from proxy_tasks._genesis_common import (
-    Workspace,
-    batch_noise,
-    blend_rows_,
-    check_prob,
-    dimension_agnostic,
-    run_with_prob,
-)
+from proxy_tasks._boxes import box_slices, box_voxels, chained_counts, fill_boxes_, sample_boxes, union_of_boxes
+from proxy_tasks._genesis_common import Workspace, check_prob, dimension_agnostic, run_with_prob, uniform_noise
 from proxy_tasks.base import ProxyPair, ProxyTask, register_task
 
 
@@ -92,13 +86,13 @@ class InnerCutout(ProxyTask):
     ) -> torch.Tensor:
         """Apply the cut-out in place to the samples ``rows`` of ``batch`` (default: all); returns ``batch``."""
         rows = list(range(batch.shape[0])) if rows is None else rows
-        n = len(rows)
-        dtype = batch.dtype if batch.dtype in (torch.float32, torch.float64) else torch.float32
-        spatial = tuple(batch.shape[2:])
-        mask = self._workspace.get("mask", (n, *spatial), dtype, batch.device)
-        holes = self.holes(n, spatial, generator, batch.device, dtype, out=mask).to(batch.dtype).unsqueeze(1)
-        noise = batch_noise(n, batch[0].numel(), generator, batch.device, batch.dtype, self._workspace)
-        return blend_rows_(batch, rows, noise, holes, keep_where_one=False)
+        boxes = box_slices(*self.draw_boxes(len(rows), tuple(batch.shape[2:]), generator, batch.device))
+        count = batch.shape[1] * box_voxels(boxes)
+        if count == 0:
+            return batch
+        out = self._workspace.flat("noise", count, batch.dtype, batch.device)
+        noise = uniform_noise((count,), generator, batch.device, batch.dtype, self._workspace, out=out)
+        return fill_boxes_(batch, rows, boxes, noise)
 
     @dimension_agnostic
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

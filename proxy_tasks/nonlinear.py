@@ -25,10 +25,27 @@ from the 100,000-point ``np.interp`` reference and from the exact Bezier map.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from proxy_tasks._genesis_common import Workspace, check_prob, dimension_agnostic, run_with_prob
 from proxy_tasks.base import ProxyPair, ProxyTask, register_task
+
+
+@lru_cache(maxsize=16)
+def _bezier_basis(n: int, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2, n) weights of P1 and P2 and (n,) weight of P3 at ``s = linspace(0, 1, n)`` (constants, cached)."""
+    s = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    r = 1.0 - s
+    basis = torch.stack([3.0 * s * r * r, 3.0 * s * s * r])
+    return basis.to(device=device, dtype=dtype), (s * s * s).to(device=device, dtype=dtype)
+
+
+@lru_cache(maxsize=16)
+def _grid(n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """(n,) ``linspace(0, 1, n)`` (a constant, cached)."""
+    return torch.linspace(0.0, 1.0, n, dtype=dtype, device=device)
 
 
 def bezier_xy(points: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,10 +58,7 @@ def bezier_xy(points: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]
     Returns:
         ``(X, Y)``, each (B, n), non-decreasing in ``s`` for control points in the unit square.
     """
-    s = torch.linspace(0.0, 1.0, n, device=points.device, dtype=points.dtype)
-    r = 1.0 - s
-    basis = torch.stack([3.0 * s * r * r, 3.0 * s * s * r])  # (2, n): weights of P1 and P2
-    end = s * s * s  # weight of P3 = (1, 1); P0 = (0, 0) adds nothing
+    basis, end = _bezier_basis(n, points.dtype, str(points.device))  # P0 = (0, 0) adds nothing
     x = torch.addmm(end, points[:, :, 0], basis)  # (B, n)
     y = torch.addmm(end, points[:, :, 1], basis)
     # rounding can break monotonicity by an ulp; the interpolation below needs sorted x
@@ -66,7 +80,7 @@ def bezier_lut(points: torch.Tensor, decreasing: torch.Tensor, lut_size: int, cu
     xs, ys = bezier_xy(points, curve_points)
     ys = torch.where(decreasing[:, None], ys.flip(1), ys)
     n = points.shape[0]
-    grid = torch.linspace(0.0, 1.0, lut_size, device=points.device, dtype=points.dtype).expand(n, -1)
+    grid = _grid(lut_size, points.dtype, str(points.device)).expand(n, -1)
     # np.interp semantics: the right neighbour of grid value j/(K-1) is the first curve sample with
     # x > j/(K-1), i.e. the number of samples with ceil(x * (K-1)) <= j: a histogram and a cumsum
     # (ten times faster than searchsorted here).
@@ -79,6 +93,12 @@ def bezier_lut(points: torch.Tensor, decreasing: torch.Tensor, lut_size: int, cu
     y0, y1 = ys.gather(1, lo), ys.gather(1, hi)
     w = ((grid - x0) / (x1 - x0).clamp_min(torch.finfo(xs.dtype).tiny)).clamp(0.0, 1.0)
     return y0 + w * (y1 - y0)
+
+
+@lru_cache(maxsize=16)
+def _refine_coef(factor: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """(2, factor) ``[[1, ...], [0, 1/factor, ...]]`` (a constant, cached)."""
+    return torch.stack([torch.ones(factor), torch.arange(factor) / factor]).to(device=device, dtype=dtype)
 
 
 def refine_lut(lut: torch.Tensor, factor: int, workspace: Workspace | None = None) -> torch.Tensor:
@@ -100,8 +120,7 @@ def refine_lut(lut: torch.Tensor, factor: int, workspace: Workspace | None = Non
     )
     step = torch.zeros_like(lut)
     torch.sub(lut[:, 1:], lut[:, :-1], out=step[:, :-1])
-    coef = torch.stack([torch.ones(factor, dtype=lut.dtype, device=lut.device),
-                        torch.arange(factor, dtype=lut.dtype, device=lut.device) / factor])
+    coef = _refine_coef(factor, lut.dtype, str(lut.device))
     torch.mm(torch.stack([lut, step], -1).view(n * k, 2), coef, out=fine.view(n * k, factor))
     return fine[:, : (k - 1) * factor + 1]
 

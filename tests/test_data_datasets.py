@@ -181,3 +181,32 @@ def test_memmap_loader_workers_give_identical_batches(tmp_path) -> None:
     assert len(plain) == len(forked) == 4
     for a, b in zip(plain, forked):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_default_lru_keeps_many_memory_maps_within_the_descriptor_limit(monkeypatch) -> None:
+    import resource
+
+    from genesis.data.datasets import MAX_MAPPED_VOLUMES, default_lru_volumes
+
+    assert default_lru_volumes(memory_mapped=False) == 8  # whole volumes in memory: few
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
+    assert default_lru_volumes(memory_mapped=True) == 85  # three descriptors a volume, a quarter of 1024
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert default_lru_volumes(memory_mapped=True) == MAX_MAPPED_VOLUMES
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (40, 40))
+    assert default_lru_volumes(memory_mapped=True) == 8
+
+
+def test_open_file_limit_is_raised_towards_the_hard_limit() -> None:
+    import resource
+
+    from genesis.cli._preflight import raise_open_file_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))  # lowering is always allowed
+        raise_open_file_limit(target=300)
+        now, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        assert now == (300 if hard == resource.RLIM_INFINITY else min(hard, 300))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -93,3 +93,21 @@ def apply_threads(threads: int | None) -> int:
 
     torch.set_num_threads(n)
     return n
+
+
+def raise_open_file_limit(target: int = 65536) -> None:
+    """Raise this process's soft limit on open files towards its hard limit (at most ``target``).
+
+    The CLI owns its process: memory maps of cached volumes each hold a file descriptor, and the
+    dataset keeps as many open as a share of this limit allows (``default_lru_volumes``); a soft
+    limit of 1024, common on Linux, would keep 85 open and re-open maps on most cubes beyond that.
+    """
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = target if hard == resource.RLIM_INFINITY else min(hard, target)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, OSError, ValueError):  # no POSIX limits, or not allowed: keep the default
+        pass

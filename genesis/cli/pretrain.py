@@ -206,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         saved = yaml.safe_load(run_config.read_text()) or {}
         check_resume_settings(saved, config_to_dict(cfg), run_config)
     _preflight.apply_threads(args.threads)
+    _preflight.raise_open_file_limit()
 
     from genesis.training.collapse import final_warning
     from genesis.training.ddp import env_dist_info

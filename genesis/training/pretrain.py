@@ -562,7 +562,7 @@ def _check_memory(cfg: PretrainConfig, device: torch.device) -> None:
 
 
 def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainResult:
-    from genesis.data.datasets import CubeDataset, make_loader
+    from genesis.data.datasets import CubeDataset, default_lru_volumes, make_loader
 
     if cfg.model == "nnunet":  # crop = the configuration's patch size (genesis.nnunet.plans)
         from genesis.nnunet.plans import resolve_pretrain_config
@@ -613,8 +613,8 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     n_val = cfg.data.val_cubes or max(cfg.batch_size, default_val)
     # With the cache (default) the dataset's LRU holds memory maps of verified entries, not
     # volumes: workers get keys, read cubes as slices, and share pages through the page cache.
-    # Memory maps are cheap handles (one file descriptor each): keep many; in-memory volumes few.
-    lru = 32 if getattr(source, "cache", None) is not None else 8
+    # Memory maps are cheap handles (file descriptors): keep many; in-memory volumes few.
+    lru = default_lru_volumes(getattr(source, "cache", None) is not None)
     train_ds = CubeDataset(train_src, sampler_config(cfg), steps * cfg.batch_size * dist.world_size, cfg.seed,
                            lru_volumes=lru)
     sampler_report = report_acceptance(train_ds, train_src, dist.is_main)
