@@ -137,11 +137,12 @@ class Combined(ProxyTask):
             return restoration_pair(pair.input.squeeze(2), pair.target.squeeze(2))
         target = _flip(batch, draws)
         out, owned = target, False  # ``target`` is returned too: never write into it
-        for name in STEPS:
+        chosen = torch.stack([draws[name] for name in STEPS]).tolist()  # one host transfer
+        for name, flags in zip(STEPS, chosen):
             task = self._tasks[name]
             # every transform writes its samples in place into our working copy: no sub-batch
             # round trips (index_select, transform, index_copy)
-            rows = draws[name].nonzero().flatten().tolist()
+            rows = [i for i, flag in enumerate(flags) if flag]
             if rows:
                 if not owned:
                     out, owned = out.clone(memory_format=torch.contiguous_format), True
@@ -159,19 +160,18 @@ class Combined(ProxyTask):
 def _flip(batch: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
     """Flip each sample along its drawn axes (``batch`` itself if nothing flips).
 
-    A single D or H flip is written straight into the new tensor by ``index_select`` over a
-    reversed index (``torch.flip`` has no ``out=`` and would allocate per sample); W flips, where
-    ``index_select`` is slow, and multi-axis flips use ``torch.flip``.
+    The batch is copied in one pass, then the flipped samples are overwritten: a single D or H
+    flip by ``index_select`` over a reversed index straight into the copy (``torch.flip`` has no
+    ``out=`` and would allocate per sample); W flips, where ``index_select`` is slow, and
+    multi-axis flips by ``torch.flip``.
     """
     flags = torch.stack([draws["flip_d"], draws["flip_h"], draws["flip_w"]], 1).tolist()
-    if not any(any(f) for f in flags):
+    flipped = [(i, [1 + a for a in range(3) if f[a]]) for i, f in enumerate(flags) if any(f)]
+    if not flipped:
         return batch
-    target = torch.empty_like(batch, memory_format=torch.contiguous_format)
-    for i, sample_flags in enumerate(flags):
-        dims = [1 + a for a in range(3) if sample_flags[a]]
-        if not dims:
-            target[i] = batch[i]
-        elif len(dims) == 1 and dims[0] < 3:
+    target = batch.clone(memory_format=torch.contiguous_format)
+    for i, dims in flipped:
+        if len(dims) == 1 and dims[0] < 3:
             size = batch.shape[dims[0] + 1]
             reverse = torch.arange(size - 1, -1, -1, device=batch.device)
             torch.index_select(batch[i], dims[0], reverse, out=target[i])
