@@ -177,10 +177,20 @@ def test_memmap_loader_workers_give_identical_batches(tmp_path) -> None:
     prepare_source(source, progress=False)
     ds = CubeDataset(source, CFG, cubes_per_epoch=16, seed=1)
     plain = [b for b in make_loader(ds, 4, epoch=1, workers=0)]
-    forked = [b for b in make_loader(ds, 4, epoch=1, workers=2)]
+    loader = make_loader(ds, 4, epoch=1, workers=2)
+    # memory-mapped volumes: workers send where the cubes are (4 integers each), not the cubes
+    assert not isinstance(loader, torch.utils.data.DataLoader) and len(loader) == 4
+    assert loader.loader.dataset[5].shape == (4,) and loader.loader.dataset[5].dtype == torch.int64
+    forked = [b for b in loader]
     assert len(plain) == len(forked) == 4
     for a, b in zip(plain, forked):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    for key in (0, 9, 31):  # a cube is the one at the position located for its key
+        index, corner = ds.locate(key)
+        torch.testing.assert_close(ds.cubes_at(np.asarray([[index, *corner]]))[0], ds[key], rtol=0, atol=0)
+    mg = CubeDataset(source, SamplerConfig.models_genesis(crop=(8, 12, 12)), cubes_per_epoch=8, seed=2)  # the MG rule
+    pairs = zip(make_loader(mg, 4, 0, workers=0), make_loader(mg, 4, 0, workers=1))
+    assert [torch.equal(a, b) for a, b in pairs] == [True, True]
 
 
 def test_default_lru_keeps_many_memory_maps_within_the_descriptor_limit(monkeypatch) -> None:

@@ -98,6 +98,11 @@ class CubeDataset(Dataset):
     def is_synthetic(self) -> bool:
         return bool(getattr(self.source, "is_synthetic", False))
 
+    @property
+    def memory_mapped(self) -> bool:
+        """Whether the source's volumes are memory maps (a cache): any process can copy a cube cheaply."""
+        return bool(getattr(self.source, "memory_mapped", False))
+
     def __len__(self) -> int:
         return self.cubes_per_epoch
 
@@ -136,6 +141,30 @@ class CubeDataset(Dataset):
     def _rng(self, key: int) -> np.random.Generator:
         return numpy_generator(_CUBE_STREAM, self.seed, key)
 
+    def locate(self, key: int) -> tuple[int, np.ndarray]:
+        """Where cube ``key`` is: its volume and the (3,) corner of the cube in it (see
+        :meth:`SubVolumeSampler.positions`); ``self[key]`` is the cube there."""
+        key = int(key)
+        if key < 0:
+            raise IndexError(f"CubeDataset keys are >= 0, got {key}")
+        rng = self._rng(key)
+        index = int(rng.integers(len(self.source)))
+        corners = self.sampler.positions(self.volume(index), 1, rng, name=self.source.name(index),
+                                         acceptance=self.acceptance(index))
+        return index, corners[0]
+
+    def cubes_at(self, where: np.ndarray, pin_memory: bool = False) -> torch.Tensor:
+        """(B, 1, D, H, W) float32 cubes at ``where`` (B, 4): volume index and corner, from :meth:`locate`.
+
+        ``pin_memory``: copy them straight into page-locked memory (for fast copies to a GPU).
+        """
+        where = np.asarray(where, dtype=np.int64).reshape(-1, 4)
+        batch = torch.empty((len(where), 1, *self.sampler.cfg.crop), dtype=torch.float32, pin_memory=pin_memory)
+        out = batch.numpy()
+        for i, (index, *corner) in enumerate(where.tolist()):
+            self.sampler.crop_at(self.volume(index), np.asarray([corner]), self.source.name(index), out=out[i])
+        return batch
+
     def __getitem__(self, key: int) -> torch.Tensor:
         key = int(key)
         if key < 0:
@@ -144,7 +173,7 @@ class CubeDataset(Dataset):
         index = int(rng.integers(len(self.source)))
         cube = self.sampler.sample(self.volume(index), 1, rng, name=self.source.name(index),
                                    acceptance=self.acceptance(index))
-        return torch.from_numpy(cube)  # (1, D, H, W)
+        return torch.from_numpy(cube)  # (1, D, H, W); the same as cubes_at(locate(key))
 
 
 def epoch_keys(
@@ -218,7 +247,9 @@ def make_loader(
     """A DataLoader over the keys of ``epoch`` for ``rank`` (see :func:`epoch_keys`).
 
     Batches are (B, 1, D, H, W) float32. Results do not depend on ``workers``: every item is a
-    pure function of its key. Workers are not persistent; build one loader per epoch.
+    pure function of its key. Workers are not persistent; build one loader per epoch. With
+    workers and a memory-mapped source, workers draw the cubes' positions and this process copies
+    the cubes (an iterable of batches, not a ``DataLoader``, is returned then).
 
     Args:
         ds: the dataset.
@@ -236,14 +267,48 @@ def make_loader(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     keys = epoch_keys(len(ds), epoch, shuffle_seed, rank, world_size, drop_last)
-    return DataLoader(
-        ds,
+    # With memory-mapped volumes, workers only decide where each cube is (the sampler's draws)
+    # and send 4 integers; this process copies the cubes from the shared maps. Sending the cubes
+    # themselves through shared memory cost more than copying them: 1,319-1,394 against 657-764
+    # cubes/s with 1-2 workers, 32x64x64 cubes (``benchmarks/bench_loader_workers.py``).
+    copy_here = workers > 0 and getattr(ds, "memory_mapped", False)
+    loader = DataLoader(
+        _CubeCorners(ds) if copy_here else ds,
         batch_size=batch_size,
         sampler=KeySampler(keys),
         num_workers=int(workers),
         drop_last=drop_last,
-        pin_memory=pin_memory,
+        pin_memory=pin_memory and not copy_here,
         persistent_workers=False,
-        collate_fn=collate_cubes,
+        collate_fn=None if copy_here else collate_cubes,
         multiprocessing_context=multiprocessing_context if workers > 0 else None,
     )
+    return _CopyingLoader(loader, ds, pin_memory) if copy_here else loader
+
+
+class _CubeCorners(Dataset):
+    """Where the cubes of a :class:`CubeDataset` are, (4,) int64: volume index and corner."""
+
+    def __init__(self, ds: CubeDataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, key: int) -> torch.Tensor:
+        index, corner = self.ds.locate(key)
+        return torch.tensor([index, *corner.tolist()], dtype=torch.int64)
+
+
+class _CopyingLoader:
+    """Batches of cubes copied in this process from the positions that ``loader``'s workers drew."""
+
+    def __init__(self, loader: DataLoader, ds: CubeDataset, pin_memory: bool) -> None:
+        self.loader, self.dataset, self.pin_memory = loader, ds, pin_memory
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for where in self.loader:
+            yield self.dataset.cubes_at(where.numpy(), self.pin_memory)

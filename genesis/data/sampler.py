@@ -386,7 +386,7 @@ class SubVolumeSampler:
 
     def sample(self, volume01: np.ndarray, n: int, rng: np.random.Generator, name: str | None = None,
                acceptance: Acceptance | None = None) -> np.ndarray:
-        """Draw ``n`` cubes.
+        """Draw ``n`` cubes: :meth:`positions`, then :meth:`crop_at` (the volume is padded once).
 
         Args:
             volume01: normalised volume (z, y, x) in [0, 1] (a memory map is fine).
@@ -402,31 +402,58 @@ class SubVolumeSampler:
             VolumeReadError: the volume is not 3D, holds NaN/inf, or is smaller than the crop and
                 ``pad_small`` is off.
         """
+        volume = self._checked_padded(volume01, name)
+        return self._crop(volume, self._positions(volume, n, rng, name, acceptance), name)
+
+    def positions(self, volume01: np.ndarray, n: int, rng: np.random.Generator, name: str | None = None,
+                  acceptance: Acceptance | None = None) -> np.ndarray:
+        """(n, 3) int64 corners (z, y, x) of the cubes :meth:`sample` would draw (same ``rng`` use),
+        in the padded volume; :meth:`crop_at` copies them. Lets loader workers decide where cubes
+        are while the process that trains copies them from the shared memory map."""
+        volume = self._checked_padded(volume01, name)
+        return self._positions(volume, n, rng, name, acceptance)
+
+    def crop_at(self, volume01: np.ndarray, corners: np.ndarray, name: str | None = None,
+                out: np.ndarray | None = None) -> np.ndarray:
+        """The cubes at ``corners`` (from :meth:`positions`) as float32 (n, D, H, W), into ``out`` if given."""
+        return self._crop(self._checked_padded(volume01, name), corners, name, out)
+
+    def _checked_padded(self, volume01: np.ndarray, name: str | None) -> np.ndarray:
         if volume01.ndim != 3:
             raise VolumeReadError(f"sampler needs a 3D (z, y, x) volume, got shape {volume01.shape}")
-        volume = self._padded(volume01, name)
-        d, h, w = self.cfg.crop
-        out = np.empty((n, d, h, w), dtype=np.float32)
+        return self._padded(volume01, name)
+
+    def _positions(self, volume: np.ndarray, n: int, rng: np.random.Generator, name: str | None,
+                   acceptance: Acceptance | None) -> np.ndarray:
+        corners = np.empty((n, 3), dtype=np.int64)
         if not self.cfg.rejects:
             ranges = self.start_ranges(volume.shape)
             for i in range(n):
-                z, y, x = rng.integers(ranges[:, 0], ranges[:, 1] + 1, size=(1, 3))[0]
-                out[i] = volume[z : z + d, y : y + h, x : x + w]
-                _check_finite(out[i], name)
-            return out
+                corners[i] = rng.integers(ranges[:, 0], ranges[:, 1] + 1, size=(1, 3))[0]
+            return corners
         acc = acceptance if acceptance is not None and self._fits(acceptance, volume.shape) else None
         if acc is None:
             acc = self._acceptance(volume, name)
         for i in range(n):
             if acc.n_accepted > 0:
-                z, y, x = acc.draw(rng)
+                corners[i] = acc.draw(rng)
             else:  # nothing passes: best of max_tries uniform candidates, as the fallback
                 assert acc.score is not None
                 shape = np.asarray(acc.shape)
                 picks = rng.integers(0, shape, size=(self.cfg.max_tries, 3))
                 best = picks[int(np.argmin(acc.score[picks[:, 0], picks[:, 1], picks[:, 2]]))]
-                z, y, x = (int(v) for v in acc.low + best)
+                corners[i] = acc.low + best
+        return corners
+
+    def _crop(self, volume: np.ndarray, corners: np.ndarray, name: str | None,
+              out: np.ndarray | None = None) -> np.ndarray:
+        d, h, w = self.cfg.crop
+        if out is None:
+            out = np.empty((len(corners), d, h, w), dtype=np.float32)
+        for i, (z, y, x) in enumerate(np.asarray(corners).tolist()):
             out[i] = volume[z : z + d, y : y + h, x : x + w]
+            if not self.cfg.rejects:  # accepted positions were checked when their map was built
+                _check_finite(out[i], name)
         return out
 
 

@@ -70,6 +70,11 @@ class _CachedLoading:
     _layouts: dict[int, tuple[str, str, int, tuple[int, ...]]]  # entry, dtype, offset, shape
     _acceptance: dict[int, tuple]  # sampler tag, layouts of the stored acceptance arrays
 
+    @property
+    def memory_mapped(self) -> bool:
+        """Whether :meth:`load` returns memory maps (a cache is set): pages shared between processes."""
+        return self.cache is not None
+
     def _key(self, i: int) -> Any:
         raise NotImplementedError
 

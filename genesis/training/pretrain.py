@@ -89,6 +89,7 @@ class SubsetSource:
         self.source = source
         self.indices = list(indices)
         self.is_synthetic = bool(getattr(source, "is_synthetic", False))
+        self.memory_mapped = bool(getattr(source, "memory_mapped", False))
 
     def __len__(self) -> int:
         return len(self.indices)
