@@ -380,7 +380,7 @@ class SubVolumeSampler:
                 warnings.warn(
                     f"{label}: no cube position passes the Models Genesis rule (tissue score <= "
                     f"{cfg.max_fraction_above:g}); using the best of {cfg.max_tries} random positions for its cubes",
-                    GenesisWarning, stacklevel=4)
+                    GenesisWarning, stacklevel=5)  # the caller of sample() / positions()
             return Acceptance(ranges[:, 0].copy(), None, score, 0, int(accept.size))
         return Acceptance(ranges[:, 0].copy(), accept, None, n_accepted, int(accept.size), np.cumsum(per_plane))
 
@@ -402,7 +402,7 @@ class SubVolumeSampler:
             VolumeReadError: the volume is not 3D, holds NaN/inf, or is smaller than the crop and
                 ``pad_small`` is off.
         """
-        volume = self._checked_padded(volume01, name)
+        volume = self._padded(_check_3d(volume01), name)
         return self._crop(volume, self._positions(volume, n, rng, name, acceptance), name)
 
     def positions(self, volume01: np.ndarray, n: int, rng: np.random.Generator, name: str | None = None,
@@ -410,18 +410,13 @@ class SubVolumeSampler:
         """(n, 3) int64 corners (z, y, x) of the cubes :meth:`sample` would draw (same ``rng`` use),
         in the padded volume; :meth:`crop_at` copies them. Lets loader workers decide where cubes
         are while the process that trains copies them from the shared memory map."""
-        volume = self._checked_padded(volume01, name)
+        volume = self._padded(_check_3d(volume01), name)
         return self._positions(volume, n, rng, name, acceptance)
 
     def crop_at(self, volume01: np.ndarray, corners: np.ndarray, name: str | None = None,
                 out: np.ndarray | None = None) -> np.ndarray:
         """The cubes at ``corners`` (from :meth:`positions`) as float32 (n, D, H, W), into ``out`` if given."""
-        return self._crop(self._checked_padded(volume01, name), corners, name, out)
-
-    def _checked_padded(self, volume01: np.ndarray, name: str | None) -> np.ndarray:
-        if volume01.ndim != 3:
-            raise VolumeReadError(f"sampler needs a 3D (z, y, x) volume, got shape {volume01.shape}")
-        return self._padded(volume01, name)
+        return self._crop(self._padded(_check_3d(volume01), name), corners, name, out)
 
     def _positions(self, volume: np.ndarray, n: int, rng: np.random.Generator, name: str | None,
                    acceptance: Acceptance | None) -> np.ndarray:
@@ -455,6 +450,12 @@ class SubVolumeSampler:
             if not self.cfg.rejects:  # accepted positions were checked when their map was built
                 _check_finite(out[i], name)
         return out
+
+
+def _check_3d(volume: np.ndarray) -> np.ndarray:
+    if volume.ndim != 3:
+        raise VolumeReadError(f"sampler needs a 3D (z, y, x) volume, got shape {volume.shape}")
+    return volume
 
 
 def _check_finite(array: np.ndarray, name: str | None) -> None:
