@@ -238,9 +238,10 @@ def to_markdown(result: dict) -> str:
         "",
         (
             f"Machine: {result['cpu_count']} CPU cores, 1-minute load average {_fmt(result['load_average_1min'][0])} at "
-            f"the start and {_fmt(result['load_average_1min'][1])} at the end of the run; other jobs share the cores and "
-            "their memory bandwidth, and ratios measured here are lower than on a quiet machine (the previous "
-            "version measured 26-29x for `combined` on a quiet machine and 16.8x on a loaded one)."
+            f"the start and {_fmt(result['load_average_1min'][1])} at the end of the run"
+            + ("; other jobs share the cores and their memory bandwidth, so ratios are lower than on a quiet machine."
+               if max(result["load_average_1min"]) > 1.5 else ". `combined` draws which transforms each sample gets, "
+               "so its per-call cost varies from call to call: runs of this script vary by about 20% for it.")
         ),
         "",
         f"## Against the reference loops (batch {result['batch']})",
