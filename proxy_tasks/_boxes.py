@@ -147,20 +147,3 @@ def fill_boxes_(
             offset += count
     return batch
 
-
-def fill_outside_boxes_(
-    batch: torch.Tensor, rows: list[int], boxes: list[list[tuple[slice, ...]]], values: torch.Tensor
-) -> torch.Tensor:
-    """Replace ``batch[rows[j]]`` by ``values[j]`` (n, C * voxels) except inside its boxes, in place.
-
-    The boxes' voxels are saved, the sample overwritten, the boxes written back: two copies of
-    the boxes plus one of the sample, where a 0/1 mask and a blend cost a mask build and a
-    read of three whole samples.
-    """
-    for j, (row, sample_boxes) in enumerate(zip(rows, boxes)):
-        sample = batch[row]
-        saved = [sample[(slice(None), *box)].clone() for box in sample_boxes]
-        sample.copy_(values[j].view(sample.shape))
-        for box, kept in zip(sample_boxes, saved):
-            sample[(slice(None), *box)] = kept
-    return batch

@@ -210,6 +210,25 @@ def batch_noise(
     return bank.as_strided((n, numel), (s, 1), bank.storage_offset() + r)
 
 
+def blend_rows_(
+    batch: torch.Tensor, rows: list[int], other: torch.Tensor, weight: torch.Tensor, keep_where_one: bool
+) -> torch.Tensor:
+    """Per row ``j``: ``batch[rows[j]]`` takes ``other[j]`` where ``weight[j]`` is 0 (``keep_where_one``)
+    or where it is 1 (otherwise), in place; ``weight`` (n, 1 or C, *spatial) holds 0/1.
+
+    ``torch.lerp`` with 0/1 weights is exact and several times faster than a boolean ``where`` on
+    the CPU; it reads and writes each voxel at the same place, so writing into ``batch`` is safe.
+    """
+    for j, row in enumerate(rows):
+        target = batch[row]
+        other_j = other[j].view(target.shape)
+        if keep_where_one:
+            torch.lerp(other_j, target, weight[j], out=target)
+        else:
+            torch.lerp(target, other_j, weight[j], out=target)
+    return batch
+
+
 class Workspace:
     """Reusable scratch tensors of a transform (intermediates that never leave the call).
 

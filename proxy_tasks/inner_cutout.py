@@ -8,9 +8,9 @@ must infer the content of the holes from their surroundings (context, interpolat
 
 Speed: the boxes are written through slices, box after box (where boxes overlap the last one
 wins, as in the reference), with noise drawn once per call for all boxes of all samples (each
-voxel its own value). The boxes cover about 8% of a cube, so this touches only that much memory;
-the previous whole-cube 0/1 mask and blend cost 3.4 ms a call at batch 6 against 0.4 ms
-(``benchmarks/bench_proxy_transforms.py``).
+voxel its own value). The boxes cover about 8% of a cube, so this touches only that much memory:
+2.3x faster than a whole-cube 0/1 mask and blend (1.0 against 2.3 ms per call of 6 cubes of
+64x64x32 on one CPU thread, the two versions timed side by side in one process).
 """
 
 from __future__ import annotations

@@ -80,30 +80,33 @@ def segment_length_cdf(n: int, m: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _perm_values_cpu(m: int) -> torch.Tensor:
-    """Every permutation of every segment length ``L = 1..m``, indexed directly: entry
-    ``(k * (m + 1) + L) * m + o`` is where the ``(k mod L!)``-th permutation of ``range(L)`` sends ``o``.
+def _perm_table_cpu(m: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """All permutations of ``range(L)`` for ``L = 1..m``, concatenated: ``(table, base, start)``.
 
-    ``m!`` is a multiple of every ``L!``, so ``k mod L!`` of a uniform ``k`` in ``[0, m!)`` is a
-    uniform permutation for every length ``L <= m``: one draw serves all lengths, and reading a
-    permutation entry is one table read (no integer division or modulo: slow on the CPU). 211,680
-    entries for m = 6 (entries with ``o >= L`` or ``L = 0`` are 0 and never read).
+    The ``q``-th permutation of length ``L`` is ``table[base[L] + q * L : base[L] + (q + 1) * L]``.
+    ``m!`` is a multiple of every ``L!``, so ``q = k mod L!`` of a uniform ``k`` in ``[0, m!)`` is
+    a uniform permutation for every length ``L <= m``; ``start[k * (m + 1) + L] = base[L] +
+    (k mod L!) * L`` is tabulated (integer division is slow on the CPU). Both tables are small
+    (5,039 and 35,280 entries for m = 6).
     """
-    values = np.zeros((math.factorial(m), m + 1, m), dtype=np.int64)
-    ks = np.arange(math.factorial(m))
+    parts, base, count = [], [0, 0], [1]
     for length in range(1, m + 1):
-        perms = np.array(list(itertools.permutations(range(length))), dtype=np.int64)
-        values[:, length, :length] = perms[ks % len(perms)]
-    return torch.from_numpy(values.reshape(-1))
+        parts.append(np.array(list(itertools.permutations(range(length))), dtype=np.int64).reshape(-1))
+        base.append(base[-1] + parts[-1].size)
+        count.append(math.factorial(length))
+    lengths = np.arange(m + 1)
+    ks = np.arange(math.factorial(m))[:, None]
+    start = np.array(base[: m + 1])[None, :] + (ks % np.array(count)[None, :]) * lengths[None, :]
+    return torch.from_numpy(np.concatenate(parts)), torch.tensor(base[: m + 1]), torch.from_numpy(start.reshape(-1))
 
 
-_TABLES: dict[tuple[int, str], torch.Tensor] = {}
+_TABLES: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
 
-def _perm_values(m: int, device: torch.device) -> torch.Tensor:
+def _perm_table(m: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     key = (m, str(device))
     if key not in _TABLES:
-        _TABLES[key] = _perm_values_cpu(m).to(device)
+        _TABLES[key] = tuple(t.to(device) for t in _perm_table_cpu(m))
     return _TABLES[key]
 
 
@@ -161,19 +164,19 @@ def _pool_permutations(
         position, a uniform random permutation of every segment, independent between variants.
     """
     start, size = _partition(_draw_lengths(rows, n, m, generator, device), n)
+    start_v = start[:, None, :].expand(rows, variants, n)
     if m <= _TABLE_MAX:
-        # one permutation id per (segment, variant): drawn per position, read at the segment start
-        k = torch.randint(math.factorial(m), (rows * n, variants), generator=generator, device=device)
-        at_start = (torch.arange(rows, device=device)[:, None] * n + start).view(-1)
-        k = k.index_select(0, at_start).view(rows, n, variants)
-        local = size * m + torch.arange(n, device=device) - start  # (segment length, offset)
-        entry = k.mul_((m + 1) * m).add_(local[:, :, None])
-        src = _perm_values(m, device).index_select(0, entry.view(-1)).view(rows, n, variants)
-        src = src.add_(start[:, :, None]).transpose(1, 2).contiguous()
+        table, _, perm_start = _perm_table(m, device)
+        k = torch.randint(math.factorial(m), (rows, variants, n), generator=generator, device=device)
+        k = k.gather(2, start_v)  # one permutation per segment: read the id at the segment start
+        offset = torch.arange(n, device=device) - start
+        entry = perm_start.index_select(0, k.mul_(m + 1).add_(size[:, None, :]).view(-1))
+        entry = entry.view(k.shape).add_(offset[:, None, :])
+        src = table.index_select(0, entry.view(-1)).view(k.shape).add_(start_v)
     else:
         # long segments: sort random keys; a segment's keys lie in [start, start + 0.5)
         u = torch.rand(rows, variants, n, generator=generator, device=device, dtype=torch.float64)
-        src = torch.argsort(start[:, None, :] + 0.5 * u, dim=2)
+        src = torch.argsort(start_v + 0.5 * u, dim=2)
     return start, src
 
 
@@ -187,10 +190,12 @@ def _column_permutations(
     Each column draws one id ``k`` in ``[0, m!)`` and reads the ``k mod L!``-th permutation of
     every length ``L`` (one draw serves all lengths; a segment only ever uses one of them).
     """
+    lengths, offsets = _length_offset_rows(m, str(device))
     if m <= _TABLE_MAX:
+        table, _, perm_start = _perm_table(m, device)
         k = torch.randint(math.factorial(m), (count, 1, width), generator=generator, device=device)
-        entry = k.mul_((m + 1) * m) + _length_offset_rows(m, str(device))
-        return _perm_values(m, device).index_select(0, entry.view(-1)).view(count, -1, width)
+        entry = perm_start.index_select(0, (k * (m + 1) + lengths).view(-1)).view(count, -1, width)
+        return table.index_select(0, entry.add_(offsets).view(-1)).view(count, -1, width)
     parts = []  # long segments: sort random keys, one permutation per (table, column, length)
     for length in range(1, m + 1):
         keys = torch.rand(count, width, length, generator=generator, device=device)
@@ -199,11 +204,11 @@ def _column_permutations(
 
 
 @lru_cache(maxsize=32)
-def _length_offset_rows(m: int, device: str) -> torch.Tensor:
-    """(T, 1) ``L m + o`` for each row ``L (L - 1) / 2 + o`` of a column table (segment length ``L``,
-    offset ``o``: the part of a :func:`_perm_values` entry that does not depend on the draw; constants)."""
-    rows = torch.cat([length * m + torch.arange(length) for length in range(1, m + 1)])
-    return rows[:, None].to(device)
+def _length_offset_rows(m: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, 1) segment length and offset of each row ``L (L - 1) / 2 + o`` of a column table (constants)."""
+    lengths = torch.cat([torch.full((length,), length) for length in range(1, m + 1)])
+    offsets = torch.cat([torch.arange(length) for length in range(1, m + 1)])
+    return lengths[:, None].to(device), offsets[:, None].to(device)
 
 
 def _column_rows(table: torch.Tensor, w: int):
@@ -363,13 +368,9 @@ class LocalShuffle(ProxyTask):
         # iff E < lam at its first voxel, E ~ Exp(1) per cell. E / (num_windows * c_x) is tabulated
         # per pooled x partition (``variants`` tables each), and each bar picks a table.
         cover = self._axis_cover((d, h, w), dev)
-        # E = -log(U), U uniform in (0, 1] (float32: the comparison below is in float32 anyway);
-        # each position reads the E of its segment start: a row copy per position, not a gather
-        # with an expanded index (together 2.6x faster than the float64 table and gathers)
-        e = torch.rand(pool * w, variants, generator=generator, device=dev).neg_().add_(1.0).log_().neg_()
-        at_start = (self._arange(pool, dev)[:, None] * w + xstart).view(-1)
-        scale = torch.index_select(self._inverse_cover_x((d, h, w), dev), 0, xstart.view(-1))
-        scaled = e.index_select(0, at_start).mul_(scale[:, None]).view(pool, w, variants).transpose(1, 2).contiguous()
+        e = -torch.log1p(-torch.rand(pool, variants, w, generator=generator, device=dev, dtype=torch.float64))
+        xs_v = xstart[:, None, :].expand(-1, variants, -1)
+        scaled = (e.gather(2, xs_v) / (self.num_windows * cover[2][xs_v])).to(torch.float32)
         pick_e = randint(variants, (n, d * h)).gather(1, bar).view(n, d, h)
         scaled = torch.index_select(
             scaled.view(-1, w), 0, (pick_x * variants + pick_e).view(-1), out=ws.get("scaled", (n * d * h, w), torch.float32, dev)
@@ -385,14 +386,6 @@ class LocalShuffle(ProxyTask):
         key = ("arange", k, str(device))
         if key not in self._cover_cache:
             self._cover_cache[key] = torch.arange(k, device=device)
-        return self._cover_cache[key]
-
-    def _inverse_cover_x(self, spatial: tuple[int, int, int], device: torch.device) -> torch.Tensor:
-        """(w,) float32 ``1 / (num_windows * c_x)`` (cached per shape; inf where nothing covers)."""
-        key = ("inverse_x", spatial, str(device))
-        if key not in self._cover_cache:
-            with torch.no_grad():
-                self._cover_cache[key] = (1.0 / (self.num_windows * self._axis_cover(spatial, device)[2])).to(torch.float32)
         return self._cover_cache[key]
 
     def _axis_cover(self, spatial: tuple[int, int, int], device: torch.device) -> list[torch.Tensor]:

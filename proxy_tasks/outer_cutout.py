@@ -5,18 +5,24 @@ boxes of the original, and the network extrapolates the rest. Reference ``image_
 one box is always kept, then while fewer than 4 more and ``random() < 0.95`` another one; each
 side is ``dim - randint(3*dim//7, 4*dim//7)`` and the box starts at least 3 voxels from the border.
 
-Speed: each sample's kept boxes are saved through slices, the sample is overwritten with noise
-and the boxes are written back (``_boxes.fill_outside_boxes_``); the noise is drawn once per call
-and read by each sample at its own random offset (``batch_noise``). The previous whole-cube 0/1
-mask and blend cost 2.6 ms a call at batch 6 against 1.2 ms.
+Speed: the kept boxes of all samples become one 0/1 mask (a batched matrix product, see
+``_boxes.union_of_boxes``) and each sample is one blend of the noise and the original; the noise
+is drawn once per call and read by each sample at its own random offset (``batch_noise``).
 """
 
 from __future__ import annotations
 
 import torch
 
-from proxy_tasks._boxes import box_slices, chained_counts, fill_outside_boxes_, sample_boxes, union_of_boxes
-from proxy_tasks._genesis_common import Workspace, batch_noise, check_prob, dimension_agnostic, run_with_prob
+from proxy_tasks._boxes import chained_counts, sample_boxes, union_of_boxes
+from proxy_tasks._genesis_common import (
+    Workspace,
+    batch_noise,
+    blend_rows_,
+    check_prob,
+    dimension_agnostic,
+    run_with_prob,
+)
 from proxy_tasks.base import ProxyPair, ProxyTask, register_task
 
 
@@ -87,27 +93,25 @@ class OuterCutout(ProxyTask):
     ) -> torch.Tensor:
         """Apply the out-painting in place to the samples ``rows`` of ``batch`` (default: all); returns ``batch``."""
         rows = list(range(batch.shape[0])) if rows is None else rows
-        boxes, noise = self._draw(len(rows), batch, generator)
-        return fill_outside_boxes_(batch, rows, boxes, noise)
+        kept, noise = self._draw(len(rows), batch, generator)
+        return blend_rows_(batch, rows, noise, kept, keep_where_one=True)
 
     @dimension_agnostic
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Apply the out-painting to every sample of ``batch`` (B, C, D, H, W) or (B, C, H, W); ``batch`` is not modified."""
-        boxes, noise = self._draw(batch.shape[0], batch, generator)
-        out = torch.empty_like(batch, memory_format=torch.contiguous_format)
-        for j, sample_boxes in enumerate(boxes):
-            out[j].copy_(noise[j].view(out[j].shape))
-            for box in sample_boxes:
-                out[j][(slice(None), *box)] = batch[j][(slice(None), *box)]
-        return out
+        kept, noise = self._draw(batch.shape[0], batch, generator)
+        return torch.lerp(noise.view(batch.shape), batch, kept)
 
     def _draw(
         self, n: int, batch: torch.Tensor, generator: torch.Generator | None
-    ) -> tuple[list[list[tuple[slice, ...]]], torch.Tensor]:
-        """The kept boxes of ``n`` samples (slices, see ``_boxes.box_slices``) and the noise (n, C * voxels)."""
-        boxes = box_slices(*self.draw_boxes(n, tuple(batch.shape[2:]), generator, batch.device))
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The kept-box mask (n, 1, *spatial) (0/1 in the batch's float type) and the noise (n, C * voxels)."""
+        dtype = batch.dtype if batch.dtype in (torch.float32, torch.float64) else torch.float32
+        spatial = tuple(batch.shape[2:])
+        mask = self._workspace.get("mask", (n, *spatial), dtype, batch.device)
+        kept = self.kept(n, spatial, generator, batch.device, dtype, out=mask).to(batch.dtype).unsqueeze(1)
         noise = batch_noise(n, batch[0].numel(), generator, batch.device, batch.dtype, self._workspace)
-        return boxes, noise
+        return kept, noise
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:
         return run_with_prob("outer_cutout", batch, self.prob, generator, self.transform)
