@@ -136,19 +136,23 @@ class CubeDataset(Dataset):
 
     def volume_index(self, key: int) -> int:
         """Which source volume key ``key`` samples from."""
-        return int(self._rng(key).integers(len(self.source)))
+        return self._volume_of(key)[1]
 
     def _rng(self, key: int) -> np.random.Generator:
         return numpy_generator(_CUBE_STREAM, self.seed, key)
 
-    def locate(self, key: int) -> tuple[int, np.ndarray]:
-        """Where cube ``key`` is: its volume and the (3,) corner of the cube in it (see
-        :meth:`SubVolumeSampler.positions`); ``self[key]`` is the cube there."""
+    def _volume_of(self, key: int) -> tuple[np.random.Generator, int]:
+        """Key ``key``'s generator, after it drew the volume, and that volume's index."""
         key = int(key)
         if key < 0:
             raise IndexError(f"CubeDataset keys are >= 0, got {key}")
         rng = self._rng(key)
-        index = int(rng.integers(len(self.source)))
+        return rng, int(rng.integers(len(self.source)))
+
+    def locate(self, key: int) -> tuple[int, np.ndarray]:
+        """Where cube ``key`` is: its volume and the (3,) corner of the cube in it (see
+        :meth:`SubVolumeSampler.positions`); ``self[key]`` is the cube there."""
+        rng, index = self._volume_of(key)
         corners = self.sampler.positions(self.volume(index), 1, rng, name=self.source.name(index),
                                          acceptance=self.acceptance(index))
         return index, corners[0]
@@ -166,11 +170,7 @@ class CubeDataset(Dataset):
         return batch
 
     def __getitem__(self, key: int) -> torch.Tensor:
-        key = int(key)
-        if key < 0:
-            raise IndexError(f"CubeDataset keys are >= 0, got {key}")
-        rng = self._rng(key)
-        index = int(rng.integers(len(self.source)))
+        rng, index = self._volume_of(key)
         cube = self.sampler.sample(self.volume(index), 1, rng, name=self.source.name(index),
                                    acceptance=self.acceptance(index))
         return torch.from_numpy(cube)  # (1, D, H, W); the same as cubes_at(locate(key))
