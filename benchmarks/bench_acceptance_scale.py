@@ -60,7 +60,8 @@ class WithoutStoredMaps:
         return self.source.name(i)
 
 
-def _source(n: int, cache: Path) -> SyntheticVolumeSource:
+def scale_source(n: int, cache: Path) -> SyntheticVolumeSource:
+    """``n`` synthetic scans of :data:`SHAPE` (the generator's field of view, coarser voxels) cached in ``cache``."""
     from genesis.data.synthetic import SyntheticConfig
 
     base = SyntheticConfig()
@@ -68,14 +69,13 @@ def _source(n: int, cache: Path) -> SyntheticVolumeSource:
     return SyntheticVolumeSource(n, 0, synthetic_cfg=cfg, cache_dir=cache)
 
 
-def _rate(source, cubes: int, lru: int) -> float:
+def steady_loader_rate(source, cubes: int, lru: int) -> float:
     """Cubes per CPU second of an epoch of ``cubes`` through ``make_loader`` (workers=0), in the steady state.
 
     Every volume is opened first, as the first epoch of a run does (a run pays that once, not
     every epoch); with fewer volumes kept open than there are, later epochs keep re-opening."""
     ds = CubeDataset(source, SamplerConfig.models_genesis(crop=CROP), cubes_per_epoch=cubes, seed=0, lru_volumes=lru)
-    for i in range(len(source)):
-        ds.volume(i), ds.acceptance(i)
+    ds.open_all()
     start = time.process_time()
     for _ in make_loader(ds, BATCH, epoch=0, workers=0):
         pass
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     prepare = {}
     for n in VOLUMES:
         start = time.perf_counter()
-        sources[n] = _source(n, cache)
+        sources[n] = scale_source(n, cache)
         report = prepare_source(sources[n], workers=min(2, os.cpu_count() or 1), progress=False, sampler=sampler)
         prepare[n] = time.perf_counter() - start
         print(f"{n} volumes prepared ({report.built} built) in {prepare[n]:.1f} s", file=sys.stderr)
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in VOLUMES:
             for mode, size in modes.items():
                 source = WithoutStoredMaps(sources[n]) if mode == "before" else sources[n]
-                rates[f"{mode}_{n}"].append(_rate(source, args.cubes, size))
+                rates[f"{mode}_{n}"].append(steady_loader_rate(source, args.cubes, size))
             print(f"round {r + 1}, {n} volumes: " + ", ".join(
                 f"{mode} {rates[f'{mode}_{n}'][-1]:.0f}" for mode in modes) + " cubes per CPU s", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in rates.items()}

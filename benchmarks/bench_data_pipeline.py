@@ -275,30 +275,20 @@ def _pretrain_child(args: list[str], env: dict) -> dict:
 
 
 def _loader_rate(n: int, cache_dir: Path, cubes: int) -> float:
-    """Cubes per CPU second of the default loader (workers=0) over ``n`` prepared synthetic volumes."""
-    from dataclasses import replace
+    """Cubes per CPU second of the default loader (workers=0) over ``n`` prepared synthetic volumes,
+    in the steady state (see ``bench_acceptance_scale.steady_loader_rate``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_acceptance_scale import CROP, SHAPE, scale_source, steady_loader_rate
 
     from genesis.data.datasets import default_lru_volumes
     from genesis.data.prepare import prepare_source
-    from genesis.data.sources import SyntheticVolumeSource
-    from genesis.data.synthetic import SyntheticConfig
 
-    base = SyntheticConfig()
-    cfg = replace(base, shape=SCALE_SHAPE,
-                  spacing=tuple(s * b / k for s, b, k in zip(base.spacing, base.shape, SCALE_SHAPE)))
-    source = SyntheticVolumeSource(n, 0, synthetic_cfg=cfg, cache_dir=cache_dir)
+    assert SHAPE == SCALE_SHAPE, "the loader is timed on the scans the training runs use"
+    source = scale_source(n, cache_dir)
     # the sampler's acceptance maps are stored at prepare time too, as genesis-pretrain does
-    prepare_source(source, progress=False, sampler=SamplerConfig.models_genesis(crop=(16, 32, 32)))
-    # lru_volumes as genesis-pretrain sets it for a cached source; every volume's maps are opened
-    # first (a run pays that once, in its first epoch), then an epoch is timed: the steady state
-    ds = CubeDataset(source, SamplerConfig.models_genesis(crop=(16, 32, 32)), cubes_per_epoch=cubes, seed=0,
-                     lru_volumes=default_lru_volumes(memory_mapped=True))
-    for i in range(len(source)):
-        ds.volume(i), ds.acceptance(i)
-    start = time.process_time()
-    for _ in make_loader(ds, BATCH_SIZE, epoch=0, workers=0):
-        pass
-    return cubes / (time.process_time() - start)
+    prepare_source(source, progress=False, sampler=SamplerConfig.models_genesis(crop=CROP))
+    # lru_volumes as genesis-pretrain sets it for a cached source
+    return steady_loader_rate(source, cubes, default_lru_volumes(memory_mapped=True))
 
 
 def run_scale(workdir: Path, rounds: int, log: Callable = print, cache: Path | None = None) -> dict:

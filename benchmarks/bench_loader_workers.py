@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = SamplerConfig.models_genesis()
     prepare_source(source, progress=False, sampler=sampler)
     ds = CubeDataset(source, sampler, cubes_per_epoch=args.cubes, seed=0)
-    for i in range(len(source)):  # maps opened once, as the first epoch of a run does
-        ds.volume(i), ds.acceptance(i)
+    ds.open_all()  # maps opened once, as the first epoch of a run does
 
     def cubes_from_workers(epoch: int, workers: int):
         return DataLoader(ds, batch_size=BATCH, sampler=KeySampler(epoch_keys(len(ds), epoch)), num_workers=workers,

@@ -185,6 +185,8 @@ def test_memmap_loader_workers_give_identical_batches(tmp_path) -> None:
     assert len(plain) == len(forked) == 4
     for a, b in zip(plain, forked):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+    ds.open_all()  # every volume's map, kept (lru_volumes is larger than the source)
+    assert sorted(ds._lru) == list(range(len(source)))
     for key in (0, 9, 31):  # a cube is the one at the position located for its key
         index, corner = ds.locate(key)
         torch.testing.assert_close(ds.cubes_at(np.asarray([[index, *corner]]))[0], ds[key], rtol=0, atol=0)

@@ -134,6 +134,13 @@ class CubeDataset(Dataset):
                 self._acceptance_lru.popitem(last=False)
         return acc
 
+    def open_all(self) -> None:
+        """Open every volume (and its stored acceptance map) now, as a run's first epoch does;
+        with as many volumes kept as there are, later cubes never re-open a map."""
+        for i in range(len(self.source)):
+            self.volume(i)
+            self.acceptance(i)
+
     def volume_index(self, key: int) -> int:
         """Which source volume key ``key`` samples from."""
         return self._volume_of(key)[1]
