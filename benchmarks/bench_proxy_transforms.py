@@ -1,4 +1,4 @@
-"""Speed of the Models Genesis transforms: ours (batched torch) against the reference loops.
+"""Speed of the Models Genesis transforms: ours (batched torch, compiled CPU loops) against the reference loops.
 
 Batches of sub-volumes (1, 32, 64, 64) -- the reference cube -- on one CPU thread
 (``torch.set_num_threads(1)``), each transform forced on (``prob=1``) and the combined scheme with
@@ -49,6 +49,7 @@ BATCH = 6
 BATCHES = (1, 6, 32)
 SHAPE = (32, 64, 64)
 TRANSFORMS = ("local_shuffle", "nonlinear", "inner_cutout", "outer_cutout", "combined", "combined+mask")
+NO_KERNELS = ("inner_cutout",)  # no compiled CPU loop: nothing to compare against its torch ops
 
 
 def cube_batch(batch: int, seed: int = 0) -> np.ndarray:
@@ -111,11 +112,13 @@ def reference_fn(name: str, batch: np.ndarray, seed: int) -> Callable[[], object
     return lambda: ref.combined(b64, rng, nprng)
 
 
-def ours_fn(name: str, batch: torch.Tensor, seed: int) -> Callable[[], object]:
-    """Our transform; ``combined+mask`` also reads ``pair.mask`` (computed on first read)."""
+def ours_fn(name: str, batch: torch.Tensor, seed: int, use_kernels: bool = True) -> Callable[[], object]:
+    """Our transform; ``combined+mask`` also reads ``pair.mask`` (computed on first read).
+    ``use_kernels=False``: the torch ops instead of the compiled CPU loops (same draws)."""
     with_mask = name.endswith("+mask")
     name = name.removesuffix("+mask")
-    task = proxy_tasks.build(name) if name == "combined" else proxy_tasks.build(name, prob=1.0)
+    options = {} if name in NO_KERNELS else {"use_kernels": use_kernels}
+    task = proxy_tasks.build(name, **options) if name == "combined" else proxy_tasks.build(name, prob=1.0, **options)
     gen = torch.Generator(device=batch.device)
     gen.manual_seed(seed)
     if with_mask:
@@ -136,6 +139,8 @@ def run(repeats: int, out_dir: Path, skip_reference: bool = False) -> dict:
     ratio = {}
     for name in TRANSFORMS:
         fns = {"ours": ours_fn(name, batches[BATCH], 1), "floor": floor_fn(batches[BATCH])}
+        if name.removesuffix("+mask") not in NO_KERNELS:
+            fns["torch"] = ours_fn(name, batches[BATCH], 1, use_kernels=False)
         if not skip_reference:
             fns["ref"] = reference_fn(name, batches[BATCH].numpy(), 1)
         t = measure_blocks(fns, repeats)
@@ -146,6 +151,11 @@ def run(repeats: int, out_dir: Path, skip_reference: bool = False) -> dict:
             "floor_ms_per_sample": 1e3 * f["cpu_median_s"] / BATCH,
             "x_floor": o["cpu_median_s"] / f["cpu_median_s"],
         }
+        if "torch" in t:
+            row.update(
+                torch_ops_ms_per_sample=1e3 * t["torch"]["cpu_median_s"] / BATCH,
+                loops_vs_torch_ops=t["torch"]["cpu_median_s"] / o["cpu_median_s"],
+            )
         if "ref" in t:
             r = t["ref"]
             row.update(
@@ -158,7 +168,8 @@ def run(repeats: int, out_dir: Path, skip_reference: bool = False) -> dict:
         print(
             f"{name:14s} ours {row['ours_ms_per_sample']:6.3f} ms/sample  "
             + (f"reference {row['reference_ms_per_sample']:8.2f}  speed-up {row['speedup']:6.1f}x  " if "ref" in t else "")
-            + f"floor {row['floor_ms_per_sample']:.3f} ({row['x_floor']:.0f}x floor)",
+            + f"floor {row['floor_ms_per_sample']:.3f} ({row['x_floor']:.0f}x floor)"
+            + (f"  torch ops {row['torch_ops_ms_per_sample']:.3f} (loops x{row['loops_vs_torch_ops']:.2f})" if "torch" in t else ""),
             flush=True,
         )
     # 2. + 3. per-sample cost at batch 1 / 6 / 32 against the floor, measured side by side
@@ -246,19 +257,28 @@ def to_markdown(result: dict) -> str:
         "",
         f"## Against the reference loops (batch {result['batch']})",
         "",
-        "| transform | reference ms/sample | ours ms/sample | speed-up (median CPU) | speed-up (best CPU) | speed-up (median wall) | floor ms/sample | ours / floor |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "`ours` is the default: compiled CPU loops where a transform has them (`_cpu_kernels`, numba); "
+        "`torch ops` is the same transform with `use_kernels=False` (the same draws, the path a GPU takes), "
+        "timed in the same blocks.",
+        "",
+        "| transform | reference ms/sample | ours ms/sample | speed-up (median CPU) | speed-up (best CPU) | speed-up (median wall) | floor ms/sample | ours / floor | torch ops ms/sample | loops vs torch ops |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, row in result["cpu"].items():
+        torch_ops = (
+            f"{row['torch_ops_ms_per_sample']:.3f} | {row['loops_vs_torch_ops']:.2f}x"
+            if "torch_ops_ms_per_sample" in row else "- | -"
+        )
         if "speedup" in row:
             lines.append(
                 f"| {name} | {row['reference_ms_per_sample']:.2f} | {row['ours_ms_per_sample']:.3f} | "
                 f"{row['speedup']:.1f}x | {row['speedup_min']:.1f}x | {row['speedup_wall']:.1f}x | "
-                f"{row['floor_ms_per_sample']:.3f} | {row['x_floor']:.0f}x |"
+                f"{row['floor_ms_per_sample']:.3f} | {row['x_floor']:.0f}x | {torch_ops} |"
             )
         else:
             lines.append(
-                f"| {name} | - | {row['ours_ms_per_sample']:.3f} | - | - | - | {row['floor_ms_per_sample']:.3f} | {row['x_floor']:.0f}x |"
+                f"| {name} | - | {row['ours_ms_per_sample']:.3f} | - | - | - | {row['floor_ms_per_sample']:.3f} | "
+                f"{row['x_floor']:.0f}x | {torch_ops} |"
             )
     batches = result["batches"]
     lines += [

@@ -150,6 +150,23 @@ def run_with_prob(
     return restoration_pair(out, batch)
 
 
+def noise_bits(
+    numel: int, generator: torch.Generator | None, device: torch.device, workspace: Workspace | None = None
+) -> torch.Tensor:
+    """(numel,) random int16 ``k``: the draws behind :func:`uniform_noise`, value ``(k + 32768.5) / 65536``.
+
+    One 64-bit draw cut into four 16-bit values is about twice as fast as ``torch.rand``.
+    ``workspace`` keeps the raw draws between calls.
+    """
+    count = (numel + 3) // 4
+    if workspace is not None:
+        draws = workspace.flat("noise_draws", count, torch.int64, device)
+    else:
+        draws = torch.empty(count, dtype=torch.int64, device=device)
+    draws.random_(-(2**63), 2**63 - 1, generator=generator)
+    return draws.view(torch.int16)[:numel]
+
+
 def uniform_noise(
     shape: tuple[int, ...],
     generator: torch.Generator | None,
@@ -160,10 +177,9 @@ def uniform_noise(
 ) -> torch.Tensor:
     """Uniform noise in (0, 1) with 16-bit resolution, values ``(k + 0.5) / 65536``.
 
-    Drawing random numbers is the dominant cost of the cut-outs on the CPU; one 64-bit draw cut
-    into four 16-bit values is about twice as fast as ``torch.rand``. The reference fills with
-    ``np.random.rand``; a resolution of 1.5e-5 (0.03 HU on a 2000 HU window) changes nothing for a
-    noise fill.
+    Drawing random numbers is the dominant cost of the cut-outs on the CPU (see
+    :func:`noise_bits`). The reference fills with ``np.random.rand``; a resolution of 1.5e-5
+    (0.03 HU on a 2000 HU window) changes nothing for a noise fill.
 
     ``workspace`` keeps the raw draws between calls; ``out`` (contiguous, ``shape``) receives
     the noise, else a new tensor.
@@ -171,19 +187,30 @@ def uniform_noise(
     numel = 1
     for s in shape:
         numel *= int(s)
-    count = (numel + 3) // 4
-    if workspace is not None:
-        draws = workspace.flat("noise_draws", count, torch.int64, device)
-    else:
-        draws = torch.empty(count, dtype=torch.int64, device=device)
-    draws.random_(-(2**63), 2**63 - 1, generator=generator)
-    # int16 k -> (k + 32768.5) / 65536 in one pass (the 0-dim float makes the result float32)
-    offset = torch.tensor(32768.5 / 65536, device=device)
-    bits = draws.view(torch.int16)[:numel]
+    return noise_from_bits(noise_bits(numel, generator, device, workspace), dtype, out).view(shape)
+
+
+def noise_from_bits(bits: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The 1-D noise ``(k + 32768.5) / 65536`` of int16 ``bits`` (exact in float32), into ``out`` if given."""
+    # one pass (the 0-dim float makes the result float32)
+    offset = torch.tensor(32768.5 / 65536, device=bits.device)
     if out is not None and out.dtype == torch.float32:
-        return torch.add(offset, bits, alpha=1.0 / 65536, out=out.view(-1)).view(shape)
-    noise = torch.add(offset, bits, alpha=1.0 / 65536).view(shape).to(dtype)
-    return noise if out is None else out.copy_(noise)
+        return torch.add(offset, bits, alpha=1.0 / 65536, out=out.view(-1))
+    noise = torch.add(offset, bits, alpha=1.0 / 65536).to(dtype)
+    return noise if out is None else out.view(-1).copy_(noise)
+
+
+def batch_noise_bits(
+    n: int, numel: int, generator: torch.Generator | None, device: torch.device, workspace: Workspace | None = None
+) -> tuple[torch.Tensor, list[int]]:
+    """The draws of :func:`batch_noise`: the bank's :func:`noise_bits` and where each sample's
+    ``numel`` values start in it."""
+    extra = max(numel // 2, 2 * n)
+    bits = noise_bits(numel + extra, generator, device, workspace)
+    u = torch.rand(2, generator=generator, device=device, dtype=torch.float64).tolist()
+    s_max = max(1, (extra // 2) // max(n - 1, 1))
+    r, s = int(u[0] * (extra // 2 + 1)), 1 + int(u[1] * s_max)
+    return bits, [r + j * s for j in range(n)]
 
 
 def batch_noise(
@@ -201,13 +228,11 @@ def batch_noise(
     sample the values are independent uniforms; samples of one call get shifted copies of the same
     draw (a strided view, no copy). Values are only ever noise fills, never compared across samples.
     """
-    extra = max(numel // 2, 2 * n)
-    out = workspace.get("noise_bank", (numel + extra,), dtype, device) if workspace is not None else None
-    bank = uniform_noise((numel + extra,), generator, device, dtype, workspace, out=out)
-    u = torch.rand(2, generator=generator, device=device, dtype=torch.float64).tolist()
-    s_max = max(1, (extra // 2) // max(n - 1, 1))
-    r, s = int(u[0] * (extra // 2 + 1)), 1 + int(u[1] * s_max)
-    return bank.as_strided((n, numel), (s, 1), bank.storage_offset() + r)
+    bits, offsets = batch_noise_bits(n, numel, generator, device, workspace)
+    out = workspace.get("noise_bank", (bits.numel(),), dtype, device) if workspace is not None else None
+    bank = noise_from_bits(bits, dtype, out)
+    stride = offsets[1] - offsets[0] if n > 1 else 1
+    return bank.as_strided((n, numel), (stride, 1), bank.storage_offset() + offsets[0])
 
 
 def blend_rows_(

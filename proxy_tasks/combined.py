@@ -34,11 +34,14 @@ from typing import Any
 
 import torch
 
-from proxy_tasks._genesis_common import as_volume, bernoulli, check_prob, restoration_pair
+from proxy_tasks import _cpu_kernels
+from proxy_tasks._genesis_common import as_volume, check_prob, restoration_pair
 from proxy_tasks.base import TASKS, ProxyPair, ProxyTask, check_batch, register_task
 
 #: the transforms in the order the reference applies them
 STEPS = ("local_shuffle", "nonlinear", "inner_cutout", "outer_cutout")
+#: the transforms that take ``use_kernels`` (compiled CPU loops, see ``_cpu_kernels``)
+KERNEL_STEPS = ("local_shuffle", "nonlinear", "outer_cutout")
 
 
 @register_task("combined")
@@ -57,6 +60,8 @@ class Combined(ProxyTask):
         local_shuffle, nonlinear, inner_cutout, outer_cutout: extra parameters of each transform
             (e.g. ``{"num_windows": 1000}``, the paper's count); their own ``prob`` is ignored.
         prob: probability that a sample is flipped/transformed at all (1.0; 0 gives the identity).
+        use_kernels: passed to the transforms that have compiled CPU loops (local shuffle,
+            non-linear, out-painting); False forces their torch path.
     """
 
     kind = "restoration"
@@ -77,6 +82,7 @@ class Combined(ProxyTask):
         inner_cutout: dict[str, Any] | None = None,
         outer_cutout: dict[str, Any] | None = None,
         prob: float = 1.0,
+        use_kernels: bool = True,
     ) -> None:
         # ``prob``: probability that a sample gets any flip or transform at all (0 = identity)
         self.local_shuffle_prob = check_prob(local_shuffle_prob, "local_shuffle_prob", "combined")
@@ -90,9 +96,13 @@ class Combined(ProxyTask):
                 f"combined: need max_flips >= 0 and flip_axes from (None, 0, 1, 2), got {max_flips}, {flip_axes}"
             )
         self.max_flips = int(max_flips)
+        self.use_kernels = bool(use_kernels)
         self.flip_axes = tuple(flip_axes)
         params = dict(local_shuffle=local_shuffle, nonlinear=nonlinear, inner_cutout=inner_cutout, outer_cutout=outer_cutout)
-        self._tasks = {name: TASKS.get(name)(**{**(params[name] or {}), "prob": 1.0}) for name in STEPS}
+        kernels = {name: {"use_kernels": bool(use_kernels)} for name in KERNEL_STEPS}
+        self._tasks = {
+            name: TASKS.get(name)(**{**kernels.get(name, {}), **(params[name] or {}), "prob": 1.0}) for name in STEPS
+        }
 
     def extra_repr(self) -> str:
         keys = ("local_shuffle_prob", "nonlinear_prob", "paint_prob", "inner_prob", "flip_prob", "max_flips", "flip_axes")
@@ -111,21 +121,22 @@ class Combined(ProxyTask):
         if spatial_dims not in (2, 3):
             raise ValueError(f"combined: spatial_dims must be 2 or 3, got {spatial_dims}")
         axes = self.flip_axes if spatial_dims == 3 else tuple(a for a in self.flip_axes if a != 0)
-        keep = bernoulli(n, self.prob, generator, device)
-        flips = torch.rand(n, self.max_flips, generator=generator, device=device, dtype=torch.float64) < self.flip_prob
-        flips = flips.cumprod(1).bool() & keep[:, None]  # the reference loop stops at the first failed coin
-        axis = torch.randint(max(1, len(axes)), (n, self.max_flips), generator=generator, device=device)
-        draws = {}
-        for name, spatial_axis in zip(("flip_d", "flip_h", "flip_w"), (0, 1, 2)):
-            hits = [k for k, a in enumerate(axes) if a == spatial_axis]
-            count = torch.zeros(n, device=device, dtype=torch.long)
-            for k in hits:
-                count += ((axis == k) & flips).sum(1)
-            draws[name] = count % 2 == 1
-        draws["local_shuffle"] = bernoulli(n, self.local_shuffle_prob, generator, device) & keep
-        draws["nonlinear"] = bernoulli(n, self.nonlinear_prob, generator, device) & keep
-        paint = bernoulli(n, self.paint_prob, generator, device) & keep
-        inner = bernoulli(n, self.inner_prob, generator, device)
+        k = self.max_flips
+        # one draw for every decision (a dozen small draws cost more than the rest of the draw):
+        # keep, local shuffle, non-linear, paint, inner, then per flip a coin and an axis
+        u = torch.rand(n, 5 + 2 * k, generator=generator, device=device, dtype=torch.float64)
+        keep = u[:, 0] < self.prob
+        flips = (u[:, 5 : 5 + k] < self.flip_prob).cumprod(1).bool() & keep[:, None]  # the reference stops at the first failed coin
+        choices = torch.tensor([-1 if a is None else a for a in axes] or [-1], device=device)  # -1: flips nothing
+        axis = choices[(u[:, 5 + k :] * len(choices)).long().clamp_(max=len(choices) - 1)]  # uniform over ``axes``
+        draws = {
+            name: ((axis == spatial) & flips).sum(1) % 2 == 1  # an odd number of flips of that axis
+            for name, spatial in (("flip_d", 0), ("flip_h", 1), ("flip_w", 2))
+        }
+        draws["local_shuffle"] = (u[:, 1] < self.local_shuffle_prob) & keep
+        draws["nonlinear"] = (u[:, 2] < self.nonlinear_prob) & keep
+        paint = (u[:, 3] < self.paint_prob) & keep
+        inner = u[:, 4] < self.inner_prob
         draws["inner_cutout"] = paint & inner
         draws["outer_cutout"] = paint & ~inner
         return draws
@@ -135,9 +146,15 @@ class Combined(ProxyTask):
         if batch.dim() == 4:
             pair = self.apply(as_volume(batch), draws, generator)
             return restoration_pair(pair.input.squeeze(2), pair.target.squeeze(2))
-        target = _flip(batch, draws)
-        out, owned = target, False  # ``target`` is returned too: never write into it
         chosen = torch.stack([draws[name] for name in STEPS]).tolist()  # one host transfer
+        if self.use_kernels and _cpu_kernels.usable(batch) and any(any(flags) for flags in chosen):
+            # the flipped target and our working copy of it in one pass over the batch
+            flips = torch.stack([draws["flip_d"], draws["flip_h"], draws["flip_w"]], 1)
+            target, out = _cpu_kernels.flip_copies(batch, flips)
+            owned = True
+        else:
+            target = _flip(batch, draws)
+            out, owned = target, False  # ``target`` is returned too: never write into it
         for name, flags in zip(STEPS, chosen):
             task = self._tasks[name]
             # every transform writes its samples in place into our working copy: no sub-batch

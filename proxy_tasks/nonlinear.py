@@ -19,8 +19,11 @@ interpolated from ``curve_points`` curve samples like ``np.interp`` does) and re
 interpolation. For cubes the table is first refined 16 times (one small matrix product: 65,521
 entries against 131,072 voxels of a 64x64x32 cube) and each voxel reads its nearest entry: one
 rounded index and one table read per voxel, no search and no per-voxel interpolation; samples
-smaller than the refined table (2D slices) interpolate per voxel. Tests bound the deviation
-from the 100,000-point ``np.interp`` reference and from the exact Bezier map.
+smaller than the refined table (2D slices) interpolate per voxel. On contiguous float32/64 CPU
+batches (``use_kernels``) the table is built in float64 and read in a compiled loop
+(``_cpu_kernels``) that interpolates every voxel linearly (no refined table, no rounding of the
+position; 2x faster per call at batch 6). Tests bound the deviation from the 100,000-point
+``np.interp`` reference and from the exact Bezier map.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from functools import lru_cache
 
 import torch
 
+from proxy_tasks import _cpu_kernels
 from proxy_tasks._genesis_common import Workspace, check_prob, dimension_agnostic, run_with_prob
 from proxy_tasks.base import ProxyPair, ProxyTask, register_task
 
@@ -198,6 +202,9 @@ class NonLinear(ProxyTask):
             ``refine`` times by linear interpolation and read at the nearest entry (16: 65,521
             entries, within 7.6e-6 x slope of interpolating the table); smaller samples are
             interpolated per voxel.
+        use_kernels: on contiguous float32/64 CPU batches, read the table in one compiled loop
+            (``_cpu_kernels``, numba) that interpolates per voxel (no refined table): the same
+            draws, several times faster. False forces the torch path.
     """
 
     kind = "restoration"
@@ -211,6 +218,7 @@ class NonLinear(ProxyTask):
         lut_size: int = 4096,
         curve_points: int = 4096,
         refine: int = 16,
+        use_kernels: bool = True,
     ) -> None:
         self.prob = check_prob(prob, "prob", "nonlinear")
         self.decreasing_prob = check_prob(decreasing_prob, "decreasing_prob", "nonlinear")
@@ -221,6 +229,7 @@ class NonLinear(ProxyTask):
         self.lut_size = int(lut_size)
         self.curve_points = int(curve_points)
         self.refine = int(refine)
+        self.use_kernels = bool(use_kernels)
         self._workspace = Workspace()
 
     def sample_curves(
@@ -232,10 +241,26 @@ class NonLinear(ProxyTask):
         return points, decreasing
 
     def apply(self, batch: torch.Tensor, points: torch.Tensor, decreasing: torch.Tensor) -> torch.Tensor:
-        """Map ``batch`` (B, C, ...) through the given curves (one per sample)."""
+        """Map ``batch`` (B, C, ...) through the given curves (one per sample); ``batch`` is not modified."""
+        if self.use_kernels and _cpu_kernels.usable(batch):
+            rows = list(range(batch.shape[0]))
+            return self.apply_(batch.clone(memory_format=torch.contiguous_format), rows, points, decreasing)
         work = torch.float64 if batch.dtype == torch.float64 else torch.float32
         lut = bezier_lut(points.to(work), decreasing, self.lut_size, self.curve_points)
         return apply_lut(batch, lut, self._workspace, refine=self.refine)
+
+    def apply_(
+        self, batch: torch.Tensor, rows: list[int], points: torch.Tensor, decreasing: torch.Tensor
+    ) -> torch.Tensor:
+        """Map the samples ``rows`` of ``batch`` in place through the given curves (one per row); returns ``batch``."""
+        if self.use_kernels and _cpu_kernels.usable(batch):
+            lut = _cpu_kernels.bezier_tables(points, decreasing, self.lut_size, self.curve_points)
+            _cpu_kernels.lut_rows_(batch, rows, lut.to(batch.dtype))
+            return batch
+        work = torch.float64 if batch.dtype == torch.float64 else torch.float32
+        lut = bezier_lut(points.to(work), decreasing, self.lut_size, self.curve_points)
+        apply_lut(batch, lut, self._workspace, rows=rows, refine=self.refine)
+        return batch
 
     @dimension_agnostic
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -250,10 +275,7 @@ class NonLinear(ProxyTask):
         """Map the samples ``rows`` of ``batch`` in place (default: all); same draws as :meth:`transform`."""
         rows = list(range(batch.shape[0])) if rows is None else rows
         points, decreasing = self.sample_curves(len(rows), generator, batch.device)
-        work = torch.float64 if batch.dtype == torch.float64 else torch.float32
-        lut = bezier_lut(points.to(work), decreasing, self.lut_size, self.curve_points)
-        apply_lut(batch, lut, self._workspace, rows=rows, refine=self.refine)
-        return batch
+        return self.apply_(batch, rows, points, decreasing)
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:
         return run_with_prob("nonlinear", batch, self.prob, generator, self.transform)

@@ -7,17 +7,22 @@ side is ``dim - randint(3*dim//7, 4*dim//7)`` and the box starts at least 3 voxe
 
 Speed: the kept boxes of all samples become one 0/1 mask (a batched matrix product, see
 ``_boxes.union_of_boxes``) and each sample is one blend of the noise and the original; the noise
-is drawn once per call and read by each sample at its own random offset (``batch_noise``).
+is drawn once per call and read by each sample at its own random offset (``batch_noise``). On
+contiguous float32/64 CPU batches (``use_kernels``) a compiled loop (``_cpu_kernels``) copies the
+noise into the runs of each row outside the boxes instead, straight from the raw 16-bit draws:
+the same draws and the same result, without the mask, the blend or the conversion pass.
 """
 
 from __future__ import annotations
 
 import torch
 
+from proxy_tasks import _cpu_kernels
 from proxy_tasks._boxes import chained_counts, sample_boxes, union_of_boxes
 from proxy_tasks._genesis_common import (
     Workspace,
     batch_noise,
+    batch_noise_bits,
     blend_rows_,
     check_prob,
     dimension_agnostic,
@@ -37,6 +42,9 @@ class OuterCutout(ProxyTask):
         cut_fraction: (low, high) fractions: a side is ``dim - randint(low*dim//1, high*dim//1)`` with
             the reference's integer arithmetic ``3*dim//7`` and ``4*dim//7`` for (3/7, 4/7).
         border: voxels kept free at each face (reference 3).
+        use_kernels: on contiguous float32/64 CPU batches, write the noise outside the boxes in
+            one compiled loop (``_cpu_kernels``, numba) instead of a box-count volume and a blend:
+            the same draws and the same result. False forces the torch path.
     """
 
     kind = "restoration"
@@ -50,6 +58,7 @@ class OuterCutout(ProxyTask):
         box_prob: float = 0.95,
         cut_fraction: tuple[tuple[int, int], tuple[int, int]] = ((3, 7), (4, 7)),
         border: int = 3,
+        use_kernels: bool = True,
     ) -> None:
         self.prob = check_prob(prob, "prob", "outer_cutout")
         self.box_prob = check_prob(box_prob, "box_prob", "outer_cutout")
@@ -61,6 +70,7 @@ class OuterCutout(ProxyTask):
         self.max_boxes = int(max_boxes)
         self.cut_fraction = ((int(a), int(b)), (int(c), int(d)))
         self.border = int(border)
+        self.use_kernels = bool(use_kernels)
         self._workspace = Workspace()
 
     def draw_boxes(
@@ -93,12 +103,19 @@ class OuterCutout(ProxyTask):
     ) -> torch.Tensor:
         """Apply the out-painting in place to the samples ``rows`` of ``batch`` (default: all); returns ``batch``."""
         rows = list(range(batch.shape[0])) if rows is None else rows
+        if self.use_kernels and _cpu_kernels.usable(batch):
+            boxes = self.draw_boxes(len(rows), tuple(batch.shape[2:]), generator, batch.device)
+            bits, offsets = batch_noise_bits(len(rows), batch[0].numel(), generator, batch.device, self._workspace)
+            _cpu_kernels.fill_outside_boxes_(batch, rows, boxes, bits, offsets)
+            return batch
         kept, noise = self._draw(len(rows), batch, generator)
         return blend_rows_(batch, rows, noise, kept, keep_where_one=True)
 
     @dimension_agnostic
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Apply the out-painting to every sample of ``batch`` (B, C, D, H, W) or (B, C, H, W); ``batch`` is not modified."""
+        if self.use_kernels and _cpu_kernels.usable(batch):
+            return self.transform_(batch.clone(memory_format=torch.contiguous_format), generator)
         kept, noise = self._draw(batch.shape[0], batch, generator)
         return torch.lerp(noise.view(batch.shape), batch, kept)
 
