@@ -44,8 +44,8 @@ def usable(batch: torch.Tensor) -> bool:
 
 
 def as_numpy(tensor: torch.Tensor) -> np.ndarray:
-    """The CPU tensor's memory as a numpy array (no copy; contiguous tensors only)."""
-    return tensor.detach().numpy()
+    """The CPU tensor's memory as a numpy array (no copy)."""
+    return tensor.detach().numpy() if tensor.requires_grad else tensor.numpy()  # detach: two more ops per call
 
 
 def _jit(fn):
@@ -156,7 +156,7 @@ def lut_rows_(batch: torch.Tensor, rows: list[int], lut: torch.Tensor) -> None:
 
 
 @_jit
-def _fill_outside_boxes(batch, rows, start, size, active, bits, offsets, dims, half, scale):  # pragma: no cover - compiled
+def _fill_outside_boxes(batch, rows, start, size, active, bits, offsets, dims, half, scale):  # pragma: no cover
     # batch (B, C * D * H * W), dims = (C, D, H, W); row j keeps the union of its active boxes and
     # takes the noise of bits[offsets[j] + flat position] everywhere else (the value of int16 k is
     # (k + 32768.5) / 65536, exact in float32, as ``_genesis_common.noise_from_bits``, without a
@@ -294,6 +294,12 @@ def _exp_table(start, exp_x, cover_x, num_windows, out):  # pragma: no cover - c
 
 
 @_jit
+def _column_row(pick, length, offset, width, rows_per_table):  # pragma: no cover - compiled
+    # local_shuffle._column_row_start: table pick // width, from column pick % width
+    return ((pick // width) * rows_per_table + length * (length - 1) // 2 + offset) * (2 * width) + pick % width
+
+
+@_jit
 def _shuffle_lines(
     zstart, zsize, ystart, ysize, pick_x, variant_x, pick_y, pick_z, pick_e, cover_z, cover_y,
     variants, rows_per_table, height, width, x_line, y_line, z_line, base, e_line, zy,
@@ -313,11 +319,9 @@ def _shuffle_lines(
                 px = pick_x[j, bar]
                 line = (j * depth + z) * height + y
                 x_line[line] = px * variants + variant_x[j, bar]
-                py = pick_y[j, bar]
-                y_line[line] = ((py // width) * rows_per_table + yl * (yl - 1) // 2 + (y - ys)) * (2 * width) + py % width
+                y_line[line] = _column_row(pick_y[j, bar], yl, y - ys, width, rows_per_table)
                 if has_z:
-                    pz = pick_z[j, zs, y]
-                    z_line[line] = ((pz // width) * rows_per_table + zl * (zl - 1) // 2 + (z - zs)) * (2 * width) + pz % width
+                    z_line[line] = _column_row(pick_z[j, zs, y], zl, z - zs, width, rows_per_table)
                 base[line] = zs * height * width + ys * width
                 e_line[line] = px * variants + pick_e[j, bar]
                 zy[line] = np.float32(cover_z[zs] * cover_y[ys])

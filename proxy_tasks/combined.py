@@ -126,7 +126,8 @@ class Combined(ProxyTask):
         # keep, local shuffle, non-linear, paint, inner, then per flip a coin and an axis
         u = torch.rand(n, 5 + 2 * k, generator=generator, device=device, dtype=torch.float64)
         keep = u[:, 0] < self.prob
-        flips = (u[:, 5 : 5 + k] < self.flip_prob).cumprod(1).bool() & keep[:, None]  # the reference stops at the first failed coin
+        # the reference stops flipping at the first failed coin
+        flips = (u[:, 5 : 5 + k] < self.flip_prob).cumprod(1).bool() & keep[:, None]
         choices = torch.tensor([-1 if a is None else a for a in axes] or [-1], device=device)  # -1: flips nothing
         axis = choices[(u[:, 5 + k :] * len(choices)).long().clamp_(max=len(choices) - 1)]  # uniform over ``axes``
         draws = {
