@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import statistics
 import sys
@@ -36,7 +35,7 @@ from genesis.data.datasets import default_lru_volumes
 from genesis.data.prepare import prepare_source
 from genesis.data.sources import SyntheticVolumeSource
 from genesis.errors import GenesisWarning
-from genesis.fileio import atomic_write_text
+from genesis.fileio import write_report
 
 SHAPE = (32, 64, 64)
 CROP = (16, 32, 32)
@@ -127,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rates,
         "ratio_200_vs_10": {mode: med[f"{mode}_{hi}"] / med[f"{mode}_{lo}"] for mode in modes},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "acceptance_scale.json", json.dumps(result, indent=2) + "\n")
     md = [
         "# Acceptance maps and open volumes at scale: 10 vs 200 scans",
         "",
@@ -150,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         md.append(f"| {n} | " + " | ".join(f"{med[f'{mode}_{n}']:.0f}" for mode in modes) + " |")
     md += ["", "200 / 10 scans: " + ", ".join(f"{mode} x{result['ratio_200_vs_10'][mode]:.2f}" for mode in modes)
            + " (target: within 20%, i.e. >= x0.80).", ""]
-    atomic_write_text(args.out / "acceptance_scale.md", "\n".join(md))
+    write_report(args.out, "acceptance_scale", result, "\n".join(md))
     print("\n".join(md))
     return 0
 

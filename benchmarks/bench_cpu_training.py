@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from genesis.device import cpu_supports_bf16
-    from genesis.fileio import atomic_write_text
+    from genesis.fileio import write_report
 
     configs = [(alloc, env, prec) for alloc, env in allocators().items() for prec in ("fp32", "bf16")]
     results: dict[str, list[dict]] = {f"{a}/{p}": [] for a, _, p in configs}
@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {alloc} | {prec} | {v['cpu_s_per_step']:.3f} | {base['cpu_s_per_step'] / v['cpu_s_per_step']:.2f}x "
                      f"| {v['minflt_per_step']:.0f} | {v['maxrss_mb']:.0f} MB |")
     md = "\n".join(lines) + "\n"
-    atomic_write_text(args.out / "cpu_training.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(args.out / "cpu_training.md", md)
+    write_report(args.out, "cpu_training", report, md)
     print(md)
     return 0
 

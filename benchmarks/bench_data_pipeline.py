@@ -57,7 +57,7 @@ from genesis.data import (
     preprocess,
     window_hu,
 )
-from genesis.fileio import atomic_write_text
+from genesis.fileio import write_report
 from genesis.io import Volume, load_volume, save_volume, write_dicom_series
 
 FULL_SHAPE = (200, 512, 512)
@@ -432,8 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                       f" --cache {args.cache}" if args.cache else ""),
                   "shape": shape_str(SCALE_SHAPE), "rounds": args.rounds, "train_args": SCALE_TRAIN,
                   "machine": info, "scale": scale}
-        atomic_write_text(args.out / "data_pipeline_scale.json", json.dumps(report, indent=2) + "\n")
-        atomic_write_text(args.out / "data_pipeline_scale.md", scale_markdown(report))
+        write_report(args.out, "data_pipeline_scale", report, scale_markdown(report))
         print(scale_markdown(report))
         return 0
 
@@ -465,8 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         "total_s": total,
         "results": [asdict(r) for r in rows],
     }
-    atomic_write_text(args.out / "data_pipeline.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(args.out / "data_pipeline.md", markdown(report))
+    write_report(args.out, "data_pipeline", report, markdown(report))
     print(f"\ntotal {total:.0f} s; wrote {args.out / 'data_pipeline.json'} and {args.out / 'data_pipeline.md'}")
     return 0
 

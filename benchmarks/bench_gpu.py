@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("bench_gpu: no CUDA device available; skipped (nothing measured, nothing written)")
         return 0
-    from genesis.fileio import atomic_write_text
+    from genesis.fileio import write_report
 
     device = torch.device(args.device)
     if device.type == "cuda" and device.index is None:
@@ -248,8 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pipeline workers={workers}: {r['samples_per_s']:.0f} samples/s, data wait "
                   f"{r['data_wait_fraction']:.1%}", flush=True)
     report["total_s"] = time.perf_counter() - started
-    atomic_write_text(args.out / "gpu.json", json.dumps(report, indent=2) + "\n")
-    atomic_write_text(args.out / "gpu.md", markdown(report))
+    write_report(args.out, "gpu", report, markdown(report))
     print(markdown(report))
     print(f"wrote {args.out / 'gpu.json'} and {args.out / 'gpu.md'}")
     return 0

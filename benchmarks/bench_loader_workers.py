@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import statistics
 import sys
@@ -37,7 +36,7 @@ from genesis.data.prepare import prepare_source
 from genesis.data.sources import SyntheticVolumeSource
 from genesis.data.synthetic import SyntheticConfig
 from genesis.errors import GenesisWarning
-from genesis.fileio import atomic_write_text
+from genesis.fileio import write_report
 
 SHAPE = (64, 128, 128)
 BATCH = 8
@@ -89,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
         "cubes_per_s_median": med,
         "runs": rates,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "loader_workers.json", json.dumps(result, indent=2) + "\n")
     md = [
         "# Loader workers on memory-mapped scans",
         "",
@@ -106,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     md += [f"| {k} | {med[k]:.0f} | {', '.join(f'{x:.0f}' for x in v)} |" for k, v in rates.items()]
     md.append("")
-    atomic_write_text(args.out / "loader_workers.md", "\n".join(md))
+    write_report(args.out, "loader_workers", result, "\n".join(md))
     print("\n".join(md))
     return 0
 

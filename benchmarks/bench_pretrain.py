@@ -19,7 +19,6 @@ on CPU. Writes ``benchmarks/results/pretrain.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import statistics
@@ -30,7 +29,7 @@ import torch
 
 from genesis.config import load_config
 from genesis.device import autocast, resolve_device
-from genesis.fileio import atomic_write_text
+from genesis.fileio import write_report
 from genesis.models import unpack_output
 from genesis.training.config import PretrainConfig
 from genesis.training.engine import make_generator, prepare_pair, step_seed
@@ -159,8 +158,6 @@ def main(argv: list[str] | None = None) -> int:
         "task": args.task, "model": model_name, "width": width, "crop": list(args.crop), "batch_size": batch,
         "timed_steps": steps, "volume_load_s": load_s, "torch": torch.__version__, "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / "pretrain.json", json.dumps(report, indent=2) + "\n")
     lines = [
         "# Pretraining throughput",
         "",
@@ -180,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", "No CUDA device in this run; on a GPU: `python benchmarks/bench_pretrain.py --device cuda` "
                   "(width 32, batch 6, transforms on the GPU)."]
     lines.append("")
-    atomic_write_text(args.out / "pretrain.md", "\n".join(lines))
+    write_report(args.out, "pretrain", report, "\n".join(lines))
     print(f"wrote {args.out / 'pretrain.json'} and {args.out / 'pretrain.md'}")
     return 0
 

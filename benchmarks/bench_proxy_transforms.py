@@ -24,7 +24,6 @@ Writes ``proxy_transforms.json`` and ``proxy_transforms.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _reference_genesis as ref
 
 import proxy_tasks
-from genesis.fileio import atomic_write_text
+from genesis.fileio import write_report
 
 BATCH = 6
 BATCHES = (1, 6, 32)
@@ -239,9 +238,7 @@ def run(repeats: int, out_dir: Path, skip_reference: bool = False) -> dict:
         "gpu": gpu or None,
         "gpu_device": torch.cuda.get_device_name(0) if gpu else None,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "proxy_transforms.json", json.dumps(result, indent=2) + "\n")
-    atomic_write_text(out_dir / "proxy_transforms.md", to_markdown(result))
+    write_report(out_dir, "proxy_transforms", result, to_markdown(result))
     return result
 
 

@@ -13,7 +13,6 @@ Writes ``synthetic.json`` and ``synthetic.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genesis.data.synthetic import SyntheticConfig, generate_chest_ct, generate_target_case  # noqa: E402
-from genesis.fileio import atomic_write_text  # noqa: E402
+from genesis.fileio import write_report  # noqa: E402
 
 
 def _time(fn, seeds):
@@ -53,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"shape": list(cfg.shape), "spacing": list(cfg.spacing), "python": platform.python_version(),
             "machine": platform.machine(), "processor": platform.processor()}
     out = Path(args.out)
-    atomic_write_text(out / "synthetic.json", json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     lines = [
         "# Synthetic generator speed",
         "",
@@ -63,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | --- | --- |",
     ]
     lines += [f"| {k} | {v['wall_s_median']:.2f} | {v['cpu_s_median']:.2f} |" for k, v in results.items()]
-    atomic_write_text(out / "synthetic.md", "\n".join(lines) + "\n")
+    write_report(out, "synthetic", {"meta": meta, "results": results}, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -39,7 +39,7 @@ from finetune.transfer import build_model, frozen_batchnorm_eval
 from genesis.config import config_to_dict, save_config
 from genesis.device import autocast, needs_grad_scaler, resolve_device
 from genesis.errors import CheckpointError, DatasetLayoutError
-from genesis.fileio import atomic_write_text
+from genesis.fileio import atomic_write_json
 from genesis.models import unpack_output
 from genesis.rng import numpy_generator
 from genesis.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -317,23 +317,6 @@ def metric_values(task: str, values: dict[str, Any], metrics: tuple[str, ...]) -
 
 
 # -------------------------------------------------------------------------------------- one run
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _json_safe(obj.item())
-    return obj
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON with NaN/inf written as null (strict JSON)."""
-    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
-
-
 def train_run(
     target: Target,
     data: TargetData,
@@ -452,7 +435,7 @@ def train_run(
         "history": state["history"],
         "test_units": test_values,
     }
-    write_json(result_path, result)
+    atomic_write_json(result_path, result)
     return json.loads(result_path.read_text())
 
 

@@ -19,11 +19,12 @@ import numpy as np
 
 from finetune.config import FinetuneConfig
 from finetune.data import TargetData
-from finetune.engine import n_units, unit_statistic, write_json
+from finetune.engine import n_units, unit_statistic
 from finetune.stats import bootstrap_ci, compare_runs, mean_sd
 from finetune.targets import Target
 from genesis.config import config_to_dict
 from genesis.errors import ConfigError, InputFileError
+from genesis.fileio import write_report
 
 
 def describe(cfg: FinetuneConfig, model: str = "unet3d") -> str:
@@ -244,8 +245,5 @@ def write_reports(metrics: dict[str, Any], out: Path, target: Target, compare: s
     if compare:
         metrics["comparison"] = compare_with(metrics, compare)
         other = json.loads(Path(metrics["comparison"]["other"]).read_text())
-    write_json(out / "metrics.json", metrics)
-    from genesis.fileio import atomic_write_text
-
-    atomic_write_text(out / "metrics.md", markdown(metrics))
+    write_report(out, "metrics", metrics, markdown(metrics))
     plot(metrics, out / "metrics.png", other)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -46,3 +50,32 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Atomic, indented JSON with NaN/inf written as null (strict JSON) and numpy scalars as numbers."""
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
+
+
+def write_report(out_dir: str | Path, stem: str, data: Any, markdown: str) -> tuple[Path, Path]:
+    """Write ``stem.json`` (for tools) and ``stem.md`` (for people) into ``out_dir``, each atomically.
+
+    Returns the two paths.
+    """
+    out_dir = Path(out_dir)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    atomic_write_json(json_path, data)
+    atomic_write_text(md_path, markdown if markdown.endswith("\n") else markdown + "\n")
+    return json_path, md_path

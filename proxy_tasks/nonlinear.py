@@ -245,9 +245,7 @@ class NonLinear(ProxyTask):
         if self.use_kernels and _cpu_kernels.usable(batch):
             rows = list(range(batch.shape[0]))
             return self.apply_(batch.clone(memory_format=torch.contiguous_format), rows, points, decreasing)
-        work = torch.float64 if batch.dtype == torch.float64 else torch.float32
-        lut = bezier_lut(points.to(work), decreasing, self.lut_size, self.curve_points)
-        return apply_lut(batch, lut, self._workspace, refine=self.refine)
+        return apply_lut(batch, self._tables(points, decreasing, batch.dtype), self._workspace, refine=self.refine)
 
     def apply_(
         self, batch: torch.Tensor, rows: list[int], points: torch.Tensor, decreasing: torch.Tensor
@@ -257,10 +255,13 @@ class NonLinear(ProxyTask):
             lut = _cpu_kernels.bezier_tables(points, decreasing, self.lut_size, self.curve_points)
             _cpu_kernels.lut_rows_(batch, rows, lut.to(batch.dtype))
             return batch
-        work = torch.float64 if batch.dtype == torch.float64 else torch.float32
-        lut = bezier_lut(points.to(work), decreasing, self.lut_size, self.curve_points)
-        apply_lut(batch, lut, self._workspace, rows=rows, refine=self.refine)
+        apply_lut(batch, self._tables(points, decreasing, batch.dtype), self._workspace, rows=rows, refine=self.refine)
         return batch
+
+    def _tables(self, points: torch.Tensor, decreasing: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The torch path's tables, in float64 for float64 batches and float32 otherwise."""
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        return bezier_lut(points.to(work), decreasing, self.lut_size, self.curve_points)
 
     @dimension_agnostic
     def transform(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

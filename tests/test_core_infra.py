@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from genesis.errors import CheckpointError, GenesisError, UnknownNameError
-from genesis.fileio import atomic_path, atomic_write_text
+from genesis.fileio import atomic_path, atomic_write_text, write_report
 from genesis.registry import Registry
 from genesis.rng import capture_rng_state, restore_rng_state, torch_generator
 from genesis.training.checkpoint import load_checkpoint, save_checkpoint
@@ -44,6 +44,19 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+
+
+def test_write_report_writes_strict_json_and_markdown(tmp_path):
+    import json
+
+    import numpy as np
+
+    data = {"ratio": float("nan"), "speed": np.float32(1.5), "counts": [np.int64(3), float("inf")]}
+    json_path, md_path = write_report(tmp_path / "results", "bench", data, "# Bench")
+    assert json_path == tmp_path / "results" / "bench.json" and md_path.name == "bench.md"
+    assert json.loads(json_path.read_text()) == {"ratio": None, "speed": 1.5, "counts": [3, None]}
+    assert "NaN" not in json_path.read_text()
+    assert md_path.read_text() == "# Bench\n"
 
 
 def test_checkpoint_round_trip_and_safe_loading(tmp_path):
