@@ -500,6 +500,9 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     log(f"target {target.name} ({target.title}); model {network}"
         f"{f' with weights {cfg.weights}' if cfg.weights else f' ({cfg.init} init)'}; data: {data.source}; "
         f"train/val/test = {len(data.train)}/{len(data.val)}/{len(data.test)}; device {device}")
+    from genesis.device import describe_precision, resolve_precision
+
+    log(describe_precision(resolve_precision(cfg.precision, device, cfg.amp), device))
     lr_record = None
     if cfg.lr_search:  # Ke et al.: the rate with the best validation metric on 10% of the data
         from finetune.lr_search import search_learning_rate

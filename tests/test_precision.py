@@ -15,11 +15,14 @@ CPU = torch.device("cpu")
 
 def test_auto_rules_and_impossible_choices(monkeypatch) -> None:
     monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: True)
-    assert resolve_precision("auto", CPU) == "bf16"
+    assert resolve_precision("auto", CPU) == "fp32"  # bf16 on a CPU only when asked for
+    assert "NaN" in device_module.describe_precision("bf16", CPU)
     assert resolve_precision("auto", CPU, amp=False) == "fp32"  # --no-amp
     monkeypatch.setattr(device_module, "cpu_supports_bf16", lambda: False)
     assert resolve_precision("auto", CPU) == "fp32"
     assert resolve_precision("bf16", CPU, amp=False) == "bf16"  # an explicit choice wins
+    assert "15x slower" in device_module.describe_precision("bf16", CPU)  # with the measured reason
+    assert device_module.describe_precision("fp32", CPU) == "precision: fp32 on cpu"
     assert not needs_grad_scaler(CPU, True, "bf16")
     with pytest.raises(ConfigError, match="fp16 needs a CUDA"):
         resolve_precision("fp16", CPU)

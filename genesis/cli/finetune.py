@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu or cuda[:n]")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="compute precision (default auto: bf16 autocast on CUDA where supported, else fp16 "
-                   "with loss scaling; bf16 on CPUs with AVX512-BF16/AMX; fp32 otherwise)")
+                   "with loss scaling; fp32 on CPUs, where bf16 is slow or unstable: the log warns)")
     p.add_argument("--config", help="YAML file with FinetuneConfig settings")
     p.add_argument("--channels", choices=("repeat", "neighbors", "windows"),
                    help="grey CT -> RGB for the pretrained baselines: the slice 3x (default), slices n-1/n/n+1, "

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
                    help="compute precision (default auto: bf16 autocast on CUDA where supported, else fp16 "
-                   "with loss scaling; bf16 on CPUs with AVX512-BF16/AMX; fp32 otherwise)")
+                   "with loss scaling; fp32 on CPUs, where bf16 is slow or unstable: the log warns)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt until --epochs")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoints, "

@@ -142,7 +142,7 @@ class PretrainConfig:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:n]``.
         amp: mixed precision allowed (False: fp32 when ``precision`` is ``auto``; ``--no-amp``).
         precision: ``auto`` (bf16 autocast on CUDA where supported, else fp16 with loss scaling;
-            bf16 on CPUs with native bf16 (AVX512-BF16/AMX); fp32 otherwise), ``fp32``, ``bf16``
+            fp32 on CPUs), ``fp32``, ``bf16``
             or ``fp16`` (CUDA only). See :func:`genesis.device.resolve_precision`.
         out: output folder.
         resume: continue from ``out/last.pt``.
