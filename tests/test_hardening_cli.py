@@ -14,7 +14,7 @@ from genesis.cli._common import one_line, user_errors_exit
 from genesis.cli.pretrain import main
 from genesis.config import load_config
 from genesis.errors import ConfigError, VolumeReadError
-from genesis.training import checkpoint as checkpoint_module
+from genesis import checkpoint as checkpoint_module
 from genesis.training.config import PretrainConfig
 from genesis.training.engine import nonfinite_tensors
 

@@ -32,7 +32,7 @@ from genesis.device import autocast, needs_grad_scaler
 from genesis.errors import ConfigError, GenesisError
 from genesis.models import ModelOutput, unpack_output
 from genesis.rng import capture_rng_state, restore_rng_state
-from genesis.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, write_error
+from genesis.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, write_error
 from genesis.training.config import PretrainConfig
 from genesis.training.ddp import (
     DistInfo,

@@ -24,7 +24,7 @@ from genesis.device import resolve_device
 from genesis.errors import CheckpointError
 from genesis.fileio import atomic_write_text
 from genesis.models import create_model, unpack_output
-from genesis.training.checkpoint import load_checkpoint
+from genesis.checkpoint import load_checkpoint
 from genesis.training.config import PretrainConfig
 from genesis.training.engine import EpochContext, make_generator, prepare_pair, step_seed
 

@@ -35,7 +35,7 @@ from genesis.config import config_to_dict, save_config
 from genesis.device import resolve_device
 from genesis.errors import ConfigError, GenesisError
 from genesis.models import ModelOutput, create_model
-from genesis.training.checkpoint import load_checkpoint, save_checkpoint
+from genesis.checkpoint import load_checkpoint, save_checkpoint
 from genesis.training.collapse import baseline_sums
 from genesis.training.config import TARIQ_TASKS, PretrainConfig, resolve_optim
 from genesis.training.ddp import DistInfo, cleanup_distributed, env_dist_info, setup_distributed

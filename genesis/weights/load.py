@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from genesis.errors import CheckpointError
-from genesis.training.checkpoint import load_checkpoint
+from genesis.checkpoint import load_checkpoint
 from genesis.weights.convert import (
     convert_keras_h5,
     convert_official_pt,
