@@ -66,7 +66,8 @@ class BarlowTwins(ProxyTask):
         scale, flip_prob, rotation_deg, brightness, contrast: view ranges (:class:`ViewConfig`).
     """
 
-    kind = "classification"  # routed through encoder_classifier; its head is the projector
+    kind = "contrastive"  # genesis.methods.barlow_twins trains it: encoder + projector head
+    paper = "Zbontar et al. 2021 (Barlow Twins)"
     loss_region = "all"
     spatial_dims = 2
 

@@ -40,17 +40,24 @@ class ProxyTask:
     """Base class of proxy tasks.
 
     Class attributes:
-        kind: ``"restoration"`` (target image, loss MSE-like) or ``"classification"`` (label).
+        kind: ``"restoration"`` (target image, loss MSE-like), ``"classification"`` (label) or
+            ``"contrastive"`` (views only; trained by a method of :mod:`genesis.methods`).
+        paper: where the task comes from (shown by ``genesis-pretrain --list-tasks``).
         num_classes: number of labels for classification tasks.
         loss_region: ``"all"`` (loss on the whole image, Models Genesis) or ``"mask"`` (loss on
             ``pair.mask`` only, e.g. classic in-painting).
         spatial_dims: dimensionality the task accepts: 2, 3, or None for both.
+        mask_hides_content: ``pair.mask`` marks voxels whose content the transform replaced (a box,
+            cut-out windows, salt-and-pepper noise); their restoration is judged against filling
+            them with the mean of the visible voxels.
     """
 
     kind: ClassVar[str] = "restoration"
+    paper: ClassVar[str] = ""
     num_classes: ClassVar[int | None] = None
     loss_region: ClassVar[str] = "all"
     spatial_dims: ClassVar[int | None] = None
+    mask_hides_content: ClassVar[bool] = False
 
     def __call__(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> ProxyPair:
         raise NotImplementedError

@@ -65,6 +65,7 @@ class Combined(ProxyTask):
     """
 
     kind = "restoration"
+    paper = "Zhou et al. 2021 (Models Genesis)"
     loss_region = "all"
     spatial_dims = None  # 2D (B, C, H, W) or 3D (B, C, D, H, W)
 

@@ -136,6 +136,7 @@ class DeepCluster(ProxyTask):
     """
 
     kind = "classification"
+    paper = "Caron et al. 2018, as in Zhou et al. 2021's appendix"
     num_classes = 260
     loss_region = "all"
     spatial_dims = None

@@ -27,6 +27,8 @@ class DenoiseSaltPepper(ProxyTask):
     """
 
     kind = "restoration"
+    paper = "Tariq et al. 2023"
+    mask_hides_content = True
     loss_region = "all"
     spatial_dims = None
 
@@ -56,6 +58,7 @@ class DenoiseGaussian(ProxyTask):
     """
 
     kind = "restoration"
+    paper = "Vincent et al. 2010, as in Zhou et al. 2021's appendix"
     loss_region = "all"
     spatial_dims = None
 

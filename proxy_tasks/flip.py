@@ -30,6 +30,7 @@ class FlipPrediction(ProxyTask):
     """Flip at random; predict none (0), horizontal (1) or vertical (2)."""
 
     kind = "classification"
+    paper = "Tariq et al. 2023"
     num_classes = 3
     loss_region = "all"
     spatial_dims = None

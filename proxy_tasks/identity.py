@@ -16,6 +16,7 @@ class Identity(ProxyTask):
     """Input = target = the batch; the mask of changed voxels is all False."""
 
     kind = "restoration"
+    paper = "no transform (a control)"
     loss_region = "all"
     spatial_dims = None
 

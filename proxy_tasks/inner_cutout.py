@@ -36,6 +36,8 @@ class InnerCutout(ProxyTask):
     """
 
     kind = "restoration"
+    paper = "Zhou et al. 2021 (Models Genesis)"
+    mask_hides_content = True
     loss_region = "all"
     spatial_dims = None  # 2D batches are transformed as a depth-1 view (Genesis 2D)
 

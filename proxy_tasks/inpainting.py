@@ -44,6 +44,8 @@ class Inpainting(ProxyTask):
     """
 
     kind = "restoration"
+    paper = "Pathak et al. 2016, as in Zhou et al. 2021's appendix"
+    mask_hides_content = True
     loss_region = "mask"
     spatial_dims = None
 

@@ -141,6 +141,7 @@ class Jigsaw(ProxyTask):
     """
 
     kind = "classification"
+    paper = "Noroozi & Favaro 2016, as in Zhou et al. 2021's appendix"
     num_classes = 100
     loss_region = "all"
     spatial_dims = None

@@ -309,6 +309,7 @@ class LocalShuffle(ProxyTask):
     """
 
     kind = "restoration"
+    paper = "Zhou et al. 2021 (Models Genesis)"
     loss_region = "all"
     spatial_dims = None  # 2D batches are transformed as a depth-1 view (Genesis 2D)
 

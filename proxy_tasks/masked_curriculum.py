@@ -27,6 +27,7 @@ class MaskedCurriculum(ProxyTask):
     """
 
     kind = "restoration"
+    paper = "Tariq et al. 2023"
     loss_region = "all"
     spatial_dims = None
 

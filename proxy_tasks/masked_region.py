@@ -95,6 +95,8 @@ class MaskedRegion(ProxyTask):
     """
 
     kind = "restoration"
+    paper = "Tariq et al. 2023"
+    mask_hides_content = True
     loss_region = "all"  # the masked-region MSE is an extra term of the composite loss, via pair.mask
     spatial_dims = None
 

@@ -34,6 +34,7 @@ class MetadataPrediction(ProxyTask):
     """
 
     kind = "classification"
+    paper = "Awatramani et al. (radiograph metadata)"
     loss_region = "all"
     spatial_dims = 3  # consumes (image, metadata) stacks of depth 2; the network sees 2D images
     consumes_metadata = True

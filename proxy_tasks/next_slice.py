@@ -35,6 +35,7 @@ class NextSlice(ProxyTask):
     """
 
     kind = "restoration"
+    paper = "Tariq et al. 2023"
     loss_region = "all"
     spatial_dims = 3  # the task consumes sub-volumes; see ``spatial_dims_out`` for what it produces
 

@@ -208,6 +208,7 @@ class NonLinear(ProxyTask):
     """
 
     kind = "restoration"
+    paper = "Zhou et al. 2021 (Models Genesis)"
     loss_region = "all"
     spatial_dims = None  # 2D batches are transformed as a depth-1 view (Genesis 2D)
 

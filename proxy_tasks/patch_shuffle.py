@@ -40,6 +40,7 @@ class PatchShuffle(ProxyTask):
     """
 
     kind = "restoration"
+    paper = "Chen et al. 2019, as in Zhou et al. 2021's appendix"
     loss_region = "all"
     spatial_dims = None
 

@@ -28,6 +28,7 @@ class RotationPrediction(ProxyTask):
     """Rotate by a random multiple of 90 degrees; predict which (label 0..3 = 0/90/180/270)."""
 
     kind = "classification"
+    paper = "Tariq et al. 2023 (Gidaris et al. 2018)"
     num_classes = 4
     loss_region = "all"
     spatial_dims = None

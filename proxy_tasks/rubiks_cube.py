@@ -58,6 +58,7 @@ class RubiksCube(ProxyTask):
     """
 
     kind = "classification"
+    paper = "Zhuang et al. 2019, as in Zhou et al. 2021's appendix"
     num_classes = 100
     loss_region = "all"
     spatial_dims = None

@@ -1,4 +1,8 @@
-"""Fingerprints of a few pretraining steps per method, on the code before the method-core refactor."""
+"""Fingerprints of a few pretraining steps per method (see tests/test_pretrain_same_as_before.py).
+
+``python tests/_golden_pretrain.py OUT.json`` (with OMP_NUM_THREADS=1) wrote the golden file on the
+code before the method core; the test runs :func:`run_all` on today's code.
+"""
 import json, sys, tempfile
 from pathlib import Path
 import torch

@@ -129,7 +129,7 @@ def _check_checkpoint(out: Path, task: str, dims: int, manifest_name: str) -> di
         assert ckpt["config"]["data"]["data"].endswith(manifest_name)
         model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
         model.load_state_dict(ckpt["model"])  # strict: the checkpoint alone rebuilds the network
-        if cls.kind == "classification":
+        if cls.kind in ("classification", "contrastive"):  # barlow_twins: encoder + projector head
             assert ckpt["model_name"] == "encoder_classifier"
         else:
             assert ckpt["model_name"] == f"unet{dims}d"

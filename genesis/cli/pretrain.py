@@ -159,9 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     if args.list_tasks:
-        import proxy_tasks
-
-        print("\n".join(proxy_tasks.list_tasks()))
+        print(list_tasks_text())
         return 0
     if args.evaluate is not None:
         _preflight.check_file(args.evaluate, "--evaluate checkpoint")
@@ -188,7 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume and config_file is None and run_config.is_file():
         config_file = run_config  # a resumed run keeps its settings; flags given now change them
     cfg = load_config(PretrainConfig, config_file, overrides)
-    _preflight.check_name("proxy task", cfg.task, "proxy_tasks", "register_task", " (see --list-tasks)")
+    if args.preset == "quick" and _architecture_from_plans(cfg.model):
+        # --preset quick works with every model: the plans' widths and patch size are left alone
+        overrides = {k: v for k, v in overrides.items() if k not in _PLANS_FIXED or _given(args, k)}
+        cfg = load_config(PretrainConfig, config_file, overrides)
+    _check_task_name(cfg.task)
     cfg.validate()
     _preflight.check_exists(cfg.data.data, "--data")
     if not args.prepare_only:  # --prepare-only writes only to the cache, never to --out
@@ -226,19 +228,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def prepare_only(cfg: Any, workers: int | None) -> int:
-    """``--prepare-only``: fill the volume cache for ``cfg.data`` and exit."""
-    import os
+def list_tasks_text() -> str:
+    """Every ``--task`` name grouped by method family, with where it comes from."""
+    from genesis.methods import catalogue
 
+    lines = []
+    for family, entries in catalogue().items():
+        lines.append(f"{family}:")
+        width = max(len(name) for name, _ in entries)
+        lines += [f"  {name:<{width}}  {paper}".rstrip() for name, paper in entries]
+    return "\n".join(lines)
+
+
+def prepare_only(cfg: Any, workers: int | None) -> int:
+    """``--prepare-only``: fill the volume cache for ``cfg.data`` (as the recipe resolves it) and exit."""
+    import os
+    from dataclasses import replace
+
+    from genesis.data.kinds import resolve_data
     from genesis.training.ddp import DistInfo
-    from genesis.training.pretrain import build_source, prepare_volumes
+    from genesis.training.pretrain import prepare_volumes
+    from genesis.training.recipe import data_request, resolve_method_and_network
 
     if not cfg.data.cache:
         raise ConfigError("--prepare-only fills the volume cache; it cannot be combined with --no-cache")
-    source = build_source(cfg)
+    resolved = resolve_data(data_request(cfg))
+    plan = resolved.plan
+    method, _, _ = resolve_method_and_network(cfg, plan)
+    cfg = replace(cfg, dims=plan.dims, data=replace(cfg.data, crop=plan.crop,
+                                                    models_genesis_sampler=plan.models_genesis_sampler))
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    prepare_volumes(source, cfg, DistInfo(), workers=usable if workers is None else workers)
+    prepare_volumes(resolved.source, cfg, DistInfo(), workers=usable if workers is None else workers,
+                    crop=tuple(method.sample_crop(plan.crop)))
     return 0
+
+
+def _check_task_name(name: str) -> None:
+    """``--task`` names a proxy task or a method (read from their sources: no torch import yet)."""
+    from genesis.cli import _preflight
+    from genesis.errors import UnknownNameError
+
+    names = sorted(set(_preflight.static_names("proxy_tasks", "register_task"))
+                   | set(_preflight.static_names("genesis.methods", "register_method")))
+    if names and name not in names:
+        hint = _preflight.did_you_mean(name, names) or f"; available: {', '.join(names)}"
+        raise UnknownNameError(f"unknown proxy task {name!r}{hint} (see --list-tasks for tasks and methods)")
+
+
+#: Settings of ``--preset quick`` that a network built from nnU-Net plans takes from the plans.
+_PLANS_FIXED = ("width", "data.crop")
+
+
+def _architecture_from_plans(model: str) -> bool:
+    """Whether ``--model`` is built from plans that fix widths and patch size (nnU-Net), read from
+    the registration (no torch import: the models package is only imported for such names)."""
+    if model in ("auto", "unet3d", "unet2d", "vqvae", "encoder_classifier"):
+        return False
+    import genesis.models  # fills the registry
+
+    MODELS = genesis.models.MODELS
+    return model in MODELS and bool(getattr(MODELS.get(model), "architecture_from_plans", False))
+
+
+def _given(args: argparse.Namespace, key: str) -> bool:
+    """A setting given explicitly by its flag (it then wins over the preset)."""
+    flag = {"width": args.width, "data.crop": args.crop}.get(key)
+    return flag is not None or any(item.partition("=")[0].strip() == key for item in args.set)
 
 
 def _resumable(out: Path) -> bool:

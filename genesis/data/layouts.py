@@ -670,6 +670,10 @@ class LayoutVolumeSource:
         item, c = self._index[i]
         return f"{item.name}" + (f"[channel {c}]" if self.dataset.in_channels > 1 else "")
 
+    def group(self, i: int) -> str:
+        """The patient of volume ``i`` (every channel of an item is the same patient)."""
+        return self._index[i][0].group
+
     @property
     def image_shape(self) -> tuple[int, ...]:
         """Spatial shape of the first image (arrays: of every image)."""

@@ -54,7 +54,8 @@ class NetworkRequest:
         width: base width (``--width``).
         in_channels / out_channels: channels of the method's network input and target.
         model_kwargs: extra constructor arguments given by the user.
-        crop: the network's input size (D, H, W), or (H, W) padded with a depth of 1 for 2D.
+        crop: the sub-volumes' size (D, H, W) (D = 1 for 2D images).
+        plans / configuration: an nnU-Net plans file and configuration (networks built from plans).
     """
 
     model: str
@@ -64,6 +65,8 @@ class NetworkRequest:
     out_channels: int = 1
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     crop: tuple[int, ...] = (32, 64, 64)
+    plans: str | None = None
+    configuration: str = "3d_fullres"
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,30 @@ class Method:
     monitor_key: ClassVar[str] = "val_loss"
 
     # ------------------------------------------------------------------ resolution (once)
+    @classmethod
+    def create(cls, params: Mapping[str, Any], dims: int, loss: str = "auto", seed: int = 0) -> "Method":
+        """The method for ``--task NAME`` with ``task_params`` ``params`` (default: ``cls(**params)``).
+
+        Raises:
+            ConfigError: invalid parameters, a ``--loss`` the method does not take, or ``dims`` it
+                does not support.
+        """
+        from genesis.errors import ConfigError
+
+        if dims not in cls.dims:
+            raise ConfigError(f"method {cls.name!r} works on {' or '.join(f'{d}D' for d in cls.dims)} inputs, "
+                              f"not --dims {dims}")
+        if loss not in ("auto",):
+            raise ConfigError(f"method {cls.name!r} has its own loss; --loss {loss} does not apply")
+        try:
+            return cls(**dict(params))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"method {cls.name!r}: invalid parameters {dict(params)}: {exc}") from None
+
+    def stages(self) -> list["Method"]:
+        """The methods of a staged scheme trained in turn (each from the previous one's weights)."""
+        return [self]
+
     def sample_crop(self, crop: tuple[int, int, int]) -> tuple[int, int, int]:
         """Size of the sub-volumes the sampler cuts for a network input of ``crop`` (default: the same;
         VoCo cuts a larger region and crops views from it)."""
@@ -128,6 +155,9 @@ class Method:
         """The module trained: backbone plus heads (and a teacher), weights from the global RNG
         (the caller seeds it)."""
         raise NotImplementedError
+
+    def bind(self, spec: NetworkSpec) -> None:
+        """Fix the settings that depend on the resolved network (e.g. the composite loss on a VQ-VAE)."""
 
     def parts(self, spec: NetworkSpec) -> Parts:  # pragma: no cover - abstract
         """Where the backbone, heads and teacher are in ``build_model(spec)``'s state dict."""
@@ -151,6 +181,11 @@ class Method:
     def validation(self, outputs: Any, views: Any) -> dict[str, float]:
         """Validation metrics *summed* over the :meth:`count` samples of a batch (the loop divides);
         ``val_loss`` is added by the loop. Include the trivial baseline the method must beat."""
+        return {}
+
+    def per_sample(self, outputs: Any, views: Any) -> dict[str, torch.Tensor]:
+        """Per-sample errors (B,) of the model (``model``) and of trivial baselines (other keys) on
+        what the loss scores; the loop keeps them per validation cube for the collapse check."""
         return {}
 
     def count(self, views: Any) -> int:

@@ -70,3 +70,30 @@ def nnunet(
     network = build_network(plans, configuration, in_channels, out_channels, deep_supervision=False)
     imap = intensity_map(plans, configuration)
     return NNUNetRestoration(network, imap.low, imap.high, configuration)
+
+
+def _pretraining_kwargs(request: Any, in_channels: int, out_channels: int) -> dict[str, Any]:
+    """Pretraining hook (:func:`genesis.methods.proxy.provider_kwargs`): the plans fix the network."""
+    from genesis.errors import ConfigError
+    from genesis.nnunet.plans import pretrain_model_kwargs
+
+    if not request.plans:
+        raise ConfigError("--model nnunet needs --plans nnUNet_preprocessed/DatasetXXX/nnUNetPlans.json")
+    return pretrain_model_kwargs(request.plans, request.configuration, in_channels, out_channels)
+
+
+def _pretraining_crop(crop: tuple[int, ...], default_crop: tuple[int, ...], width: int, default_width: int,
+                      plans: str | None, configuration: str) -> tuple[int, int, int]:
+    """Pretraining hook (the recipe): the configuration's patch size, checked against its strides."""
+    from genesis.errors import ConfigError
+    from genesis.nnunet.plans import pretrain_crop
+
+    if not plans:
+        raise ConfigError("--model nnunet needs --plans nnUNet_preprocessed/DatasetXXX/nnUNetPlans.json")
+    return pretrain_crop(plans, configuration, crop, default_crop, width, default_width)
+
+
+nnunet.pretraining_kwargs = _pretraining_kwargs  # type: ignore[attr-defined]
+nnunet.pretraining_crop = _pretraining_crop  # type: ignore[attr-defined]
+#: the plans fix every width and the patch size (``--preset quick`` leaves them alone)
+nnunet.architecture_from_plans = True  # type: ignore[attr-defined]

@@ -149,51 +149,59 @@ def stride_products(cm: Any) -> tuple[int, ...]:
     return tuple(int(math.prod(int(s[a]) for s in strides)) for a in range(dims))
 
 
-def resolve_pretrain_config(cfg: Any) -> Any:
-    """Check ``--model nnunet`` settings and default the crop to the configuration's patch size.
-
-    The crop is the patch size unless ``data.crop`` was changed from its Models Genesis default
-    (32, 64, 64). Every crop side must be a multiple of the network's total stride on that axis.
+def pretrain_crop(plans: str | Path | Mapping[str, Any], configuration: str, crop: tuple[int, ...],
+                  default_crop: tuple[int, ...], width: int, default_width: int) -> tuple[int, int, int]:
+    """The crop of a pretraining run on the network of ``configuration``: its patch size unless
+    ``crop`` was changed from its default; every side a multiple of the network's total stride.
 
     Raises:
-        ConfigError: no plans, ``--width`` given, a 2D configuration, several input channels, or a
-            crop the network cannot take.
+        ConfigError: a width other than the default (the plans fix every width), a 2D
+            configuration, several input channels, or a crop the network cannot take.
     """
-    from genesis.training.config import DataConfig, PretrainConfig
-
-    if cfg.width != PretrainConfig().width:
+    if width != default_width:
         raise ConfigError("--width does not apply to --model nnunet: the plans fix every width (features_per_stage)")
-    if not cfg.plans:
-        raise ConfigError("--model nnunet needs --plans nnUNet_preprocessed/DatasetXXX/nnUNetPlans.json")
-    plans = load_plans(cfg.plans)
-    _, cm = configuration_manager(plans, cfg.configuration)
+    plans = load_plans(plans)
+    _, cm = configuration_manager(plans, configuration)
     patch = tuple(int(p) for p in cm.patch_size)
     if len(patch) != 3:
-        raise ConfigError(f"nnU-Net configuration {cfg.configuration!r} is 2D; genesis pretrains 3D "
+        raise ConfigError(f"nnU-Net configuration {configuration!r} is 2D; genesis pretrains 3D "
                           "configurations (3d_fullres, 3d_lowres)")
     if input_channels(plans) != 1:
         raise ConfigError(f"plans describe {input_channels(plans)} input channels; pretraining for nnU-Net "
                           "supports single-channel datasets (e.g. CT)")
-    crop = tuple(int(c) for c in cfg.data.crop)
-    if crop == tuple(DataConfig().crop):
+    crop = tuple(int(c) for c in crop)
+    if crop == tuple(int(c) for c in default_crop):
         crop = patch
     multiples = stride_products(cm)
     if any(c % m for c, m in zip(crop, multiples)):
-        raise ConfigError(f"crop {crop}: the nnU-Net network of {cfg.configuration!r} downsamples by {multiples}, "
+        raise ConfigError(f"crop {crop}: the nnU-Net network of {configuration!r} downsamples by {multiples}, "
                           f"so each side must be a multiple of that (patch size {patch})")
+    return crop  # type: ignore[return-value]
+
+
+def resolve_pretrain_config(cfg: Any) -> Any:
+    """``cfg`` (a pretraining configuration) with the crop of :func:`pretrain_crop`.
+
+    Raises:
+        ConfigError: no plans, or what :func:`pretrain_crop` refuses.
+    """
+    if not cfg.plans:
+        raise ConfigError("--model nnunet needs --plans nnUNet_preprocessed/DatasetXXX/nnUNetPlans.json")
+    crop = pretrain_crop(cfg.plans, cfg.configuration, cfg.data.crop, type(cfg.data)().crop, cfg.width, type(cfg)().width)
     return replace(cfg, data=replace(cfg.data, crop=crop))
 
 
-def pretrain_model_kwargs(cfg: Any, in_channels: int, out_channels: int) -> dict[str, Any]:
+def pretrain_model_kwargs(plans: str | Path | Mapping[str, Any], configuration: str, in_channels: int,
+                          out_channels: int, task: str = "") -> dict[str, Any]:
     """Constructor arguments of ``--model nnunet``: the plans themselves (so the checkpoint alone
     rebuilds the network), the configuration and the channels.
 
     Raises:
         ConfigError: the task feeds more channels than the dataset has (nnU-Net could not load it).
     """
-    plans = load_plans(cfg.plans)
+    plans = load_plans(plans)
     if in_channels != input_channels(plans):
-        raise ConfigError(f"task {cfg.task!r} feeds {in_channels} input channels; nnU-Net's network for these "
+        raise ConfigError(f"task {task!r} feeds {in_channels} input channels; nnU-Net's network for these "
                           f"plans takes {input_channels(plans)}")
-    return {"plans": plans, "configuration": cfg.configuration, "in_channels": int(in_channels),
+    return {"plans": plans, "configuration": configuration, "in_channels": int(in_channels),
             "out_channels": int(out_channels)}

@@ -28,11 +28,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from genesis.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, write_error
 from genesis.device import autocast, needs_grad_scaler
 from genesis.errors import ConfigError, GenesisError
+from genesis.methods.base import Method
+from genesis.methods.proxy import prepare_pair, task_input_dims  # noqa: F401  (re-exported)
 from genesis.models import ModelOutput, unpack_output
 from genesis.rng import capture_rng_state, restore_rng_state
-from genesis.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, write_error
 from genesis.training.config import PretrainConfig
 from genesis.training.ddp import (
     DistInfo,
@@ -43,7 +45,7 @@ from genesis.training.ddp import (
     weights_checksums,
     wrap_model,
 )
-from genesis.training.collapse import collapse_note
+from genesis.training.collapse import collapse_note, margins
 from genesis.training.logging import (
     MAX_ETA_EPOCHS,
     TensorBoardLogger,
@@ -54,9 +56,6 @@ from genesis.training.logging import (
     write_csv_log,
 )
 from genesis.training.schedule import EarlyStopping, EpochScheduler, build_optimizer
-from proxy_tasks.base import ProxyTask
-
-LossFn = Callable[[ModelOutput, Any], "tuple[torch.Tensor, dict[str, float]]"]
 
 
 class TrainingDivergedError(GenesisError):
@@ -107,24 +106,6 @@ def make_generator(seed: int, device: torch.device) -> torch.Generator:
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     return gen
-
-
-def task_input_dims(task: Any) -> int | None:
-    """Spatial dims a task consumes (None: 2D or 3D)."""
-    return getattr(task, "spatial_dims", None)
-
-
-def prepare_pair(task: Any, cubes: torch.Tensor, generator: torch.Generator, dims: int) -> Any:
-    """Apply ``task`` to a batch of cubes (B, 1, D, H, W), as slices when ``dims == 2``.
-
-    2D training (Tariq et al.) uses one random axial slice per cube; tasks that consume whole
-    sub-volumes (``spatial_dims == 3``, e.g. next-slice prediction) get the cubes themselves.
-    """
-    if dims == 2 and task_input_dims(task) != 3:
-        b, _, d = cubes.shape[:3]
-        index = torch.randint(0, d, (b,), generator=generator, device=cubes.device)
-        cubes = cubes[torch.arange(b, device=cubes.device), :, index]  # (B, 1, H, W)
-    return task(cubes, generator=generator)
 
 
 # --------------------------------------------------------------------------------- epoch context
@@ -189,58 +170,59 @@ class StageResult:
 
 @dataclass
 class StageSpec:
-    """One stage to train (a plain task is a single stage)."""
+    """One stage to train (a plain method is a single stage)."""
 
     index: int
-    task: Any
+    method: Any
     out_dir: Path
     init_weights: dict[str, torch.Tensor] | None = None
     n_stages: int = 1
     fresh: bool = False  # ignore an existing last.pt (an earlier stage changed under it)
 
+    @property
+    def task(self) -> Any:
+        """The proxy task of a proxy-task method (what the stage's name describes)."""
+        return getattr(self.method, "task", self.method)
+
 
 class Trainer:
-    """Trains a network on a proxy task; used once per stage by :func:`run_pretraining`.
+    """Trains a method's module, one stage at a time (:func:`~genesis.training.pretrain.run_pretraining`).
 
     Args:
-        cfg: the full configuration.
-        model: the bare network (moved to ``device``, wrapped in DDP when distributed).
-        loss_fn: ``(ModelOutput, ProxyPair) -> (loss, parts)``.
-        monitor_fn: ``(ModelOutput, ProxyPair) -> dict`` of validation metrics (summed per sample).
+        cfg: the effective configuration (resolved: ``steps_per_epoch`` and ``optim`` are set).
+        model: the method's module (moved to ``device``, wrapped in DDP when distributed).
         train_ds: a ``CubeDataset``; ``make_loader`` builds each epoch's loader.
         make_loader: ``genesis.data.make_loader``.
         val_cubes: fixed validation cubes (N, 1, D, H, W) on the CPU.
-        checkpoint_meta: extra entries of every checkpoint (task, model name/kwargs, synthetic...).
-        grid_fn: writes the PNG grid of an epoch, or None.
+        device, dist: where it trains.
+        checkpoint_meta: extra entries of every checkpoint (recipe, task, model name/kwargs, synthetic...).
+        val_groups: the patient of each validation cube (the collapse check's unit).
+        grids: write a PNG grid of the validation samples every epoch (main process).
     """
 
     def __init__(
         self,
         cfg: PretrainConfig,
         model: nn.Module,
-        loss_fn: LossFn,
-        monitor_fn: Callable[[ModelOutput, Any], dict[str, float]],
         train_ds: Any,
         make_loader: Callable[..., Iterable],
         val_cubes: torch.Tensor,
         device: torch.device,
         dist: DistInfo,
         checkpoint_meta: dict[str, Any],
-        monitor_key: str = "val_mse",
-        grid_fn: Callable[..., None] | None = None,
+        val_groups: Sequence[str] | None = None,
+        grids: bool = True,
     ) -> None:
         self.cfg = cfg
         self.model = model.to(device)
-        self.loss_fn = loss_fn
-        self.monitor_fn = monitor_fn
         self.train_ds = train_ds
         self.make_loader = make_loader
         self.val_cubes = val_cubes
         self.device = device
         self.dist = dist
         self.meta = checkpoint_meta
-        self.monitor_key = monitor_key
-        self.grid_fn = grid_fn
+        self.val_groups = list(val_groups) if val_groups is not None else None
+        self.grids = grids
         self.steps_per_epoch = int(cfg.steps_per_epoch)
 
     # ----------------------------------------------------------------------------------- stages
@@ -292,7 +274,7 @@ class Trainer:
                 record.update(self._validate(model, stage, epoch))
                 self._check_finite(model, record, optimizer, stage)  # before any checkpoint is written
                 record["collapse"] = collapse_note(record) if "val_mean_mse" in record else ""
-                monitored = broadcast_float(record.get(self.monitor_key, record["val_loss"]), dist, device)
+                monitored = broadcast_float(record.get(stage.method.monitor_key, record["val_loss"]), dist, device)
                 improved = early.update(monitored)
                 scheduler.step(monitored)
                 record["lr"] = scheduler.lr
@@ -339,12 +321,12 @@ class Trainer:
                      optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                      global_step: int) -> dict[str, Any]:
         cfg, device, dist = self.cfg, self.device, self.dist
-        task = stage.task
+        method: Method = stage.method
         loader = self.make_loader(self.train_ds, cfg.batch_size, epoch, cfg.data.workers, dist.rank,
                                   dist.world_size, cfg.seed, pin_memory=device.type == "cuda")
-        if getattr(type(task), "on_epoch_start", None) not in (None, ProxyTask.on_epoch_start):
+        if method.adapts_each_epoch:
             try:
-                task.on_epoch_start(self._epoch_context(model, stage, epoch))
+                method.on_epoch_start(self._epoch_context(model, stage, epoch))
             except ValueError as exc:  # e.g. fewer samples than DeepCluster clusters
                 raise ConfigError(f"task {self.meta.get('task')!r} at epoch {epoch + 1}: {exc}") from None
         net.train()
@@ -358,10 +340,10 @@ class Trainer:
                 break
             cubes = _cubes_of(cubes).to(device, non_blocking=True)
             gen = make_generator(step_seed(cfg.seed, stage.index, epoch, step, dist.rank), device)
-            pair = prepare_pair(task, cubes, gen, cfg.dims)
+            views = method.views(cubes, gen, cfg.dims)
             with autocast(device, cfg.amp, cfg.precision):
-                out = unpack_output(net(pair.input))
-            loss, _ = self.loss_fn(out, pair)
+                out = method.forward(net, views)
+            loss, _ = method.loss(out, views)
             if not torch.isfinite(loss):
                 value = float(loss.detach())
                 raise TrainingDivergedError(
@@ -373,6 +355,7 @@ class Trainer:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            method.after_step(model, global_step + 1)
             total += float(loss.detach())
             count += 1
             samples += int(cubes.shape[0])
@@ -406,7 +389,7 @@ class Trainer:
             if step >= self.steps_per_epoch:
                 break
             batches.append(_cubes_of(cubes).to(self.device))
-        if cfg.dims == 2 and task_input_dims(stage.task) != 3:
+        if cfg.dims == 2 and task_input_dims(stage.task) != 3:  # DeepCluster sees the slices it trains on
             gen = make_generator(step_seed(cfg.seed, stage.index, epoch, 1 << 20), self.device)
             batches = [b[:, :, torch.randint(0, b.shape[2], (1,), generator=gen, device=self.device).item()]
                        for b in batches]
@@ -415,36 +398,47 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self, model: nn.Module, stage: StageSpec, epoch: int) -> dict[str, Any]:
-        """Loss and metrics on the fixed validation cubes with fixed proxy randomness (rank 0)."""
+        """Loss and metrics on the fixed validation cubes with fixed proxy randomness (rank 0).
+
+        Besides the method's sums (divided by its sample count), the per-cube errors of the model
+        and of its trivial baselines give the collapse check's margins over held-out patients.
+        """
         if not self.dist.is_main:
             return {"val_loss": float("nan")}
         cfg, device = self.cfg, self.device
+        method: Method = stage.method
         model.eval()
         sums: dict[str, float] = {}
+        errors: dict[str, list[torch.Tensor]] = {}
         n = 0
         first = None
         bs = max(cfg.batch_size, 1)
         for i in range(0, len(self.val_cubes), bs):
             cubes = self.val_cubes[i:i + bs].to(device)
             gen = make_generator(step_seed(cfg.seed, stage.index, 1 << 30, i), device)
-            pair = prepare_pair(stage.task, cubes, gen, cfg.dims)
+            views = method.views(cubes, gen, cfg.dims)
             with autocast(device, cfg.amp, cfg.precision):
-                out = unpack_output(model(pair.input))
-            loss, _ = self.loss_fn(out, pair)
-            b = int(pair.input.shape[0])
+                out = method.forward(model, views)
+            loss, _ = method.loss(out, views)
+            b = method.count(views)
             sums["val_loss"] = sums.get("val_loss", 0.0) + float(loss) * b
-            for key, value in self.monitor_fn(out, pair).items():
+            for key, value in method.validation(out, views).items():
                 sums[key] = sums.get(key, 0.0) + value
+            for key, value in method.per_sample(out, views).items():
+                errors.setdefault(key, []).append(value.detach().float().cpu())
             n += b
             if first is None:
-                first = (pair, out)
+                first = (views, out)
         model.train()
         metrics = {k: v / max(n, 1) for k, v in sums.items()}
-        if self.grid_fn is not None and first is not None and cfg.log.grids:
+        if errors and self.val_groups is not None:
+            per_cube = {k: torch.cat(v).numpy() for k, v in errors.items()}
+            metrics.update(margins(per_cube, self.val_groups[:len(per_cube["model"])]))
+        if self.grids and first is not None and cfg.log.grids:
             staged = f" {stage_name(stage)}" if stage.n_stages > 1 else ""
             synthetic = " (synthetic data)" if self.meta.get("synthetic") else ""
-            self.grid_fn(first[0], first[1], stage.out_dir / "grids" / f"epoch_{epoch + 1:04d}.png",
-                         f"{self.meta.get('task')}{staged}, epoch {epoch + 1}{synthetic}")
+            method.grid(first[0], first[1], stage.out_dir / "grids" / f"epoch_{epoch + 1:04d}.png",
+                        f"{self.meta.get('task')}{staged}, epoch {epoch + 1}{synthetic}", cfg.log.grid_samples)
         return metrics
 
     def _check_finite(self, model: nn.Module, record: dict[str, Any], optimizer: torch.optim.Optimizer,

@@ -1,12 +1,17 @@
 """Evaluate a pretrained proxy model on held-out volumes (``genesis-pretrain --evaluate CKPT``).
 
-Restoration models: MSE, SSIM (MONAI, via :func:`genesis.training.losses.ssim`) and the MSE on the
+Restoration models: MSE, SSIM (MONAI, via :func:`genesis.methods.losses.ssim`) and the MSE on the
 changed (or masked) region, each next to the "do nothing" baseline (``do_nothing_mse``,
 ``do_nothing_changed_mse``: the transformed input itself scored against the original, so one sees
-whether the model restores anything), for the model's own task and, for image-to-image models, for each
+whether the model restores anything), and the baselines the training log shows on the voxels the
+loss is computed on (``mean_baseline_mse``: each cube's mean; ``identity_baseline_mse``; for tasks
+that hide content, ``fill_baseline_mse`` and ``masked_fill_baseline_mse``: the hidden voxels filled
+with the mean of the visible ones, next to ``loss_region_mse`` / ``masked_mse``), for the model's
+own task and, for image-to-image models, for each
 Models Genesis transform forced on (``prob=1.0``), so one sees which kind of damage the model
 learned to undo. Label models: cross-entropy, accuracy and one-vs-rest AUROC, as in Table II of
-Tariq et al. (2023). Results go to ``eval.json``; ``eval.png`` shows input, output and difference.
+Tariq et al. (2023). Other methods (contrastive, masked image modelling): their loss and validation
+metrics with their trivial baselines. Results go to ``eval.json``; ``eval.png`` shows input, output and difference.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from genesis.errors import CheckpointError
 from genesis.fileio import atomic_write_text
 from genesis.models import create_model, unpack_output
 from genesis.checkpoint import load_checkpoint
+from genesis.methods.baselines import per_sample_errors
+from genesis.methods.proxy import prepare_pair
 from genesis.training.config import PretrainConfig
-from genesis.training.engine import EpochContext, make_generator, prepare_pair, step_seed
+from genesis.training.engine import EpochContext, make_generator, step_seed
 
 #: The Models Genesis transforms evaluated one at a time (those that are registered).
 GENESIS_TRANSFORMS: tuple[str, ...] = ("nonlinear", "local_shuffle", "inner_cutout", "outer_cutout", "identity")
@@ -102,9 +109,12 @@ def evaluate_checkpoint(
     Raises:
         CheckpointError: unreadable or foreign checkpoint.
     """
-    from genesis.training import losses
-    from genesis.training.pretrain import (SubsetSource, build_source, build_task, load_val_cubes, primary_label,
-                                           split_volumes, task_kind)
+    from genesis.data.groups import volume_groups
+    from genesis.data.kinds import resolve_data
+    from genesis.methods import losses, resolve_method
+    from genesis.methods.label import primary_label
+    from genesis.training.recipe import data_request, split_by_group
+    from genesis.training.rundata import SubsetSource, load_val_cubes
 
     path = Path(checkpoint)
     ckpt = load_checkpoint(path)
@@ -119,11 +129,11 @@ def evaluate_checkpoint(
 
     if data is not None:
         cfg.data.data = str(data)
-        source = build_source(cfg)
+        source = resolve_data(data_request(cfg)).source
         held_out = SubsetSource(source, list(range(len(source))))
-    else:
-        source = build_source(cfg)
-        _, val_idx = split_volumes(len(source), cfg.data.val_fraction)
+    else:  # the run's own held-out patients
+        source = resolve_data(data_request(cfg)).source
+        _, val_idx = split_by_group(volume_groups(source), cfg.data.val_fraction)
         held_out = SubsetSource(source, val_idx)
     cubes = load_val_cubes(held_out, cfg, n)
 
@@ -134,11 +144,14 @@ def evaluate_checkpoint(
         raise CheckpointError(f"weights do not fit {ckpt['model_name']}: {exc}", path) from None
     model.to(dev).eval()
 
-    task = build_task(cfg)
-    stages = getattr(task, "stages", None)
-    if stages:
-        task = stages[int(ckpt.get("stage", len(stages) - 1))]
-    kind = task_kind(task)
+    method = resolve_method(cfg.task, cfg.task_params, cfg.dims, cfg.loss, cfg.seed)
+    stages = method.stages()
+    if len(stages) > 1:
+        method = stages[min(int(ckpt.get("stage", len(stages) - 1)), len(stages) - 1)]
+    task = getattr(method, "task", None)
+    kind = {"restoration": "restoration", "label": "classification"}.get(method.family, method.family)
+    hides = bool(getattr(task, "mask_hides_content", False))
+    region = getattr(task, "loss_region", "all")
 
     def run(t: Any, name: str, salt: int) -> tuple[dict[str, float], tuple[Any, Any] | None]:
         sums: dict[str, float] = {}
@@ -173,6 +186,17 @@ def evaluate_checkpoint(
                     if pair.mask is not None:
                         sums["_idle_changed_err"] = sums.get("_idle_changed_err", 0.0) + float(
                             (idle * pair.mask.expand_as(idle).float()).sum())
+                if pred.shape == target.shape:  # the baselines the training log shows, on the loss's voxels
+                    errors = per_sample_errors(pred, pair, region, hides and t is task)
+                    for key, value in errors.items():
+                        name = "loss_region_mse" if key == "model" else f"{key}_baseline_mse"
+                        sums[name] = sums.get(name, 0.0) + float(value.sum())
+                    if hides and t is task and pair.mask is not None:
+                        masked = per_sample_errors(pred, pair, "mask", True)
+                        sums["masked_mse"] = sums.get("masked_mse", 0.0) + float(masked["model"].sum())
+                        if "fill" in masked:
+                            sums["masked_fill_baseline_mse"] = (sums.get("masked_fill_baseline_mse", 0.0)
+                                                                + float(masked["fill"].sum()))
                 if pair.mask is not None:
                     mask = pair.mask.expand_as(err).float()
                     # pooled over voxels: samples the transform left untouched add nothing
@@ -191,10 +215,13 @@ def evaluate_checkpoint(
             metrics["auroc"] = roc_auc_ovr(torch.cat(probs).numpy(), torch.cat(labels).numpy())
         return metrics, first
 
-    if hasattr(task, "on_epoch_start") and getattr(task, "kind", None) == "classification":
+    if method.adapts_each_epoch and kind == "classification":
         # DeepCluster needs its clusters before it can label anything
         batches = [cubes[i:i + bs].to(dev) for i in range(0, n, bs)]
-        task.on_epoch_start(EpochContext(0, model, dev, make_generator(seed, dev), batches, cfg.dims))
+        method.on_epoch_start(EpochContext(0, model, dev, make_generator(seed, dev), batches, cfg.dims))
+    if method.family not in ("restoration", "label"):  # contrastive, MIM...: the method's own loss and metrics
+        results = {cfg.task: _evaluate_method(method, model, cubes, cfg.dims, seed, bs, dev)}
+        return _finish(path, cfg, ckpt, kind, data, n, results, {}, out_dir)
 
     results: dict[str, dict[str, float]] = {}
     examples: dict[str, tuple[Any, Any]] = {}
@@ -218,6 +245,30 @@ def evaluate_checkpoint(
             if ex is not None:
                 examples[name] = ex
 
+    return _finish(path, cfg, ckpt, kind, data, n, results, examples, out_dir)
+
+
+def _evaluate_method(method: Any, model: Any, cubes: torch.Tensor, dims: int, seed: int, bs: int,
+                     dev: torch.device) -> dict[str, float]:
+    """Loss and validation metrics of a method that has no proxy task (MAE, SimCLR...)."""
+    sums: dict[str, float] = {}
+    count = 0
+    for i in range(0, len(cubes), bs):
+        gen = make_generator(step_seed(seed, 0, i), dev)
+        views = method.views(cubes[i:i + bs].to(dev), gen, dims)
+        out = method.forward(model, views)
+        loss, _ = method.loss(out, views)
+        b = method.count(views)
+        sums["loss"] = sums.get("loss", 0.0) + float(loss) * b
+        for key, value in method.validation(out, views).items():
+            name = key[4:] if key.startswith("val_") else key
+            sums[name] = sums.get(name, 0.0) + value
+        count += b
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+def _finish(path: Path, cfg: PretrainConfig, ckpt: dict[str, Any], kind: str, data: str | None, n: int,
+            results: dict[str, dict[str, float]], examples: dict[str, Any], out_dir: str | Path | None) -> dict[str, Any]:
     report = {
         "checkpoint": str(path),
         "task": cfg.task,
@@ -232,7 +283,8 @@ def evaluate_checkpoint(
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "eval.json", json.dumps(report, indent=2, allow_nan=True) + "\n")
-        _save_examples(examples, kind, out / "eval.png", report)
+        if examples:
+            _save_examples(examples, kind, out / "eval.png", report)
     return report
 
 

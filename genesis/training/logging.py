@@ -115,5 +115,6 @@ def stage_label(task: Any) -> str:
 
 def stage_name(stage: Any) -> str:
     """``stage 2/4, mask 10%``: the position and task of a stage of a multi-stage scheme."""
-    label = stage_label(getattr(stage, "task", None))
+    method = getattr(stage, "method", None)
+    label = stage_label(getattr(method, "task", method))
     return f"stage {stage.index + 1}/{stage.n_stages}" + (f", {label}" if label else "")

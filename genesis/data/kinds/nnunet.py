@@ -4,7 +4,7 @@ the configuration's spacing and nnU-Net's axis order."""
 
 from __future__ import annotations
 
-from genesis.data.kinds.base import DataKind, DataRequest, ResolvedData, cache_dir, preprocess_config, register_kind, window_words
+from genesis.data.kinds.base import DataKind, DataRequest, ResolvedData, preprocess_config, register_kind, window_words
 
 
 @register_kind("nnunet_preprocessed")
