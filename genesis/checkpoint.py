@@ -126,3 +126,57 @@ def describe_non_checkpoint(path: str | Path) -> str | None:
     if lowered.startswith(("<!doctype html", "<html")):
         return "an HTML page (a failed download or a login page?)"
     return f"a text file starting {text.strip().splitlines()[0][:40]!r}" if text.strip() else "a blank text file"
+
+
+#: Pretraining checkpoint formats this version reads (older ones are migrated on load).
+PRETRAIN_FORMATS = ("genesis-pretrain/1", "genesis-pretrain/2")
+
+
+def checkpoint_parts(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Where the backbone, heads and teacher are in a pretraining checkpoint's ``model`` state.
+
+    Format 2 checkpoints record it (``parts``, written from the method's
+    :class:`~genesis.methods.base.Parts`); format 1 (before the method core) is migrated: an
+    ``encoder_classifier`` (label tasks, Barlow Twins) has its encoder under ``backbone.`` and its
+    head under ``head.``; any other network is the backbone itself.
+
+    Raises:
+        CheckpointError: no ``model_name`` to derive the parts from.
+    """
+    parts = ckpt.get("parts")
+    if isinstance(parts, dict) and "backbone" in parts:
+        return dict(parts)
+    name, kwargs = ckpt.get("model_name"), ckpt.get("model_kwargs") or {}
+    if not isinstance(name, str):
+        raise CheckpointError("not a genesis-pretrain checkpoint (no model_name to find its backbone)")
+    if name == "encoder_classifier":
+        return {"backbone": "backbone.", "model_name": kwargs.get("encoder", "unet3d"),
+                "model_kwargs": dict(kwargs.get("encoder_kwargs") or {}), "heads": ["head."], "teacher": None}
+    return {"backbone": "", "model_name": name, "model_kwargs": dict(kwargs), "heads": [], "teacher": None}
+
+
+def pretrained_backbone(ckpt: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any], list[str]]:
+    """The pretrained network of any method's checkpoint, without the method's own parts.
+
+    Returns:
+        ``(model_name, model_kwargs, state_dict, left_out)``: the backbone's registered name and
+        arguments (``create_model(name, **kwargs)`` rebuilds it), its state dict with its own key
+        names, and the keys of the checkpoint's module that belong to the method only (heads,
+        projectors, decoders of masked image modelling, an EMA teacher), for load reports.
+    """
+    parts = checkpoint_parts(ckpt)
+    state = ckpt.get("model")
+    if not isinstance(state, dict):
+        raise CheckpointError("no 'model' state dict in this checkpoint")
+    prefix = str(parts.get("backbone") or "")
+    backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    left_out = sorted(k for k in state if not k.startswith(prefix))
+    heads = [str(h) for h in parts.get("heads") or []]
+    if prefix == "" and heads:  # the module is the network with extra heads beside it
+        backbone = {k: v for k, v in backbone.items() if not any(k.startswith(h) for h in heads)}
+        left_out = sorted(k for k in state if any(k.startswith(h) for h in heads))
+    teacher = parts.get("teacher")
+    if teacher and prefix == "":
+        backbone = {k: v for k, v in backbone.items() if not k.startswith(str(teacher))}
+        left_out = sorted(set(left_out) | {k for k in state if k.startswith(str(teacher))})
+    return str(parts["model_name"]), dict(parts.get("model_kwargs") or {}), backbone, left_out

@@ -38,7 +38,17 @@ from torch import nn
 from genesis.registry import Registry
 
 METHODS: Registry = Registry("pretraining method")
-register_method = METHODS.register
+
+
+def register_method(name: str):
+    """Class decorator: register under ``name`` (also the class's ``name``)."""
+
+    def decorator(cls):
+        if not getattr(cls, "name", ""):
+            cls.name = name
+        return METHODS.register(name)(cls)
+
+    return decorator
 
 #: Method families, in the order ``genesis-pretrain --list-tasks`` shows them.
 FAMILIES: tuple[str, ...] = ("restoration", "label", "contrastive", "masked image modelling", "teacher-student")

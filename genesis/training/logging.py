@@ -15,7 +15,9 @@ from genesis.fileio import atomic_write_text
 
 LOG_COLUMNS: tuple[str, ...] = (
     "epoch", "step", "train_loss", "val_loss", "val_mse", "val_masked_mse", "val_ce", "val_acc", "lr",
-    "samples_per_s", "seconds", "val_identity_mse", "val_mean_mse", "val_output_std", "collapse",
+    "samples_per_s", "seconds", "val_identity_mse", "val_mean_mse", "val_fill_mse", "val_masked_fill_mse",
+    "val_output_std", "val_patients", "val_mean_margin", "val_mean_margin_se", "val_identity_margin",
+    "val_identity_margin_se", "val_fill_margin", "val_fill_margin_se", "collapse",
 )
 
 

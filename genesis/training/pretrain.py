@@ -256,8 +256,9 @@ def _report_validation(run: ResolvedRun, n_cubes: int, val_groups: list[str]) ->
     """One line on what validation (and the collapse check) is measured on."""
     split = run.recipe.split
     patients = len(set(val_groups))
-    line = (f"validation: {n_cubes} cubes from {split['val_volumes']} held-out scan(s) of {patients} patient(s); "
-            f"training: {split['train_volumes']} scan(s) of {split['train_groups']} patient(s)")
+    covered = "" if patients == split["val_groups"] else f" (the cubes come from {patients})"
+    line = (f"validation: {n_cubes} cubes from {split['val_volumes']} held-out scan(s) of {split['val_groups']} "
+            f"patient(s){covered}; training: {split['train_volumes']} scan(s) of {split['train_groups']} patient(s)")
     if split.get("overlap"):
         line += ("; warning: one patient only, so validation cubes come from the training scans (val_mse and "
                  "the collapse check measure fitting, not generalisation)")

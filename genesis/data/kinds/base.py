@@ -18,7 +18,17 @@ from genesis.errors import ConfigError
 from genesis.registry import Registry
 
 DATA_KINDS: Registry = Registry("data kind")
-register_kind = DATA_KINDS.register
+
+
+def register_kind(name: str):
+    """Class decorator: register under ``name`` (also the class's ``name``)."""
+
+    def decorator(cls):
+        if not getattr(cls, "name", ""):
+            cls.name = name
+        return DATA_KINDS.register(name)(cls)
+
+    return decorator
 
 
 @dataclass(frozen=True)

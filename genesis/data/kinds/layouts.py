@@ -24,5 +24,12 @@ class LabelledLayout(DataKind):
         words = f"CT: {window_words(pre.window)}; other modalities: per-image percentiles; [0, 1] arrays as they are"
         if getattr(source, "spatial_dims", 3) == 2:
             dims, crop, notes = fit_2d_crop(request, source, self.name)
-            return ResolvedData(self.plan(request, words, dims=dims, crop=crop, notes=notes), source)
+            rule = request.data.models_genesis_sampler
+            if rule and tuple(crop[1:]) == tuple(source.image_shape)[-2:]:
+                # one position per image: the rule could only reject whole images (and warn for each)
+                rule = False
+                notes += ("the Models Genesis cube rule does not apply to whole-image crops (one position per "
+                          "image): cubes are the images",)
+            return ResolvedData(self.plan(request, words, dims=dims, crop=crop, models_genesis_sampler=rule,
+                                          notes=notes), source)
         return ResolvedData(self.plan(request, words), source)
