@@ -126,6 +126,22 @@ def test_unusable_sform_falls_back_with_a_warning_or_is_an_error(tmp_path) -> No
     assert "shear_only.nii" in str(info.value)
 
 
+def test_label_maps_get_the_geometry_of_their_image(tmp_path) -> None:
+    import nibabel as nib
+
+    image = _nifti(tmp_path / "ct.nii.gz", sform=_affine(0.3, (1.5, 1.5, 2.5), (10, 20, 30)), sform_code=1,
+                   pixdim=(1.0, 1.0, 1.0))
+    header = nib.load(str(image)).header.copy()
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE_XYZ, np.uint8), None, header=header), str(tmp_path / "label.nii.gz"))
+    with pytest.raises(VolumeReadError, match="constant"), pytest.warns(GenesisWarning):
+        load_volume(tmp_path / "label.nii.gz")  # an all-background mask is no CT image
+    with pytest.warns(GenesisWarning, match="label.nii.gz: the header's transforms disagree"):
+        label = load_volume(tmp_path / "label.nii.gz", check=False)
+    volume, _ = _load(image)
+    assert (label.spacing, label.origin, label.direction) == (volume.spacing, volume.origin, volume.direction)
+    assert not label.array.any()
+
+
 def _compressed_mha(path: Path) -> Path:
     array = np.random.default_rng(1).uniform(-1000, 400, (6, 16, 16)).astype(np.float32)
     array[:, :8] = -1000.0  # compressible, like air around a body

@@ -50,25 +50,29 @@ class NiftiGeometry:
     source: str
 
 
+def _shown(values: Any) -> str:
+    return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
+
+
 def _lps(rotation_ras: np.ndarray, origin_ras: np.ndarray, spacing: Any, source: str) -> NiftiGeometry:
     return NiftiGeometry(tuple(float(s) for s in spacing), tuple(float(v) for v in _RAS_TO_LPS @ origin_ras),
                          tuple(float(v) for v in (_RAS_TO_LPS @ rotation_ras).ravel()), source)
 
 
-def _sform(header: Any) -> tuple[NiftiGeometry | None, str]:
-    """The sform's geometry, or None and why it cannot describe a grid of voxels."""
+def _sform(header: Any) -> tuple[NiftiGeometry | None, str, bool]:
+    """The sform's geometry, or None, why it cannot describe a grid of voxels and whether that is
+    because it shears the grid (then only a qform can stand in for it)."""
     affine = np.asarray(header.get_sform(), dtype=np.float64)
     matrix = affine[:3, :3]
     if not np.isfinite(affine[:3]).all():
-        return None, "it holds NaN or infinite values"
+        return None, "it holds NaN or infinite values", False
     norms = np.linalg.norm(matrix, axis=0)
     if not (norms > 0).all():
-        return None, f"it has a zero column (voxel sizes {tuple(round(float(n), 6) for n in norms)})"
+        return None, f"it has a zero column (voxel sizes {_shown(norms)})", False
     rotation = matrix / norms
-    cosines = np.abs(rotation.T @ rotation - np.eye(3))
-    if cosines.max() > SHEAR_COS:
-        return None, "it shears the voxel grid (its columns are not orthogonal), which no spacing and direction can hold"
-    return _lps(rotation, affine[:3, 3], norms, "sform"), ""
+    if np.abs(rotation.T @ rotation - np.eye(3)).max() > SHEAR_COS:
+        return None, "it shears the voxel grid (its columns are not orthogonal), which no spacing and direction can hold", True
+    return _lps(rotation, affine[:3, 3], norms, "sform"), "", False
 
 
 def _qform(header: Any, pixdim_xyz: tuple[float, ...]) -> NiftiGeometry:
@@ -79,10 +83,6 @@ def _qform(header: Any, pixdim_xyz: tuple[float, ...]) -> NiftiGeometry:
     rotation = quat2mat(header.get_qform_quaternion()) @ np.diag([1.0, 1.0, qfac])
     offset = np.array([float(header["qoffset_x"]), float(header["qoffset_y"]), float(header["qoffset_z"])])
     return _lps(rotation, offset, pixdim_xyz, "qform")
-
-
-def _shown(values: Any) -> str:
-    return "(" + ", ".join(f"{float(v):.6g}" for v in values) + ")"
 
 
 def _disagreements(chosen: NiftiGeometry, other: NiftiGeometry) -> list[str]:
@@ -120,7 +120,7 @@ def nifti_geometry(header: Any, pixdim_xyz: tuple[float, ...], path: Path) -> Ni
     # this reader's earlier) choice, the identity in LPS at the origin
     fallback = _qform(header, pixdim) if qform_code > 0 else _lps(_RAS_TO_LPS, np.zeros(3), pixdim, "pixdim")
     if sform_code > 0:
-        sform, why = _sform(header)
+        sform, why, sheared = _sform(header)
         if sform is not None:
             said = _disagreements(sform, fallback)
             if said:
@@ -128,7 +128,7 @@ def nifti_geometry(header: Any, pixdim_xyz: tuple[float, ...], path: Path) -> Ni
                               "as the NIfTI standard says (sform before qform before pixdim); fix the header if "
                               "that is wrong", GenesisWarning, stacklevel=5)
             return sform
-        if qform_code == 0 and "shears" in why:
+        if sheared and qform_code == 0:  # pixdim alone would drop the rotation as well
             raise VolumeReadError(f"the header's sform (sform_code {sform_code}) {why}, and there is no qform to "
                                   "use instead; resample the image onto an orthogonal grid", path)
         warnings.warn(f"{path}: the header's sform (sform_code {sform_code}) is unusable: {why}; using the "

@@ -17,8 +17,8 @@ Resize + CenterCrop); ``"stretch"`` scales both sides independently (distorts th
 Resampling is Pillow's antialiased bilinear filter on float32 pixels.
 
 Sizes are refused by the header, before any pixel is decoded: an image whose header claims more
-than ``max_pixels`` pixels (:data:`MAX_RADIOGRAPH_PIXELS`, 64 megapixels, by default; the largest
-detectors give about 9 x 11 megapixels) or more than the memory available is a
+than ``max_pixels`` pixels (by default :data:`MAX_RADIOGRAPH_PIXELS`, 8192 x 8192 = 67 megapixels;
+the largest radiographs, mammograms of about 4000 x 6000, have 24) or more than the memory available is a
 :class:`~genesis.errors.RadiographReadError`, and so is one beyond Pillow's own
 decompression-bomb limit. A window the standard does not allow (WindowWidth below 1, or 0 or less
 for ``LINEAR_EXACT``/``SIGMOID``, PS3.3 C.11.2.1.2) is display advice that cannot be followed,
@@ -46,7 +46,8 @@ ASPECT_MODES = ("pad", "crop", "stretch")
 #: DICOM modalities of projection radiographs; others are read with a warning-free error.
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "MG", "PX", "OT")
 #: Default ``max_pixels`` of :func:`load_radiograph`: 8192 x 8192. A 43 x 43 cm detector at 0.1 mm
-#: is 4300 x 4300 (18 megapixels); a header claiming more than this is corrupt or a bomb.
+#: is 4300 x 4300 (18 megapixels), a large mammogram 4000 x 6000 (24); a header claiming more than
+#: this is corrupt or a decompression bomb.
 MAX_RADIOGRAPH_PIXELS = 8192 * 8192
 #: float64 copies of the image alive at once while it is windowed and scaled (stored values,
 #: rescaled, windowed), for the memory check.

@@ -178,7 +178,8 @@ def check_volume(volume: Volume) -> Volume:
     return volume
 
 
-def load_volume(path: str | Path, *, series_uid: str | None = None, assume_spacing: float | None = None) -> Volume:
+def load_volume(path: str | Path, *, series_uid: str | None = None, assume_spacing: float | None = None,
+                check: bool = True) -> Volume:
     """Read a CT volume as float32 Hounsfield units, array (z, y, x).
 
     Args:
@@ -188,6 +189,8 @@ def load_volume(path: str | Path, *, series_uid: str | None = None, assume_spaci
         assume_spacing: mm to use where the file's spacing is missing, zero, negative or NaN
             (an explicit opt-in, with a warning); None (default) takes the enclosing
             :func:`assumed_spacing` block's value, and without one makes that an error.
+        check: apply :func:`check_volume` (a CT image); False for label maps and masks, which get
+            every check of the file and its geometry but none of the intensities.
     Returns:
         The :class:`Volume` (geometry in the ITK/LPS convention, see :mod:`genesis.io.volume`).
     Raises:
@@ -214,7 +217,7 @@ def load_volume(path: str | Path, *, series_uid: str | None = None, assume_spaci
     else:
         known = ", ".join(FILE_FORMATS)
         raise VolumeReadError(f"unknown volume format (expected {known}, or a DICOM directory)", path)
-    return check_volume(volume)
+    return check_volume(volume) if check else volume
 
 
 def _series_uid_of(path: Path) -> str:
