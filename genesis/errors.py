@@ -45,6 +45,18 @@ class UnknownNameError(GenesisError, KeyError):
         return Exception.__str__(self)
 
 
+class FileWriteError(GenesisError, OSError):
+    """A file could not be written (disk full, read-only or forbidden folder, I/O error); the
+    message names the destination, not the temporary file.
+
+    Also an :class:`OSError` with the original ``errno`` and ``strerror``, so code that catches
+    ``OSError`` around a write keeps working.
+    """
+
+    def __str__(self) -> str:  # OSError would format errno and strerror instead of the message
+        return Exception.__str__(self)
+
+
 class CheckpointError(GenesisError):
     """A checkpoint is missing, corrupt, unsafe to load or does not fit the model."""
 

@@ -1,4 +1,5 @@
-"""Atomic file writes: a kill at any moment leaves either the old file or the new one."""
+"""Atomic file writes: a kill at any moment leaves either the old file or the new one, and a failed
+write (a full disk...) is a :class:`~genesis.errors.FileWriteError` naming the file."""
 
 from __future__ import annotations
 
@@ -12,27 +13,56 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from genesis.errors import FileWriteError
+
+
+def write_failure(exc: OSError, path: str | Path, tmp: str | Path | None = None) -> FileWriteError:
+    """The :class:`FileWriteError` for an OSError while writing ``path`` (through ``tmp``).
+
+    The message names ``path`` and the reason, and says whether an earlier ``path`` is still there;
+    a file the OSError names other than ``path`` or ``tmp`` (something the writer read) is named too.
+    """
+    path = Path(path)
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    other = exc.filename if exc.filename not in (None, str(path), str(tmp) if tmp else None) else None
+    kept = f"the previous {path.name} is kept" if path.is_file() else "nothing was written"
+    error = FileWriteError(f"cannot write the file ({reason}{f': {other}' if other else ''}); {kept}", path)
+    error.errno, error.strerror, error.filename = exc.errno, reason, str(path)
+    return error
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the same directory; rename it onto ``path`` on success.
 
     The temporary file is removed if the body raises, so no partial file is ever left behind.
+
+    Raises:
+        FileWriteError: any OSError while writing (disk full, permission, I/O error), from the
+            body, the flush to disk or the rename, naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
     try:
-        yield tmp
-        with open(tmp, "rb+") as handle:  # make the bytes durable before the rename
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise write_failure(exc, path) from exc
+    tmp = Path(tmp_name)
+    try:
+        try:
+            # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            yield tmp
+            with open(tmp, "rb+") as handle:  # make the bytes durable before the rename
+                os.fsync(handle.fileno())  # a full disk may only say so here (delayed allocation)
+            os.replace(tmp, path)
+        except FileWriteError:  # a nested write already named its file
+            raise
+        except OSError as exc:
+            raise write_failure(exc, path, tmp) from exc
     finally:
         if tmp.exists():
             tmp.unlink()

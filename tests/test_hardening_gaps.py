@@ -23,7 +23,7 @@ def _zero_spacing(path: Path) -> None:
 
     image = nib.load(str(path))
     data = np.asarray(image.dataobj)
-    broken = nib.Nifti1Image(data, np.eye(4))
+    broken = nib.Nifti1Image(data, None)  # no sform, no qform: pixdim alone gives the spacing
     broken.header["pixdim"][1:4] = (0.0, 2.0, 2.0)
     nib.save(broken, str(path))
 
@@ -90,7 +90,7 @@ def _scan(path: Path, pixdim) -> Path:
     rng = np.random.default_rng(len(path.name))
     data = np.full((24, 24, 24), -1000.0, np.float32) + rng.normal(0, 10, (24, 24, 24)).astype(np.float32)
     data[4:20, 4:20, 4:20] = 40 + rng.normal(0, 30, (16, 16, 16))
-    image = nib.Nifti1Image(data, np.eye(4))
+    image = nib.Nifti1Image(data, None)  # no sform, no qform: pixdim alone gives the spacing
     image.header["pixdim"][1:4] = pixdim
     path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(image, str(path))

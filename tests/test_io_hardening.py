@@ -129,7 +129,7 @@ def _nifti(path: Path, pixdim=(0.8, 0.8, 2.0), shape=(12, 10, 6)) -> Path:
     import nibabel as nib
 
     data = np.random.default_rng(0).uniform(-1000, 400, shape).astype(np.float32)
-    image = nib.Nifti1Image(data, np.eye(4))
+    image = nib.Nifti1Image(data, None)  # no sform, no qform: pixdim alone gives the spacing
     image.header["pixdim"][1:4] = pixdim
     nib.save(image, str(path))
     return path

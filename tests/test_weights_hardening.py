@@ -24,7 +24,7 @@ PAYLOAD = bytes(range(256)) * 200
 
 class _Server:
     """127.0.0.1 server: ``mode`` "plain" honours Range, "trickle" sends a byte every 0.1 s,
-    "oversize" sends twice the payload."""
+    "oversize" sends twice the payload, "pause" waits 0.3 s half-way through the body."""
 
     def __init__(self) -> None:
         self.mode = "plain"
@@ -55,6 +55,11 @@ class _Server:
                             self.wfile.write(body[i:i + 1])
                             self.wfile.flush()
                             time.sleep(0.1)
+                    elif server.mode == "pause":
+                        self.wfile.write(body[: len(body) // 2])
+                        self.wfile.flush()
+                        time.sleep(0.3)
+                        self.wfile.write(body[len(body) // 2:])
                     else:
                         self.wfile.write(body[start:])
                 except (BrokenPipeError, ConnectionResetError):
@@ -111,6 +116,42 @@ def test_stalled_server_hits_the_deadline(server, tmp_path) -> None:
         download(entry, settings)
     assert time.monotonic() - start < 3.0
     assert not part_path(entry, settings).exists() and not cached_path(entry, settings).exists()
+
+
+@pytest.fixture()
+def silent_server():
+    """127.0.0.1 port whose kernel accepts connections (listen backlog) that nobody ever answers."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/w.bin"
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("timeout, retries", [(60.0, 3), (0.3, 20)])
+def test_server_that_never_answers_fails_within_one_connect_deadline(silent_server, tmp_path, timeout,
+                                                                      retries) -> None:
+    # today: (retries + 1) x timeout (4 x 60 s); now one connect_deadline over all attempts
+    settings = WeightsSettings(cache_dir=tmp_path / "cache", progress=False, timeout=timeout, retries=retries,
+                               connect_deadline=0.8)
+    entry = _entry(silent_server, sha256="0" * 64)
+    start = time.monotonic()
+    with pytest.raises(WeightsError, match=r"no answer from the server within 0.8 s.*connect_deadline") as info:
+        download(entry, settings)
+    assert time.monotonic() - start < 4.0
+    assert silent_server in str(info.value)
+    assert not cached_path(entry, settings).exists()
+
+
+def test_connect_deadline_does_not_shorten_the_reads_of_an_answered_request(server, tmp_path) -> None:
+    server.mode = "pause"  # answers at once, then pauses 0.3 s mid-body: longer than the connect limit
+    settings = _settings(tmp_path, connect_deadline=0.1)
+    entry = _entry(server.url, sha256=hashlib.sha256(PAYLOAD).hexdigest())
+    assert download(entry, settings).read_bytes() == PAYLOAD
 
 
 def test_finetune_weight_downloads_share_the_deadline_setting(server, tmp_path, monkeypatch) -> None:

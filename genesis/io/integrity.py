@@ -126,7 +126,7 @@ def check_declared_arrays(declared: Mapping[str, tuple[Sequence[int], Any]], pat
                      f"{f', and {len(sizes) - 1} more' if len(sizes) > 1 else ''})", limit=limit, error=error)
 
 
-def verify_compressed(path: Path, offset: int, wbits: int, expected: int | None, what: str) -> None:
+def verify_compressed(path: Path, offset: int, wbits: int, expected: int | None, what: str) -> int:
     """Decompress ``path`` from ``offset`` to the end, discarding the output, and check it.
 
     The whole stream is read, so zlib checks the gzip CRC-32 and length trailer (or the zlib
@@ -139,10 +139,15 @@ def verify_compressed(path: Path, offset: int, wbits: int, expected: int | None,
         wbits: 31 for gzip, 15 for zlib, 47 to accept either.
         expected: decompressed size the header declares (None: not checked).
         what: name of the data for messages (``"gzip stream"``...).
+    Returns:
+        The length in bytes of the compressed stream (up to the end of its last gzip member; zero
+        padding after it not counted).
     Raises:
         VolumeReadError: corrupt, truncated, or a decompressed size other than ``expected``.
     """
     total = 0
+    fed = 0  # compressed bytes read from the file so far
+    stream_end = 0
 
     def check_size() -> None:
         if expected is not None and total > expected:
@@ -151,8 +156,15 @@ def verify_compressed(path: Path, offset: int, wbits: int, expected: int | None,
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
+
+            def read() -> bytes:
+                nonlocal fed
+                block = handle.read(_CHUNK)
+                fed += len(block)
+                return block
+
             inflater = zlib.decompressobj(wbits)
-            chunk = handle.read(_CHUNK)
+            chunk = read()
             while chunk:
                 total += len(inflater.decompress(chunk, _CHUNK))
                 check_size()
@@ -160,7 +172,8 @@ def verify_compressed(path: Path, offset: int, wbits: int, expected: int | None,
                     total += len(inflater.decompress(inflater.unconsumed_tail, _CHUNK))
                     check_size()
                 if inflater.eof:
-                    rest = inflater.unused_data or handle.read(_CHUNK)
+                    stream_end = fed - len(inflater.unused_data)
+                    rest = inflater.unused_data or read()
                     if rest[:2] == b"\x1f\x8b" and wbits > 15:  # a further gzip member
                         inflater = zlib.decompressobj(wbits)
                         chunk = rest
@@ -168,9 +181,9 @@ def verify_compressed(path: Path, offset: int, wbits: int, expected: int | None,
                     while rest:  # zero padding after the stream is harmless, anything else is not
                         if rest.strip(b"\0"):
                             raise VolumeReadError(f"{what} is truncated or corrupt: unexpected bytes after its end", path)
-                        rest = handle.read(_CHUNK)
+                        rest = read()
                     break
-                chunk = handle.read(_CHUNK)
+                chunk = read()
             total += len(inflater.flush())
     except zlib.error as exc:
         raise VolumeReadError(f"{what} is truncated or corrupt (checksum or data error: {exc})", path) from exc
@@ -181,6 +194,7 @@ def verify_compressed(path: Path, offset: int, wbits: int, expected: int | None,
     if expected is not None and total != expected:
         raise VolumeReadError(
             f"{what} is truncated or corrupt: {total} bytes decompressed, the header declares {expected}", path)
+    return stream_end
 
 
 def read_text_header(path: Path, stop: str) -> tuple[dict[str, str], int]:
@@ -220,27 +234,55 @@ def _floats(text: str) -> list[float]:
     return out
 
 
+def _int_field(fields: Mapping[str, str], key: str) -> int | None:
+    try:
+        return int(fields[key].split()[0])
+    except (KeyError, ValueError, IndexError):
+        return None
+
+
 def metaimage_checks(path: Path) -> tuple[float, ...] | None:
-    """Verify a compressed MetaImage stream against its header; return the declared spacing (x, y, z).
+    """Verify a MetaImage's data against its header; return the declared spacing (x, y, z).
+
+    ITK reads exactly ``CompressedDataSize`` bytes of a compressed stream and zero-fills what
+    they do not cover (a header claiming half the stream gives half the voxels as 0, without an
+    error), and reads the first DimSize x ElementSize bytes of a raw data file however long it is.
+    So the compressed stream must be exactly as long as claimed and inflate to exactly DimSize x
+    ElementSize bytes, and a raw data file must hold exactly that many.
 
     Returns None for the spacing when the header has neither ElementSpacing nor ElementSize.
+    Raises:
+        VolumeReadError: naming the file and both sizes.
     """
     fields, offset = read_text_header(path, "ElementDataFile")
     spacing_text = fields.get("elementspacing") or fields.get("elementsize")
     spacing = tuple(_floats(spacing_text)) if spacing_text else None
+    data_file = fields.get("elementdatafile", "LOCAL")
+    if data_file.upper() == "LOCAL":
+        data_path, data_offset = path, offset
+    elif " " not in data_file and "%" not in data_file and data_file.upper() != "LIST":
+        data_path, data_offset = path.parent / data_file, 0
+    else:
+        return spacing  # a list or pattern of slice files: ITK reports missing ones itself
+    dims = [int(v) for v in _floats(fields.get("dimsize", "")) if math.isfinite(v)]
+    size = META_ELEMENT_BYTES.get(fields.get("elementtype", "").upper())
+    channels = int(_floats(fields.get("elementnumberofchannels", "1"))[0] or 1)
+    expected = math.prod(dims) * size * channels if dims and size else None
     if fields.get("compresseddata", "false").lower() == "true":
-        data_file = fields.get("elementdatafile", "LOCAL")
-        if data_file.upper() == "LOCAL":
-            data_path, data_offset = path, offset
-        elif " " not in data_file and "%" not in data_file and data_file.upper() != "LIST":
-            data_path, data_offset = path.parent / data_file, 0
-        else:
-            return spacing  # a list or pattern of slice files: ITK reports missing ones itself
-        dims = [int(v) for v in _floats(fields.get("dimsize", "")) if math.isfinite(v)]
-        size = META_ELEMENT_BYTES.get(fields.get("elementtype", "").upper())
-        channels = int(_floats(fields.get("elementnumberofchannels", "1"))[0] or 1)
-        expected = math.prod(dims) * size * channels if dims and size else None
-        verify_compressed(data_path, data_offset, 47, expected, f"compressed MetaImage data of {path.name}")
+        stream = verify_compressed(data_path, data_offset, 47, expected, f"compressed MetaImage data of {path.name}")
+        claimed = _int_field(fields, "compresseddatasize")
+        if claimed is not None and claimed != stream:
+            part = "only part of the data (the rest would read as 0)" if claimed < stream else "past the end of the data"
+            raise VolumeReadError(
+                f"header says CompressedDataSize = {claimed} but the compressed data stream is {stream} bytes long; "
+                f"a reader trusting it would read {part}: corrupt or hand-edited header?", path)
+    elif (expected is not None and "headersize" not in fields and data_path.is_file()
+          and fields.get("binarydata", "true").lower() == "true"):  # ASCII data has no fixed size
+        held = data_path.stat().st_size - data_offset
+        if held != expected:
+            why = "truncated or corrupt" if held < expected else "a wrong DimSize or ElementType, or another header's data?"
+            raise VolumeReadError(f"the raw data {data_path.name} holds {held} bytes but DimSize x ElementType "
+                                  f"declare {expected}: {why}", path)
     return spacing
 
 

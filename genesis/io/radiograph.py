@@ -15,17 +15,29 @@ larger runs) keeps the aspect ratio by default: ``aspect="pad"`` scales the long
 ``"crop"`` scales the shorter side to ``size`` and cuts the centre of the longer one (torchvision's
 Resize + CenterCrop); ``"stretch"`` scales both sides independently (distorts the anatomy).
 Resampling is Pillow's antialiased bilinear filter on float32 pixels.
+
+Sizes are refused by the header, before any pixel is decoded: an image whose header claims more
+than ``max_pixels`` pixels (by default :data:`MAX_RADIOGRAPH_PIXELS`, 8192 x 8192 = 67 megapixels;
+the largest radiographs, mammograms of about 4000 x 6000, have 24) or more than the memory available is a
+:class:`~genesis.errors.RadiographReadError`, and so is one beyond Pillow's own
+decompression-bomb limit. A window the standard does not allow (WindowWidth below 1, or 0 or less
+for ``LINEAR_EXACT``/``SIGMOID``, PS3.3 C.11.2.1.2) is display advice that cannot be followed,
+not damaged pixels: it is ignored with a :class:`~genesis.errors.GenesisWarning` and the image
+scaled by its own range, as when the header has no window.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from genesis.errors import RadiographReadError
+from genesis.errors import GenesisWarning, RadiographReadError
+from genesis.io.integrity import check_allocation
 
 #: File endings read as radiographs (DICOM files may also have no ending, see :func:`is_radiograph_file`).
 RADIOGRAPH_SUFFIXES = (".dcm", ".dicom", ".png", ".jpg", ".jpeg")
@@ -33,6 +45,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ASPECT_MODES = ("pad", "crop", "stretch")
 #: DICOM modalities of projection radiographs; others are read with a warning-free error.
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "MG", "PX", "OT")
+#: Default ``max_pixels`` of :func:`load_radiograph`: 8192 x 8192. A 43 x 43 cm detector at 0.1 mm
+#: is 4300 x 4300 (18 megapixels), a large mammogram 4000 x 6000 (24); a header claiming more than
+#: this is corrupt or a decompression bomb.
+MAX_RADIOGRAPH_PIXELS = 8192 * 8192
+#: float64 copies of the image alive at once while it is windowed and scaled (stored values,
+#: rescaled, windowed), for the memory check.
+_WORKING_COPIES = 3
 
 
 @dataclass
@@ -79,12 +98,60 @@ def _age_years(value: Any) -> float | None:
     return None if per_year is None else int(text[:-1]) / per_year
 
 
-def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, dict[str, Any]]:
+def check_pixels(shape: tuple[int, ...], path: Path, max_pixels: int | None) -> None:
+    """Refuse an image whose header claims more than ``max_pixels`` pixels (None: no fixed limit)
+    or more than the memory available for its working copies, before any pixel is decoded.
+
+    Args:
+        shape: what the header claims: (rows, columns), with frames before and colour
+            channels after them when there are several.
+    Raises:
+        RadiographReadError: naming the file, the claimed size and the limit.
+    """
+    pixels = math.prod(int(n) for n in shape)
+    claimed = " x ".join(str(int(n)) for n in shape)
+    if max_pixels is not None and pixels > max_pixels:
+        raise RadiographReadError(
+            f"header claims {claimed} = {pixels / 1e6:.1f} megapixels, more than the limit of {max_pixels / 1e6:g} "
+            "(max_pixels): a corrupt header or a decompression bomb? Refused before decoding", path)
+    check_allocation(pixels * 8 * _WORKING_COPIES, path, f"a {claimed} image", limit=None, error=RadiographReadError)
+
+
+def _window_problem(ds: Any) -> str | None:
+    """Why the header's first window cannot be applied (PS3.3 C.11.2.1.2), or None when it can or
+    when none would be (no window, or a VOI LUT, which takes precedence)."""
+    seq = ds.get("VOILUTSequence")
+    if seq and seq[0].get("LUTData") is not None and seq[0].get("LUTDescriptor") is not None:
+        return None
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+
+    def first(keyword: str) -> float:
+        elem = ds[keyword]
+        value = elem.value[0] if elem.VM > 1 else elem.value
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            return math.nan
+
+    center, width = first("WindowCenter"), first("WindowWidth")
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if not (math.isfinite(center) and math.isfinite(width)):
+        return f"WindowCenter {center:g} / WindowWidth {width:g} is not a number"
+    if function == "LINEAR" and width < 1:
+        return f"WindowWidth {width:g} is below 1 (the standard's minimum for a LINEAR window)"
+    if width <= 0:
+        return f"WindowWidth {width:g} is not positive"
+    return None
+
+
+def _read_dicom(path: Path, max_pixels: int | None) -> tuple[np.ndarray, tuple[float, float] | None, dict[str, Any]]:
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(str(path))
+        # large values (the pixel data) are read only when used, after the size check
+        ds = pydicom.dcmread(str(path), defer_size="1 MB")
     except Exception as exc:  # pydicom raises many types for damaged files
         raise RadiographReadError(f"not a readable DICOM file ({type(exc).__name__}: {exc})", path) from exc
     modality = str(ds.get("Modality", "") or "").upper() or None
@@ -93,6 +160,13 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, dic
     if "PixelData" not in ds:
         raise RadiographReadError("DICOM file has no pixel data", path)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    try:
+        frames, rows, columns, samples = (int(ds.get(key, 1) or 1) for key in
+                                          ("NumberOfFrames", "Rows", "Columns", "SamplesPerPixel"))
+    except (TypeError, ValueError) as exc:
+        raise RadiographReadError(f"the header's image size is not a number ({exc})", path) from exc
+    check_pixels(((frames,) if frames > 1 else ()) + (rows, columns) + ((samples,) if samples > 1 else ()),
+                 path, max_pixels)
     try:
         raw = ds.pixel_array
     except Exception as exc:
@@ -103,9 +177,17 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None, dic
             photometric = "MONOCHROME2"
         else:
             raise RadiographReadError(f"pixel data has shape {raw.shape}; one 2D frame is needed", path)
-    pixels = apply_modality_lut(raw, ds).astype(np.float64)
-    shown = np.asarray(apply_voi_lut(pixels, ds), dtype=np.float64)
-    lo, hi = _voi_range(ds, pixels, shown)
+    problem = _window_problem(ds)
+    if problem is not None:
+        warnings.warn(f"{path}: {problem}; ignoring the window and scaling the image by its own range",
+                      GenesisWarning, stacklevel=3)
+    try:
+        pixels = apply_modality_lut(raw, ds).astype(np.float64)
+        shown = pixels if problem else np.asarray(apply_voi_lut(pixels, ds), dtype=np.float64)
+        lo, hi = (float(shown.min()), float(shown.max())) if problem else _voi_range(ds, pixels, shown)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:  # a malformed LUT or rescale
+        raise RadiographReadError(f"cannot apply the header's rescale or VOI LUT ({type(exc).__name__}: {exc})",
+                                  path) from exc
     if not hi > lo:
         raise RadiographReadError(f"image is constant (every pixel = {lo:g}); nothing to learn from", path)
     image = np.clip((shown - lo) / (hi - lo), 0.0, 1.0)
@@ -139,11 +221,30 @@ def _voi_range(ds: Any, pixels: np.ndarray, shown: np.ndarray) -> tuple[float, f
     return float(shown.min()), float(shown.max())
 
 
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def _open_image(path: Path) -> Any:
+    """Pillow's lazy image (header parsed, nothing decoded), its decompression-bomb check turned
+    into our error: :func:`check_pixels` applies our limit, Pillow's warning must not leak out."""
+    from PIL import Image
+
+    # catch_warnings changes the process-wide filters for the block; Pillow warns only for
+    # images above its MAX_IMAGE_PIXELS (89 megapixels in Pillow 13), which the default
+    # max_pixels refuses anyway, and raises above twice that
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(path)
+        except Image.DecompressionBombError as exc:
+            raise RadiographReadError(f"header claims an image beyond Pillow's decompression-bomb limit ({exc}); "
+                                      "refused before decoding", path) from None
+
+
+def _read_image(path: Path, max_pixels: int | None) -> np.ndarray:
+    from PIL import UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with _open_image(path) as img:
+            (width, height), bands = img.size, len(img.getbands())
+            check_pixels((height, width) + ((bands,) if bands > 1 else ()), path, max_pixels)
             img.load()
             mode = img.mode
             if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -188,29 +289,35 @@ def resize_square(image: np.ndarray, size: int, aspect: str = "pad") -> tuple[np
     return np.clip(out, 0.0, 1.0), (new_h / h, new_w / w)
 
 
-def load_radiograph(path: str | Path, size: int | None = 224, aspect: str = "pad") -> Radiograph:
+def load_radiograph(path: str | Path, size: int | None = 224, aspect: str = "pad", *,
+                    max_pixels: int | None = MAX_RADIOGRAPH_PIXELS) -> Radiograph:
     """Read a radiograph as float32 [0, 1] (air dark), resized to ``size`` x ``size``.
 
     Args:
         path: a DICOM CR/DX file, or a PNG/JPEG image (8 or 16 bit, grey or colour).
         size: side of the square output; None keeps the stored size.
         aspect: ``pad`` (default, keeps the whole image), ``crop`` or ``stretch``.
+        max_pixels: largest number of pixels (rows x columns x colour channels or frames) a
+            header may claim; None: only the memory available limits it.
     Returns:
         A :class:`Radiograph`; ``spacing`` follows the resize.
     Raises:
         RadiographReadError: missing, unreadable or truncated file, a DICOM that is not a
-            projection radiograph or has several frames, a constant image, NaN pixels.
+            projection radiograph or has several frames, a constant image, NaN pixels, a header
+            claiming more than ``max_pixels`` pixels or the memory available.
+    Warns:
+        GenesisWarning: a DICOM window the standard does not allow (ignored, see the module docstring).
     """
     path = Path(path)
     if not path.is_file():
         raise RadiographReadError("no such file" if not path.exists() else "not a regular file", path)
     if path.suffix.lower() in IMAGE_SUFFIXES:
-        image = _read_image(path)
+        image = _read_image(path, max_pixels)
         spacing, meta = None, {"modality": None, "photometric": "MONOCHROME2"}
         if image.ndim != 2:
             raise RadiographReadError(f"image has shape {image.shape}; a 2D grey image is needed", path)
     elif is_radiograph_file(path):
-        image, spacing, meta = _read_dicom(path)
+        image, spacing, meta = _read_dicom(path, max_pixels)
     else:
         raise RadiographReadError(f"unknown radiograph format (expected {', '.join(RADIOGRAPH_SUFFIXES)})", path)
     if not np.isfinite(image).all():

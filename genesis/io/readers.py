@@ -1,4 +1,5 @@
-"""Reading and writing CT volumes: NIfTI, MetaImage, NRRD (SimpleITK) and DICOM series.
+"""Reading and writing CT volumes: NIfTI (nibabel, :mod:`genesis.io.nifti`), MetaImage and NRRD
+(SimpleITK) and DICOM series.
 
 Every failure a user can cause becomes a :class:`~genesis.errors.VolumeReadError` (or
 :class:`~genesis.errors.DicomSeriesError`) naming the file; volumes that read fine but look
@@ -23,6 +24,7 @@ import SimpleITK as sitk
 from genesis.errors import GenesisWarning, VolumeReadError
 from genesis.io.dicom import check_readable, is_dicom_file, read_dicom_series, write_dicom_series
 from genesis.io.integrity import check_allocation, metaimage_checks, nifti_pixdim, nrrd_checks, resolve_spacing, verify_compressed
+from genesis.io.nifti import nifti_layout, open_nifti, read_nifti
 from genesis.io.volume import Volume
 
 #: File endings read/written through SimpleITK, with the ITK ImageIO used to write them.
@@ -73,40 +75,6 @@ def _itk_message(exc: Exception) -> str:
     return errors[-1] if errors else (lines[-1] if lines else type(exc).__name__)
 
 
-def _geometry(reader: sitk.ImageFileReader, ndim_keep: int = 3) -> dict:
-    """Spacing (z, y, x), origin, direction of the first three axes of a read image header."""
-    n = reader.GetDimension()
-    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(n, n)[:ndim_keep, :ndim_keep]
-    return {
-        "spacing": tuple(reader.GetSpacing()[:ndim_keep][::-1]),
-        "origin": tuple(reader.GetOrigin()[:ndim_keep]),
-        "direction": tuple(direction.ravel()),
-    }
-
-
-def _read_nifti_pixels(path: Path, shape_xyz: tuple[int, ...]) -> tuple[np.ndarray, tuple[float, ...]]:
-    """NIfTI voxels through nibabel, as (z, y, x) float32 with scl_slope/scl_inter applied, and the
-    header's raw pixdim[1:4] (x, y, z).
-
-    nibabel rather than ITK for the pixels because ITK silently zero-fills truncated NIfTI files
-    and turns NaN into 0, both of which must be reported. Both libraries keep the on-disk voxel
-    order, so transposing nibabel's (x, y, z) array gives ITK's (z, y, x) array.
-    """
-    import nibabel as nib
-
-    try:
-        image = nib.load(str(path))
-        pixdim = tuple(float(v) for v in image.header["pixdim"][1:4])
-        data = np.asarray(image.dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel/zlib/gzip raise OSError, EOFError, zlib.error, ValueError...
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split())
-        raise VolumeReadError(f"cannot read the pixel data, truncated or corrupt? ({reason})", path) from exc
-    data = data.reshape(data.shape[:3]) if data.ndim == 4 else data
-    if data.shape != tuple(shape_xyz[:3]):
-        raise VolumeReadError(f"NIfTI data shape {data.shape} does not match its header {tuple(shape_xyz)}", path)
-    return np.ascontiguousarray(data.transpose(2, 1, 0)), pixdim
-
-
 def _starts_with(path: Path, magic: bytes) -> bool:
     with open(path, "rb") as handle:
         return handle.read(len(magic)) == magic
@@ -118,25 +86,32 @@ def _read_file(path: Path, assume_spacing: float | None = None) -> Volume:
         # first: ITK fails on some damage with a misleading "no ImageIO" message, and nibabel
         # stops reading before the CRC/length trailer
         verify_compressed(path, 0, 31, None, "gzip stream")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise VolumeReadError(f"not a readable image file ({_itk_message(exc)})", path) from exc
-    dim, ncomp = reader.GetDimension(), reader.GetNumberOfComponents()
-    size = reader.GetSize()
+    nifti = suffix in (".nii", ".nii.gz")
+    if nifti:  # the header through nibabel: ITK refuses some headers the standard can read
+        image = open_nifti(path)
+        size, ncomp = nifti_layout(image)
+        dim = len(size)
+    else:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise VolumeReadError(f"not a readable image file ({_itk_message(exc)})", path) from exc
+        dim, ncomp, size = reader.GetDimension(), reader.GetNumberOfComponents(), reader.GetSize()
     if ncomp != 1:
         raise VolumeReadError(f"image has {ncomp} components per voxel; a scalar CT volume is needed", path)
     if not (dim == 3 or (dim == 4 and size[3] == 1)):
         raise VolumeReadError(f"image is {dim}D with size {tuple(size)}; a 3D volume is needed", path)
     check_allocation(math.prod(size[:3]) * 4, path, f"a {'x'.join(str(s) for s in size[:3])} volume")
     metadata = {"format": suffix}
-    if suffix in (".nii", ".nii.gz"):
-        array, _ = _read_nifti_pixels(path, size)
-        declared = nifti_pixdim(path)
-        volume = Volume(array=array, path=path, metadata=metadata, **_geometry(reader))
-        source = "pixdim"
+    if nifti:
+        array, geometry = read_nifti(image, path, nifti_pixdim(path))
+        declared = geometry.spacing_xyz
+        source = "sform column norms" if geometry.source == "sform" else "pixdim"  # the qform's spacing is pixdim
+        metadata["geometry_source"] = geometry.source
+        volume = Volume(array=array, spacing=declared[::-1], origin=geometry.origin, direction=geometry.direction,
+                        path=path, metadata=metadata)
     else:
         if suffix in (".mha", ".mhd"):
             declared, source = metaimage_checks(path), "ElementSpacing"
@@ -147,13 +122,13 @@ def _read_file(path: Path, assume_spacing: float | None = None) -> Volume:
             reader.SetExtractSize([size[0], size[1], size[2], 0])  # 0 collapses the time axis
         reader.SetOutputPixelType(sitk.sitkFloat32)
         try:
-            image = reader.Execute()
+            itk_image = reader.Execute()
         except RuntimeError as exc:
             reason = _itk_message(exc)
             raise VolumeReadError(f"cannot read the pixel data, truncated or corrupt? ({reason})", path) from exc
-        volume = Volume.from_sitk(image, path=path, metadata=metadata)
+        volume = Volume.from_sitk(itk_image, path=path, metadata=metadata)
     volume = resolve_spacing(volume, declared, assume_spacing, source)
-    if reader.HasMetaDataKey("Modality"):  # MetaImage: MET_CT, MET_MR, MET_MOD_UNKNOWN...
+    if not nifti and reader.HasMetaDataKey("Modality"):  # MetaImage: MET_CT, MET_MR, MET_MOD_UNKNOWN...
         modality = reader.GetMetaData("Modality").strip().upper().removeprefix("MET_")
         volume.modality = None if modality in ("", "MOD_UNKNOWN", "UNKNOWN") else modality
     return volume
@@ -203,7 +178,8 @@ def check_volume(volume: Volume) -> Volume:
     return volume
 
 
-def load_volume(path: str | Path, *, series_uid: str | None = None, assume_spacing: float | None = None) -> Volume:
+def load_volume(path: str | Path, *, series_uid: str | None = None, assume_spacing: float | None = None,
+                check: bool = True) -> Volume:
     """Read a CT volume as float32 Hounsfield units, array (z, y, x).
 
     Args:
@@ -213,6 +189,8 @@ def load_volume(path: str | Path, *, series_uid: str | None = None, assume_spaci
         assume_spacing: mm to use where the file's spacing is missing, zero, negative or NaN
             (an explicit opt-in, with a warning); None (default) takes the enclosing
             :func:`assumed_spacing` block's value, and without one makes that an error.
+        check: apply :func:`check_volume` (a CT image); False for label maps and masks, which get
+            every check of the file and its geometry but none of the intensities.
     Returns:
         The :class:`Volume` (geometry in the ITK/LPS convention, see :mod:`genesis.io.volume`).
     Raises:
@@ -239,7 +217,7 @@ def load_volume(path: str | Path, *, series_uid: str | None = None, assume_spaci
     else:
         known = ", ".join(FILE_FORMATS)
         raise VolumeReadError(f"unknown volume format (expected {known}, or a DICOM directory)", path)
-    return check_volume(volume)
+    return check_volume(volume) if check else volume
 
 
 def _series_uid_of(path: Path) -> str:

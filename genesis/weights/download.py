@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import http.client
 import json
+import math
 import os
 import shutil
 import socket
@@ -26,7 +27,7 @@ import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 from urllib.parse import unquote, urlparse
 
 from genesis.errors import ChecksumError, GenesisWarning, WeightsError
@@ -169,14 +170,31 @@ def _progress_bar(settings: WeightsSettings, total: int | None, initial: int, la
 
 @dataclass
 class _Limits:
-    """What bounds one file's download: a monotonic deadline and the manifest's size."""
+    """What bounds one file's download: a monotonic deadline, the manifest's size, and the time
+    left for waiting on servers to answer (connect and response headers, over all attempts)."""
 
     deadline: float
     seconds: float
     max_size: int | None
+    connect_seconds: float = math.inf
+    connect_left: float = math.inf
+    connect_attempts: int = 0
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+    def connect_wait(self) -> float:
+        """Seconds the next connection may wait for its answer.
+
+        Raises:
+            WeightsError: the waits of earlier attempts used up ``connect_deadline``.
+        """
+        if self.connect_left <= 0:
+            raise WeightsError(
+                f"no answer from the server within {self.connect_seconds:g} s of connecting and waiting for the "
+                f"response, over {self.connect_attempts} attempt{'s' if self.connect_attempts != 1 else ''} "
+                "(connect_deadline): it is down, unreachable or overloaded; try again later or raise the limit")
+        return self.connect_left
 
     def check_time(self, received: int) -> None:
         if self.remaining() <= 0:
@@ -256,16 +274,32 @@ def _parse_content_range(value: str | None) -> tuple[int, int | None] | None:
         return None
 
 
+def _set_read_timeout(response: Any, seconds: float) -> None:
+    """Give the body's reads the per-read timeout back once the headers arrived.
+
+    urllib applies one socket timeout to connecting and to every read; the connect wait may have
+    been shortened by ``connect_deadline``. The socket is private to http.client: without it (another
+    Python) the shorter timeout stays, which only makes a stall end an attempt sooner.
+    """
+    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+    if sock is not None:
+        sock.settimeout(seconds)
+
+
 def _transfer_http(url: str, part: Path, settings: WeightsSettings, label: str, limits: _Limits) -> None:
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     request = urllib.request.Request(url, headers=headers)
+    started = time.monotonic()
     try:
         limits.check_time(offset)
-        # the socket timeout bounds each wait, the deadline the whole file
-        response = urllib.request.urlopen(request, timeout=max(0.01, min(settings.timeout, limits.remaining())))
+        wait = limits.connect_wait()
+        limits.connect_attempts += 1
+        # the socket timeout bounds each wait, the deadline the whole file, connect_deadline the
+        # waits for an answer summed over the attempts
+        response = urllib.request.urlopen(request, timeout=max(0.01, min(settings.timeout, limits.remaining(), wait)))
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset:  # our partial file is not a prefix the server recognises
             raise _Interrupted(f"server refused to resume at byte {offset} (HTTP 416)", False) from None
@@ -275,6 +309,9 @@ def _transfer_http(url: str, part: Path, settings: WeightsSettings, label: str, 
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise _Interrupted(f"cannot reach {url}: {reason}", True) from None
+    finally:
+        limits.connect_left -= time.monotonic() - started
+    _set_read_timeout(response, max(0.01, min(settings.timeout, limits.remaining())))
     with response:
         status = response.status
         length = response.headers.get("Content-Length")
@@ -297,11 +334,13 @@ def _fetch(url: str, part: Path, settings: WeightsSettings, label: str, *, can_r
     ``can_resume=False`` (no known final digest) restarts every attempt from byte 0: without a
     digest to check the result against, bytes of two transfers must never be spliced. The whole
     file, retries included, must finish within ``settings.deadline`` seconds and never exceed
-    ``max_size`` bytes.
+    ``max_size`` bytes; the waits for the server to answer, all attempts together, must stay
+    within ``settings.connect_deadline`` seconds.
     """
     transfer = _transfer_file_url if url.startswith("file://") else _transfer_http
     attempts = max(0, settings.retries) + 1
-    limits = _Limits(time.monotonic() + settings.deadline, settings.deadline, max_size)
+    limits = _Limits(time.monotonic() + settings.deadline, settings.deadline, max_size,
+                     settings.connect_deadline, settings.connect_deadline)
     for attempt in range(attempts):
         if not can_resume:
             part.unlink(missing_ok=True)

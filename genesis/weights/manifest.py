@@ -242,6 +242,10 @@ class WeightsSettings:
     #: Overall limit in seconds for one file, all retries included (``--timeout``): a server that
     #: trickles bytes or stalls never holds a run for longer.
     deadline: float = 1800.0
+    #: Limit in seconds, summed over all retries of one file, on waiting for a server to accept the
+    #: connection and send its response headers: one that accepts and never answers fails after this
+    #: long in all, not after every attempt's ``timeout``.
+    connect_deadline: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> "WeightsSettings":
