@@ -30,11 +30,10 @@ import torch
 from genesis.config import load_config
 from genesis.device import autocast, resolve_device
 from genesis.fileio import write_report
-from genesis.models import unpack_output
 from genesis.training.config import PretrainConfig
-from genesis.training.engine import make_generator, prepare_pair, step_seed
-from genesis.training.pretrain import (SubsetSource, build_loss, build_model, build_source, build_task, probe_pairs,
-                                       resolve_model, sampler_config)
+from genesis.training.engine import make_generator, step_seed
+from genesis.training.recipe import resolve_recipe
+from genesis.training.rundata import SubsetSource, sampler_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -71,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         "task": args.task, "width": width, "batch_size": batch, "data.crop": tuple(args.crop),
         "data.synthetic_volumes": args.volumes, "device": str(device), "seed": 0,
     })
-    task = build_task(cfg)
-    shape = probe_pairs(task, cfg)
-    model_name, kwargs = resolve_model(cfg, task, shape)
-    loss_fn, _ = build_loss(cfg, task, model_name)
-    model = build_model(model_name, kwargs, 0).to(device).train()
+    run = resolve_recipe(cfg)  # the run's recipe: method, network, data (as genesis-pretrain resolves it)
+    cfg, method, model_name = run.config, run.method, run.recipe.model_name
+    from genesis.training.pretrain import build_method_model
+
+    model = build_method_model(run).to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)  # small lr: timing only, no divergence
 
     def sync() -> None:
@@ -84,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def train_step(pair) -> None:
         with autocast(device, cfg.amp):
-            out = unpack_output(model(pair.input))
-        loss, _ = loss_fn(out, pair)
+            out = method.forward(model, pair)
+        loss, _ = method.loss(out, pair)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from genesis.data.datasets import CubeDataset, make_loader
 
     t0 = time.perf_counter()
-    source = SubsetSource(build_source(cfg), list(range(args.volumes)))
+    source = SubsetSource(run.source, list(range(args.volumes)))
     ds = CubeDataset(source, sampler_config(cfg), (steps + args.warmup) * batch, 0, lru_volumes=args.volumes)
     # (forked DataLoader workers inherit these loaded volumes, as in the engine)
     for i in range(args.volumes):
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t0
     cubes = [torch.stack([ds[k] for k in range(j * batch, (j + 1) * batch)]).to(device)
              for j in range(steps + args.warmup)]
-    pairs = [prepare_pair(task, c, make_generator(step_seed(0, 0, 0, j), device), cfg.dims)
+    pairs = [method.views(c, make_generator(step_seed(0, 0, 0, j), device), cfg.dims)
              for j, c in enumerate(cubes)]
 
     results: dict[str, dict[str, float]] = {}
@@ -130,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def transformed():
         for j, c in enumerate(cubes):
-            yield prepare_pair(task, c, make_generator(step_seed(0, 0, 1, j), device), cfg.dims)
+            yield method.views(c, make_generator(step_seed(0, 0, 1, j), device), cfg.dims)
 
     def pipeline(workers: int):
         loader = make_loader(ds, batch, 0, workers, 0, 1, 0, pin_memory=gpu)
         for j, c in enumerate(loader):
             c = c.to(device, non_blocking=True)
-            yield prepare_pair(task, c, make_generator(step_seed(0, 0, 2, j), device), cfg.dims)
+            yield method.views(c, make_generator(step_seed(0, 0, 2, j), device), cfg.dims)
 
     # modes interleaved over rounds, medians reported: the machine may be shared
     for _ in range(args.rounds):

@@ -43,6 +43,8 @@ class DataConfig:
             explicit opt-in, with a warning); None (default) makes such a scan an error.
         keep_labels: use label maps found in a ``data`` folder (skipped by default).
         keep_non_hu: use images without Hounsfield units found in a ``data`` folder (skipped by default).
+        max_image_pixels: radiographs whose header claims more pixels are refused before decoding
+            (default 8192 x 8192; None: no limit beyond the free memory).
         group_size: arrays files without ``groups``: each run of this many consecutive samples is
             one patient (the train/validation split never cuts a patient).
     """
@@ -66,4 +68,5 @@ class DataConfig:
     keep_non_hu: bool = False
     modality: str = "auto"
     image_size: int = 224
+    max_image_pixels: int | None = 8192 * 8192  # genesis.io.radiograph.MAX_RADIOGRAPH_PIXELS
     group_size: int | None = None

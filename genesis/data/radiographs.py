@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from genesis.errors import DatasetLayoutError, InputFileError
+from genesis.errors import DatasetLayoutError
 
 MARKER = -7.25  # never a pixel value (images are in [0, 1])
 UNKNOWN = -1.0
@@ -175,10 +175,11 @@ class RadiographSource:
     is_synthetic = False
 
     def __init__(self, items: list[RadiographItem], image_size: int = DEFAULT_IMAGE_SIZE,
-                 with_metadata: bool = False, aspect: str = "pad") -> None:
+                 with_metadata: bool = False, aspect: str = "pad", max_pixels: int | None = 8192 * 8192) -> None:
         if not items:
             raise DatasetLayoutError("no radiographs given")
         self.items, self.image_size, self.with_metadata, self.aspect = list(items), int(image_size), with_metadata, aspect
+        self.max_pixels = max_pixels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -190,7 +191,7 @@ class RadiographSource:
         from genesis.io.radiograph import load_radiograph
 
         item = self.items[i]
-        r = load_radiograph(item.path, size=self.image_size, aspect=self.aspect)
+        r = load_radiograph(item.path, size=self.image_size, aspect=self.aspect, max_pixels=self.max_pixels)
         if item.sex is None and item.age is None and item.view is None and r.metadata:
             item = replace(item, sex=_sex(r.metadata.get("sex")), age=r.metadata.get("age"),
                            view=_view(r.metadata.get("view")))
@@ -223,42 +224,3 @@ class SyntheticRadiographSource:
         item = RadiographItem(Path(self.name(i)), 1.0 if r.sex == "Male" else 0.0, float(r.age),
                               1.0 if r.view == "Lateral" else 0.0)
         return encode_metadata(r.image, item)
-
-
-def uses_radiographs(cfg: Any) -> bool:
-    """Whether a :class:`~genesis.training.config.PretrainConfig` trains on radiographs:
-    ``data.modality`` ``xray``, or ``auto`` with radiograph data, or the ``metadata`` task."""
-    modality = getattr(cfg.data, "modality", "auto")
-    if modality == "ct":
-        return False
-    return modality == "xray" or is_radiograph_data(cfg.data.data) or cfg.task == "metadata"
-
-
-def radiograph_config(cfg: Any) -> Any:
-    """The config with what radiographs need: cubes of depth 1 (2 with metadata) of the full
-    image unless a smaller 2D crop was asked for, uniform sampling (no CT lung rule), 2D."""
-    if not uses_radiographs(cfg):
-        return cfg
-    size = int(getattr(cfg.data, "image_size", None) or DEFAULT_IMAGE_SIZE)
-    d, h, w = (int(c) for c in cfg.data.crop)
-    if cfg.task == "metadata":
-        crop = (2, size, size)
-    elif d == 1 and h <= size and w <= size:
-        crop = (1, h, w)  # a random 2D crop of the radiograph
-    else:
-        crop = (1, size, size)
-    return replace(cfg, dims=2, data=replace(cfg.data, crop=crop, models_genesis_sampler=False))
-
-
-def radiograph_source(cfg: Any) -> Any:
-    """The radiograph source of a pretraining config (synthetic radiographs without ``--data``)."""
-    size = int(getattr(cfg.data, "image_size", None) or DEFAULT_IMAGE_SIZE)
-    meta = cfg.task == "metadata"
-    if cfg.data.data is None:
-        return SyntheticRadiographSource(max(cfg.data.synthetic_volumes, 2), cfg.seed, size, meta)
-    path = Path(cfg.data.data).expanduser()
-    if not path.exists():
-        raise InputFileError("data path does not exist", path)
-    items = read_radiograph_csv(path) if path.is_file() and path.suffix.lower() == ".csv" else (
-        find_radiographs(path) if path.is_dir() else [RadiographItem(path)])
-    return RadiographSource(items, size, meta)

@@ -183,6 +183,10 @@ class PretrainConfig:
             raise ConfigError(f"data.assume_spacing must be a positive number of mm, got {d.assume_spacing}")
         if d.spacing is not None and min(d.spacing) <= 0:
             raise ConfigError(f"data.spacing must be positive (mm), got {d.spacing}")
+        if d.max_image_pixels is not None and d.max_image_pixels < 1:
+            raise ConfigError(f"data.max_image_pixels must be positive (or null: no limit), got {d.max_image_pixels}")
+        if d.group_size is not None and d.group_size < 1:
+            raise ConfigError(f"data.group_size must be at least 1, got {d.group_size}")
         if d.synthetic_shape is not None and min(d.synthetic_shape) < 1:
             raise ConfigError(f"data.synthetic_shape must be positive, got {d.synthetic_shape}")
         check_out_dir(self.out)

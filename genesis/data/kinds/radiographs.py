@@ -47,5 +47,6 @@ class Radiographs(DataKind):
             raise InputFileError("data path does not exist", path)
         items: list[Any] = (read_radiograph_csv(path) if path.is_file() and path.suffix.lower() == ".csv" else
                             find_radiographs(path) if path.is_dir() else [RadiographItem(path)])
-        source = RadiographSource(items, int(request.data.image_size), request.with_metadata)
+        source = RadiographSource(items, int(request.data.image_size), request.with_metadata,
+                                  max_pixels=request.data.max_image_pixels)
         return ResolvedData(radiograph_plan(self, request), source)
