@@ -113,7 +113,7 @@ def test_pretraining_on_grouped_patches_splits_by_patient(tmp_path: Path, capsys
     h5 = patches_h5(tmp_path / "p.h5", n=30, side=24)
     out = tmp_path / "run"
     assert main([*TINY, "--task", "masked_region", "--dims", "2", "--data", str(h5), "--out", str(out),
-                 "--set", "data.group_size=5", "--set", "data.val_fraction=0.34"]) == 0
+                 "--group-size", "5", "--set", "data.val_fraction=0.34"]) == 0
     err = capsys.readouterr().err
     assert "held-out scan(s) of 2 patient(s)" in err and "training: 20 scan(s) of 4 patient(s)" in err
     ckpt = load_checkpoint(out / "last.pt")

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt until --epochs")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its checkpoints, "
                    "logs and stage folders are deleted first)")
+    p.add_argument("--group-size", type=int, metavar="N",
+                   help="arrays files without 'groups': each N consecutive samples are one patient (the "
+                   "train/validation split never cuts a patient; other layouts name their patients)")
     p.add_argument("--keep-labels", action="store_true",
                    help="use label maps found in a --data folder (skipped by default, see OUT/data.csv)")
     p.add_argument("--keep-non-hu", action="store_true",
@@ -134,6 +137,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "data.workers": args.workers,
         "resume": True if args.resume else None,
         "overwrite": True if args.overwrite else None,
+        "data.group_size": args.group_size,
         "data.keep_labels": True if args.keep_labels else None,
         "data.keep_non_hu": True if args.keep_non_hu else None,
         "amp": False if args.no_amp else None,
