@@ -47,6 +47,8 @@ class LoadReport:
         target: ``"model"`` or ``"model.backbone"``.
         converted: the conversion applied (e.g. ``"official-genesis-pt (x,y,z) -> (z,y,x)"``), or ``""``.
         inflated: 2D kernels loaded into 3D layers by inflation (see :func:`inflate_kernel`).
+        method_only: tensors of a pretraining checkpoint that belong to its method only (heads,
+            projectors, decoders of masked image modelling, an EMA teacher): never transferred.
     """
 
     missing: list[str]
@@ -57,6 +59,7 @@ class LoadReport:
     target: str = "model"
     converted: str = ""
     inflated: list[str] = field(default_factory=list)
+    method_only: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -66,6 +69,8 @@ class LoadReport:
         text = (f"loaded {len(self.loaded)} tensors into {self.target} from {self.source}; "
                 f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.mismatched)} shape mismatches")
         text += f"; {len(self.inflated)} 2D kernels inflated to 3D" if self.inflated else ""
+        text += (f"; {len(self.method_only)} tensors of the pretraining method's own heads left out"
+                 if self.method_only else "")
         return text + (f" ({self.converted})" if self.converted else "")
 
 
@@ -129,7 +134,16 @@ def read_state(path: str | Path, fmt: str | None = None, layout: Layout = "auto"
         return SourceState(convert_official_pt({"state_dict": inner}), "official-genesis-pt (x,y,z) -> (z,y,x)")
     if isinstance(obj.get("model"), Mapping):  # our checkpoints: {"model": state_dict, "config": ...}
         meta = {"config": obj.get("config"), "epoch": obj.get("epoch")}
-        return SourceState(_tensors(obj["model"]), "", meta)
+        state = _tensors(obj["model"])
+        if "parts" in obj or "model_name" in obj:  # a pretraining run: its method's heads are not the backbone
+            from genesis.checkpoint import checkpoint_parts, pretrained_backbone
+
+            parts = checkpoint_parts(obj)
+            meta["parts"] = parts
+            meta["method_only"] = pretrained_backbone(obj)[3] if parts.get("heads") or parts.get("teacher") else []
+            if parts.get("backbone") == "" and meta["method_only"]:
+                state = {k: v for k, v in state.items() if k not in set(meta["method_only"])}
+        return SourceState(state, "", meta)
     if isinstance(obj.get("model_state"), Mapping):  # PyTorchVideo model zoo (.pyth), PENet (.pth.tar)
         return SourceState(_tensors(strip_prefix(obj["model_state"])), "")
     if isinstance(obj.get("state_dict"), Mapping):  # MedicalNet and other DataParallel dumps
@@ -254,8 +268,16 @@ def load_weights(
     backbone = getattr(model, "backbone", None)
     source = read_state(file, fmt=fmt, layout=layout, bn_eps=_first_bn_eps(model))
     state = source.state
+    method_only = list(source.metadata.get("method_only") or [])
     has_backbone_keys = any(k.startswith("backbone.") for k in state)
-    if has_backbone_keys and (part == "encoder" or not isinstance(backbone, nn.Module)):
+    if method_only and has_backbone_keys and part == "full" and set(state) != set(model.state_dict()):
+        part = "backbone"  # another network than the method's module: its backbone, not the heads
+    if part == "backbone":
+        state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
+        part = "full" if not isinstance(backbone, nn.Module) else "encoder"
+        if isinstance(backbone, nn.Module):
+            target, target_name = backbone, "model.backbone"
+    elif has_backbone_keys and (part == "encoder" or not isinstance(backbone, nn.Module)):
         # A saved classifier (e.g. a rotation/flip pretraining run): its encoder is under backbone.
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         part = "encoder"
@@ -290,6 +312,7 @@ def load_weights(
     report = LoadReport(
         missing=missing, unexpected=unexpected, loaded=loaded, source=description,
         mismatched=mismatched, target=target_name, converted=source.converted, inflated=inflated,
+        method_only=method_only,
     )
     if strict and not report.ok:
         details = []
