@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from genesis.config import check_seed
 from genesis.errors import ConfigError
 
 
@@ -179,6 +180,7 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings that cannot work, naming the setting."""
+        check_seed(self.seed)
         if self.dims not in (2, 3):
             raise ConfigError(f"dims must be 2 or 3, got {self.dims}")
         if self.data.modality not in ("auto", "ct", "xray"):
