@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from genesis.device import autocast, needs_grad_scaler
-from genesis.errors import ConfigError, GenesisError
+from genesis.errors import ConfigError, TrainingDivergedError  # TrainingDivergedError moved to genesis.errors; re-exported
 from genesis.models import ModelOutput, unpack_output
 from genesis.rng import capture_rng_state, restore_rng_state
 from genesis.training.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, write_error
@@ -57,21 +57,6 @@ from genesis.training.schedule import EarlyStopping, EpochScheduler, build_optim
 from proxy_tasks.base import ProxyTask
 
 LossFn = Callable[[ModelOutput, Any], "tuple[torch.Tensor, dict[str, float]]"]
-
-
-class TrainingDivergedError(GenesisError):
-    """The loss or the weights became NaN or infinite (usually a learning rate too high).
-
-    Raised before anything is written, so the last good checkpoint stays as it was.
-
-    Attributes:
-        step: global optimizer step at which it was seen (1-based).
-        loss: the offending loss value (NaN/inf), or the last loss when the weights diverged.
-    """
-
-    def __init__(self, message: str, step: int, loss: float, path: str | Path | None = None) -> None:
-        self.step, self.loss = int(step), float(loss)
-        super().__init__(message, path)
 
 
 def nonfinite_tensors(model: nn.Module) -> tuple[int, int, list[str]]:
