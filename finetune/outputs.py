@@ -4,7 +4,9 @@ An ``OSError`` raised while writing through an open file carries no file name ("
 device"); every write of ``genesis-finetune`` (``config.yaml``, ``load_report.json``,
 ``result.json``, ``metrics.*``) goes through :func:`naming_write_errors`, so the one-line error
 says which file and whether the previous one is kept. Checkpoints do the same in
-:func:`genesis.training.checkpoint.save_checkpoint`.
+:func:`genesis.training.checkpoint.save_checkpoint`. An error that already names its file (a
+:class:`~genesis.errors.GenesisError`, e.g. from a writer that names its destination itself) passes
+unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
+from genesis.errors import GenesisError
 from genesis.training.checkpoint import write_error
 
 
@@ -25,5 +28,7 @@ def naming_write_errors(path: str | Path, what: str = "file") -> Iterator[None]:
     """
     try:
         yield
+    except GenesisError:  # already one line naming its file
+        raise
     except OSError as exc:
         raise write_error(exc, path, what) from exc

@@ -201,11 +201,13 @@ results = [
     pretrain(["--out", {str(out)!r}]),
     pretrain(["--out", {str(out)!r}, "--resume", "--width", "4"]),
     finetune(["--target", "ncx"]),
+    finetune(["--target", "ncs", "--seed", str(2**70), "--out", {str(tmp_path / 'ft')!r}]),
+    finetune(["--target", "ncs", "--set", "optim=null", "--out", {str(tmp_path / 'ft')!r}]),
 ]
 print(results, "torch" in sys.modules)
 """
     proc = _run_python(code, tmp_path)
-    assert proc.stdout.strip() == "[2, 2, 2, 2, 2, 2] False", proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "[2, 2, 2, 2, 2, 2, 2, 2] False", proc.stdout + proc.stderr
     err = proc.stderr
     assert "unknown proxy task 'combnied'; did you mean 'combined'?" in err
     assert "--data does not exist" in err and "--config file does not exist" in err

@@ -194,10 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if weights_file and not Path(args.weights).exists():
         raise ConfigError(f"--weights {args.weights}: no such file (registered names look like unet3d.genesis_chest_ct)")
     _check_finetune_out(args)
+    cfg = config_from_args(args)  # settings first: a bad value fails before torch is imported
     _preflight.apply_threads(args.threads)
     from finetune import run_finetune
 
-    cfg = config_from_args(args)
     # every setting is checked (run_finetune checks the target, model and weights before any
     # network is built or data read); a CPU time estimate follows the first measured steps
     metrics = run_finetune(cfg)
