@@ -13,7 +13,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandRotate90d, RandRotated
 
 from finetune.config import AugmentConfig
 
@@ -34,6 +33,10 @@ class Augmenter:
     """
 
     def __init__(self, cfg: AugmentConfig, crop: Sequence[int], with_mask: bool, rotate_degrees: float = 0.0) -> None:
+        # imported here: MONAI takes 1.5-5 s to import, which the fine-tuning CLI's setting checks
+        # (run before any Augmenter is built) should not wait for
+        from monai.transforms import Compose, RandFlipd, RandGaussianNoised, RandRotate90d, RandRotated
+
         self.enabled = cfg.enabled
         keys = ["image", "mask"] if with_mask else ["image"]
         self.with_mask = with_mask

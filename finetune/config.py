@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from genesis.config import check_seed
 from genesis.errors import ConfigError
 
 INIT_CHOICES = ("scratch", "uniform", "xavier", "msra")
@@ -256,8 +257,7 @@ class FinetuneConfig:
             raise ConfigError(f"optim.lr must be positive, got {self.optim.lr}")
         if not 0.0 < self.evaluation.confidence < 1.0:
             raise ConfigError(f"evaluation.confidence must be in (0, 1), got {self.evaluation.confidence}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be at least 0, got {self.seed}")
+        check_seed(self.seed, runs=self.repeats)  # runs use seed, seed + 1, ...
         if self.optim.eps <= 0 or self.optim.weight_decay < 0 or not all(0.0 <= b < 1.0 for b in self.optim.betas):
             raise ConfigError(f"optim: eps must be positive, weight_decay >= 0 and betas in [0, 1); got {self.optim}")
         a = self.augment

@@ -13,6 +13,10 @@ classification), validate every epoch, stop early when the validation metric has
 Runs are resumable: ``last.pt`` (model, optimiser, epoch, early-stopping state) is written
 atomically after every epoch, ``result.json`` when a run is done. Batches and augmentation are
 drawn from generators seeded by (seed, epoch, step), so a resumed run sees the same data.
+
+A loss, weight or validation metric that is NaN or infinite stops the run with a
+:class:`genesis.errors.TrainingDivergedError` naming the step, before anything is written: no
+checkpoint ever holds diverged weights (earlier epochs' checkpoints stay as they were).
 """
 
 from __future__ import annotations
@@ -26,19 +30,20 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.inferers import sliding_window_inference
 
 from finetune import get_target
 from finetune.augment import Augmenter
 from finetune.config import FinetuneConfig
 from finetune.data import TargetData, random_crop, subset_fraction
+from finetune.eta import StepTimer, total_steps
+from finetune.outputs import naming_write_errors
 from finetune.stats import auroc, bootstrap_ci, dice, iou, iou_over_thresholds
 from finetune.study import fit_in_plane
 from finetune.targets import Target
 from finetune.transfer import build_model, frozen_batchnorm_eval
 from genesis.config import config_to_dict, save_config
 from genesis.device import autocast, needs_grad_scaler, resolve_device
-from genesis.errors import CheckpointError, DatasetLayoutError
+from genesis.errors import CheckpointError, DatasetLayoutError, TrainingDivergedError
 from genesis.fileio import atomic_write_json
 from genesis.models import unpack_output
 from genesis.rng import numpy_generator
@@ -181,6 +186,8 @@ def predict_volume(
     several) by sliding-window inference; (K, *spatial) class probabilities for K-class models.
     ``batched``: ``image`` is (N, C, *spatial) and the result has a leading N axis (planes of a
     volume, :mod:`finetune.slicewise`)."""
+    from monai.inferers import sliding_window_inference  # MONAI (1.5 s to import) once a run evaluates
+
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
     x = (x if batched else x[None, None] if x.dim() == len(crop) else x[None]).to(device)
     with autocast(device, cfg.amp, cfg.precision):
@@ -326,8 +333,16 @@ def train_run(
     run_dir: Path,
     device: torch.device,
     log: Log = print,
+    timer: StepTimer | None = None,
 ) -> dict[str, Any]:
-    """Train one run and evaluate its best checkpoint on the test split; returns ``result.json``."""
+    """Train one run and evaluate its best checkpoint on the test split; returns ``result.json``.
+
+    ``timer`` receives the duration of every training step (the experiment's time estimate).
+
+    Raises:
+        TrainingDivergedError: a NaN/infinite loss (at its step), weights or validation metric (at
+            the end of the epoch), before that epoch's checkpoints are written.
+    """
     result_path = run_dir / "result.json"
     if cfg.resume and result_path.is_file():
         log(f"  {run_dir}: finished earlier, reusing result.json")
@@ -370,6 +385,7 @@ def train_run(
         frozen_batchnorm_eval(model)
         losses = []
         for step in range(cfg.steps_per_epoch):
+            step_started = time.perf_counter()
             rng = numpy_generator(seed, epoch, step)
             if getattr(target, "slices", None) is not None:  # 2D/2.5D planes of a 3D target (finetune.slicewise)
                 images, targets = target.slices.sample(train, cfg.batch_size, rng)
@@ -388,6 +404,9 @@ def train_run(
                 loss = target_loss(target.task, logits, targets)
             if out.aux_loss is not None:
                 loss = loss + out.aux_loss.float()
+            value = float(loss.detach())  # checked before the update: a NaN loss never reaches the weights
+            if not math.isfinite(value):
+                raise _diverged(f"loss {value}", epoch, step + 1, cfg, optimizer, run_dir, value)
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -396,11 +415,17 @@ def train_run(
             else:
                 loss.backward()
                 optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(value)
+            if timer is not None:
+                timer.record(time.perf_counter() - step_started)
+        if timer is not None:
+            timer.finish()  # an epoch shorter than the steps it times
+        train_loss = float(np.mean(losses))
         recompute_bn_stats(model, target.task, train, crop, cfg, seed, device, getattr(target, "slices", None))
+        _check_weights(model, epoch, cfg, optimizer, run_dir, train_loss)
         val_values = evaluate(model, target, data.val, crop, cfg, device)
         val = metric_values(target.task, val_values, (target.val_metric,))[target.val_metric]
-        train_loss = float(np.mean(losses))
+        _check_validation(target.task, val_values, val, target.val_metric, epoch, cfg, optimizer, run_dir, train_loss)
         # An undefined validation metric (e.g. AUC of a one-class validation set) falls back to
         # the training loss so early stopping still has something to watch.
         score = val if not math.isnan(val) else -train_loss
@@ -435,8 +460,44 @@ def train_run(
         "history": state["history"],
         "test_units": test_values,
     }
-    atomic_write_json(result_path, result)
+    with naming_write_errors(result_path, "run result"):
+        atomic_write_json(result_path, result)
     return json.loads(result_path.read_text())
+
+
+def _diverged(what: str, epoch: int, step: int, cfg: FinetuneConfig, optimizer: torch.optim.Optimizer,
+              run_dir: Path, loss: float) -> TrainingDivergedError:
+    """The error of a run that diverged at ``step`` (1-based, within 0-based ``epoch``)."""
+    global_step = epoch * cfg.steps_per_epoch + step
+    lr = optimizer.param_groups[0]["lr"]
+    return TrainingDivergedError(
+        f"fine-tuning diverged: {what} at step {global_step} (epoch {epoch + 1}, step {step} of the epoch); lower "
+        f"the learning rate (now {lr:g}; --lr); no checkpoint was written for this epoch (earlier ones are kept)",
+        step=global_step, loss=loss, path=run_dir)
+
+
+def _check_weights(model: torch.nn.Module, epoch: int, cfg: FinetuneConfig, optimizer: torch.optim.Optimizer,
+                   run_dir: Path, train_loss: float) -> None:
+    """A loss can stay finite while the weights are not (e.g. an update to inf on the last step)."""
+    from genesis.training.engine import nonfinite_tensors  # pretraining's check; its imports once a run trains
+
+    bad, total, names = nonfinite_tensors(model)
+    if bad or not math.isfinite(train_loss):
+        what = (f"{bad:,} of {total:,} weight values are NaN/inf (e.g. {', '.join(names[:3])})" if bad
+                else f"mean training loss {train_loss}")
+        raise _diverged(what, epoch, cfg.steps_per_epoch, cfg, optimizer, run_dir, train_loss)
+
+
+def _check_validation(task: str, values: dict[str, Any], val: float, metric: str, epoch: int, cfg: FinetuneConfig,
+                      optimizer: torch.optim.Optimizer, run_dir: Path, train_loss: float) -> None:
+    """An infinite validation metric, non-finite validation scores, or a NaN segmentation metric is
+    divergence; a NaN classification metric with finite scores is undefined (e.g. the AUC of a
+    validation split with one class) and left to the early-stopping fallback."""
+    scores = np.asarray(values.get("scores", []), dtype=np.float64)
+    undefined = task != "segmentation" and bool(np.isfinite(scores).all())
+    if math.isinf(val) or not np.isfinite(scores).all() or (math.isnan(val) and not undefined):
+        raise _diverged(f"validation {metric} {val}" + ("" if np.isfinite(scores).all() else " (NaN/inf scores)"),
+                        epoch, cfg.steps_per_epoch, cfg, optimizer, run_dir, train_loss)
 
 
 # ------------------------------------------------------------------------------ the experiment
@@ -477,7 +538,8 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    with naming_write_errors(out / "config.yaml", "settings"):
+        save_config(cfg, out / "config.yaml")
     from genesis.io import assumed_spacing
 
     with assumed_spacing(cfg.assume_spacing):  # every volume a target reads (luna16, lidc, layouts...)
@@ -509,6 +571,7 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
 
         lr_record = search_learning_rate(cfg, target, data, device, out, log)
         cfg.optim.lr = lr_record["chosen"]
+    timer = StepTimer(total_steps(cfg), device.type, log)  # warns after the first steps when a CPU takes long
     runs: dict[float, list[dict[str, Any]]] = {}
     for fraction in cfg.label_fractions:
         runs[fraction] = []
@@ -517,7 +580,7 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
             train = subset_fraction(data.train, fraction, seed, by_group=target.fraction_by_group)
             run_dir = out / f"fraction-{fraction:g}" / f"seed-{seed}"
             log(f"run: label fraction {fraction:g} ({len(train)} training units), seed {seed}")
-            result = train_run(target, data, train, cfg, seed, run_dir, device, log)
+            result = train_run(target, data, train, cfg, seed, run_dir, device, log, timer=timer)
             runs[fraction].append(result)
             shown = ", ".join(f"{m} {v:.4f}" for m, v in result["metrics"].items() if v is not None)
             log(f"  test: {shown}")

@@ -21,6 +21,7 @@ import torch
 from finetune.config import FinetuneConfig
 from finetune.data import TargetData, subset_fraction
 from finetune.targets import Target
+from genesis.errors import TrainingDivergedError
 
 Log = Callable[[str], None]
 
@@ -37,20 +38,28 @@ def search_learning_rate(
 ) -> dict[str, Any]:
     """Train one short run per ``cfg.lr_grid`` rate and return the record with the ``chosen`` rate.
 
-    Ties go to the earlier grid point; when no rate gives a defined validation metric (e.g. a
-    one-class validation split) the configured ``cfg.optim.lr`` is kept and the record says so.
+    Ties go to the earlier grid point; a rate whose run diverges is no candidate (listed under
+    ``diverged``); when no rate gives a defined validation metric (e.g. a one-class validation
+    split) the configured ``cfg.optim.lr`` is kept and the record says so.
     """
     from finetune.engine import train_run  # the engine calls us: import at use, no cycle at import
 
     train = subset_fraction(data.train, cfg.lr_search_fraction, cfg.seed, by_group=target.fraction_by_group)
     scores: dict[str, float] = {}
+    diverged: list[float] = []
     for lr in cfg.lr_grid:
         trial = copy.deepcopy(cfg)
         trial.optim.lr = float(lr)
         trial.repeats, trial.compare = 1, None
         run_dir = out / "lr-search" / f"lr-{lr:g}"
         log(f"lr search: rate {lr:g} on {len(train)} training units ({cfg.lr_search_fraction:g} of the split)")
-        result = train_run(target, data, train, trial, cfg.seed, run_dir, device, log)
+        try:
+            result = train_run(target, data, train, trial, cfg.seed, run_dir, device, log)
+        except TrainingDivergedError as exc:  # a rate too high for this data: out of the running, not fatal
+            log(f"lr search: rate {lr:g} diverged at step {exc.step}; not a candidate")
+            diverged.append(float(lr))
+            scores[f"{lr:g}"] = math.nan
+            continue
         scores[f"{lr:g}"] = best_validation(result, target.val_metric)
     defined = [(s, i) for i, s in enumerate(scores.values()) if not math.isnan(s)]
     if defined:
@@ -62,4 +71,4 @@ def search_learning_rate(
     return {"grid": [float(v) for v in cfg.lr_grid], "fraction": cfg.lr_search_fraction,
             "n_train": len(train), "val_metric": target.val_metric,
             "scores": {k: (None if math.isnan(v) else v) for k, v in scores.items()},
-            "chosen": chosen, "reason": reason, "runs": str(out / "lr-search")}
+            "diverged": diverged, "chosen": chosen, "reason": reason, "runs": str(out / "lr-search")}

@@ -20,6 +20,7 @@ import numpy as np
 from finetune.config import FinetuneConfig
 from finetune.data import TargetData
 from finetune.engine import n_units, unit_statistic
+from finetune.outputs import naming_write_errors
 from finetune.stats import bootstrap_ci, compare_runs, mean_sd
 from finetune.targets import Target
 from genesis.config import config_to_dict
@@ -245,5 +246,7 @@ def write_reports(metrics: dict[str, Any], out: Path, target: Target, compare: s
     if compare:
         metrics["comparison"] = compare_with(metrics, compare)
         other = json.loads(Path(metrics["comparison"]["other"]).read_text())
-    write_report(out, "metrics", metrics, markdown(metrics))
-    plot(metrics, out / "metrics.png", other)
+    with naming_write_errors(out / "metrics.json", "metrics report (metrics.json, metrics.md)"):
+        write_report(out, "metrics", metrics, markdown(metrics))
+    with naming_write_errors(out / "metrics.png", "plot"):
+        plot(metrics, out / "metrics.png", other)

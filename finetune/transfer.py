@@ -6,7 +6,8 @@ Zhou et al. 2021 (sec. 3.2, methods digest sections 4 and 6):
   ReLU -> Linear(1024, n) (``encoder_classifier``); ``--linear-probe`` uses a single Linear on frozen
   features instead;
 * segmentation targets: the whole pretrained encoder-decoder, its last layer replaced by a new
-  1x1x1 convolution;
+  1x1x1 convolution (the restoration output layer of the checkpoint is left out, and
+  ``load_report.json`` says so under ``left_out`` and ``new_layers``);
 * baseline classifiers (Ke et al. 2023: Kinetics-400 video ResNets, ImageNet 2D ResNets, LRCN,
   MedicalNet; ``cfg.model`` or the weights' architecture): see :mod:`finetune.baselines`;
 * random baselines: ``uniform`` (U(-0.05, 0.05), the Keras default), ``xavier`` (Glorot uniform),
@@ -27,6 +28,11 @@ from genesis.models import create_model
 from genesis.training.checkpoint import load_checkpoint
 
 _INIT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)
+#: the U-Net's output layer: segmentation fine-tuning replaces it (Zhou et al. 2021, sec. 3.2)
+OUTPUT_LAYER = "out_tr"
+_NEW_OUTPUT = ("segmentation fine-tuning gets a new 1x1x1 output layer for the target's classes (Zhou et al. "
+               "2021); the checkpoint's output layer was trained for its pretraining task")
+_NOT_IN_NETWORK = "no tensor of this name in the network"
 
 
 def apply_init(module: nn.Module, scheme: str) -> None:
@@ -81,16 +87,31 @@ def checkpoint_model_kwargs(weights: str | None, task: str = "segmentation") -> 
     return {k: kwargs[k] for k in ("base_width", "up_mode") if k in kwargs}
 
 
-def load_pretrained(dest: nn.Module, weights: str, part: str, hint: str = "is --width right?") -> dict[str, Any]:
+def _in_layer(name: str, layer: str | None) -> bool:
+    return layer is not None and (name == layer or name.startswith(layer + "."))
+
+
+def load_pretrained(dest: nn.Module, weights: str, part: str, hint: str = "is --width right?",
+                    replaced: str | None = None) -> dict[str, Any]:
     """Load ``weights`` (a checkpoint path or a released name) into ``dest``.
 
     :func:`genesis.weights.load_weights` handles our checkpoints (U-Nets and saved classifiers),
     the official Models Genesis releases, torchvision/MedicalNet state dicts, checksums and the cache.
+
+    Args:
+        replaced: a layer (``"out_tr"``) the caller replaces by a new one after loading: its tensors
+            count as left out (not loaded, not missing; a shape mismatch there is no error).
     """
     from genesis.weights import load_weights
 
     report = load_weights(dest, weights, part=part)
-    details = load_report_dict(report, part)
+    left_out = [k for k in report.loaded if _in_layer(k, replaced)]
+    left_out += [k for k, _, _ in report.mismatched if _in_layer(k, replaced)]
+    new_layers = [k for k in dest.state_dict() if _in_layer(k, replaced) and not k.endswith("num_batches_tracked")]
+    report.loaded = [k for k in report.loaded if not _in_layer(k, replaced)]
+    report.mismatched = [m for m in report.mismatched if not _in_layer(m[0], replaced)]
+    report.missing = [k for k in report.missing if not _in_layer(k, replaced)]
+    details = load_report_dict(report, part, left_out, new_layers)
     if report.mismatched:
         key, got, want = report.mismatched[0]
         exc = CheckpointError(
@@ -107,19 +128,35 @@ def load_pretrained(dest: nn.Module, weights: str, part: str, hint: str = "is --
             "inflated_2d_to_3d": len(report.inflated), "load_report": details}
 
 
-def load_report_dict(report: Any, part: str) -> dict[str, Any]:
-    """A :class:`genesis.weights.load.LoadReport` as JSON: what was loaded, missing, skipped, mismatched."""
+def load_report_dict(report: Any, part: str, replaced: list[str] | None = None,
+                     new_layers: list[str] | None = None) -> dict[str, Any]:
+    """A :class:`genesis.weights.load.LoadReport` as JSON: what was loaded, missing, skipped, mismatched,
+    and every tensor of the file left out with the reason (``left_out``).
+
+    Args:
+        replaced: tensors of the file in the output layer the network replaces (segmentation).
+        new_layers: the network's tensors of that new layer (initialised with ``--init``).
+    """
+    replaced, new_layers = list(replaced or []), list(new_layers or [])
+    left_out = [{"name": k, "reason": _NEW_OUTPUT} for k in replaced]
+    left_out += [{"name": k, "reason": _NOT_IN_NETWORK} for k in report.unexpected]
+    if part == "encoder":
+        left_out.append({"name": "every tensor of the file outside the encoder (decoder, output layer, heads)",
+                         "reason": "this target transfers the pretrained encoder only (a new head is trained)"})
+    summary = report.summary() + ("; output layer new (1x1x1, initialised with --init)" if new_layers else "")
     return {
         "source": str(report.source),
         "part": part,
         "target": report.target,
         "converted": report.converted,
-        "summary": report.summary(),
+        "summary": summary,
         "loaded": list(report.loaded),
         "missing": list(report.missing),
         "skipped_unexpected": list(report.unexpected),
         "shape_mismatches": [{"name": k, "weights": list(a), "network": list(b)} for k, a, b in report.mismatched],
         "inflated_2d_to_3d": list(report.inflated),
+        "left_out": left_out,
+        "new_layers": new_layers,
     }
 
 
@@ -172,7 +209,7 @@ def build_model(
         # pretrained restoration networks have one output channel: load into that shape, then replace it
         model = create_model(name, **{**kwargs, "out_channels": 1} if cfg.weights else kwargs)
         if cfg.weights:
-            info.update(load_pretrained(model, cfg.weights, part="full"))
+            info.update(load_pretrained(model, cfg.weights, part="full", replaced=OUTPUT_LAYER))
             model.replace_output(out_channels)  # a new 1x1x1 output layer for the target
             apply_init(model.out_tr, cfg.init)
         else:

@@ -21,6 +21,22 @@ from genesis.fileio import atomic_write_text
 
 C = TypeVar("C")
 
+#: Largest seed a config accepts. Pretraining mixes 32 bits of every seed part into its step seeds
+#: (``genesis.training.engine.step_seed``), so seeds beyond this would repeat smaller seeds' data,
+#: and ``torch.manual_seed`` overflows on seeds of 2**64 and more.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: object, key: str = "seed", runs: int = 1) -> None:
+    """Raise a :class:`ConfigError` naming the range unless ``seed`` (and the ``runs - 1`` seeds after
+    it, ``seed + 1``, ... for repeated runs) lies in ``[0, MAX_SEED]``."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"{key} must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    last = seed + max(int(runs), 1) - 1
+    if seed < 0 or last > MAX_SEED:
+        after = f" (its {runs} runs use seeds {seed} to {last})" if runs > 1 and seed >= 0 else ""
+        raise ConfigError(f"{key} must be in [0, {MAX_SEED}] (2**32 - 1){after}, got {seed}")
+
 
 class _NoAliasLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses anchors and aliases.
@@ -148,14 +164,41 @@ def _build(cls: type[C], values: Mapping[str, Any], where: str) -> C:
     return cls(**kwargs)
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def _section_class(cls: type, dotted: str) -> type | None:
+    """The dataclass of the section ``dotted`` names in ``cls`` (``"optim"``), or None for a value
+    (or an unknown key, which :func:`_build` reports)."""
+    node: Any = cls
+    for part in dotted.split("."):
+        if not (dataclasses.is_dataclass(node) and isinstance(node, type)):
+            return None
+        node = typing.get_type_hints(node).get(part)
+    return node if dataclasses.is_dataclass(node) and isinstance(node, type) else None
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, cls: type) -> None:
+    """Set one override; a section (a nested dataclass) takes a mapping only, merged into it.
+
+    Raises:
+        ConfigError: a section set to null, a scalar or a list (``--set data=null`` would otherwise
+            drop every setting in it and silently fall back to its defaults).
+    """
+    section = _section_class(cls, dotted)
+    if section is not None:
+        if not isinstance(value, Mapping):
+            fields = [f.name for f in dataclasses.fields(section)]
+            raise ConfigError(f"override {dotted}={value!r}: {dotted!r} is a section of settings "
+                              f"({', '.join(fields)}), it cannot be removed or replaced by a value; set one of "
+                              f"them, e.g. {dotted}.{fields[0]}=...")
     node = tree
     parts = dotted.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
-    node[parts[-1]] = value
+    if section is not None and isinstance(node.get(parts[-1]), dict):
+        _merge(node[parts[-1]], value, f"{dotted}.")  # the section's other settings stay
+    else:
+        node[parts[-1]] = value
 
 
 def load_config(
@@ -167,11 +210,13 @@ def load_config(
 
     The file is checked on its own (types and the class's ``validate()``) before the overrides
     are applied, so a preset never hides an error in it. Anchors/aliases are refused
-    (:func:`read_yaml_file`); floats must be finite.
+    (:func:`read_yaml_file`); floats must be finite. An override of None means "not given",
+    except on a section, where it is an error like any other value that is no mapping; a mapping
+    on a section is merged into it.
 
     Raises:
-        ConfigError: unreadable YAML, unknown keys or values of the wrong type; the message
-            names the file and the key.
+        ConfigError: unreadable YAML, unknown keys, values of the wrong type, an override that
+            removes a section; the message names the file and the key.
     """
     tree: dict[str, Any] = config_to_dict(cls())
     if path is not None:
@@ -190,8 +235,8 @@ def load_config(
             message = str(exc.args[0]).removeprefix(f"{exc.path}: ") if exc.path else str(exc)
             raise ConfigError(message, path) from None
     for key, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(tree, key, value)
+        if value is not None or _section_class(cls, key) is not None:
+            _set_dotted(tree, key, value, cls)
     return _build(cls, tree, "")
 
 

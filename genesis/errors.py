@@ -69,6 +69,22 @@ class ChecksumError(WeightsError):
     """A downloaded or cached file does not have the expected sha256."""
 
 
+class TrainingDivergedError(GenesisError):
+    """The loss, the weights or a validation metric became NaN or infinite (usually a learning
+    rate too high), in pretraining or fine-tuning.
+
+    Raised before anything is written, so the last good checkpoint stays as it was.
+
+    Attributes:
+        step: global optimizer step at which it was seen (1-based).
+        loss: the offending loss value (NaN/inf), or the last loss when the weights diverged.
+    """
+
+    def __init__(self, message: str, step: int, loss: float, path: str | Path | None = None) -> None:
+        self.step, self.loss = int(step), float(loss)
+        super().__init__(message, path)
+
+
 class GenesisWarning(UserWarning):
     """Something looks wrong but work can go on (e.g. a volume that does not look like HU)."""
 

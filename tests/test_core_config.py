@@ -66,3 +66,36 @@ def test_bad_config_files_name_file_and_key(tmp_path, text, fragment):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(Cfg, tmp_path / "nope.yaml")
+
+
+def test_an_override_cannot_remove_a_section(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 0.5\n")
+    for value in (None, 3, "sgd", [1, 2]):  # --set optim=null would fall back to every default silently
+        with pytest.raises(ConfigError, match=r"override optim=.*'optim' is a section of settings \(lr, momentum\)"):
+            load_config(Cfg, path, {"optim": value})
+    # a mapping sets the fields it names and keeps the others (the file's lr)
+    assert load_config(Cfg, path, {"optim": {"momentum": 0.1}}).optim == Optim(lr=0.5, momentum=0.1)
+    assert load_config(Cfg, path, {"optim": {}}).optim == Optim(lr=0.5)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_config(Cfg, path, {"optim": {"nesterov": True}})
+
+
+def test_seeds_out_of_range_name_the_range():
+    from finetune.config import FinetuneConfig
+
+    from genesis.config import MAX_SEED, check_seed
+    from genesis.training.config import PretrainConfig
+
+    check_seed(MAX_SEED)
+    for bad in (2**70, -1, MAX_SEED + 1):
+        with pytest.raises(ConfigError, match=r"seed must be in \[0, 4294967295\]"):
+            check_seed(bad)
+        with pytest.raises(ConfigError, match=r"seed must be in \[0, 4294967295\]"):
+            PretrainConfig(seed=bad).validate()
+        with pytest.raises(ConfigError, match=r"seed must be in \[0, 4294967295\]"):
+            FinetuneConfig(seed=bad).validate()
+    with pytest.raises(ConfigError, match=r"its 3 runs use seeds 4294967294 to 4294967296"):
+        FinetuneConfig(seed=MAX_SEED - 1, repeats=3).validate()
+    with pytest.raises(ConfigError, match="must be an integer"):
+        check_seed(1.5)

@@ -149,3 +149,54 @@ def test_pretraining_source_reads_layout_images(tmp_path):
     assert len(msd) == 6  # 3 cases (2 training + 1 test image) x 2 channels, labels ignored
     volume = msd.load(0)
     assert volume.shape == (16, 16, 16) and 0.0 <= volume.min() and volume.max() <= 1.0
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".npz"])
+def test_nan_inf_and_complex_images_are_refused_in_every_arrays_format(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (4, 1, 8, 8)).astype(np.float32)
+    labels = (images > 0.5).astype(np.uint8)
+
+    def arrays(name: str, imgs: np.ndarray) -> Path:
+        path = tmp_path / f"{name}{suffix}"
+        if suffix == ".npz":
+            np.savez(path, images=imgs, labels=labels)
+        else:
+            import h5py
+
+            with h5py.File(path, "w") as f:
+                f["images"], f["labels"] = imgs, labels
+        return path
+
+    for name, bad in (("nan", np.nan), ("inf", -np.inf)):
+        poisoned = images.copy()
+        poisoned[2, 0, 3, 3] = bad
+        ds = read_dataset(arrays(name, poisoned))
+        ds.load_image(ds.items[0])  # the clean rows still load
+        with pytest.raises(DatasetLayoutError, match=r"#2 \('images' row 2\): image holds 1 NaN or infinite"):
+            ds.load_image(ds.items[2])
+    ds = read_dataset(arrays("complex", images + 1j * images))
+    with pytest.raises(DatasetLayoutError, match=r"complex \(complex"):
+        ds.load_image(ds.items[0])  # not a dropped imaginary part
+    from genesis.data.layouts import _integer_labels
+
+    with pytest.raises(DatasetLayoutError, match="labels are complex"):
+        _integer_labels(labels + 1j, ds.path, "labels")
+
+
+def test_nan_in_a_file_layout_is_refused_where_images_are_read(tmp_path, monkeypatch):
+    import genesis.data.layouts as layouts
+
+    root = msd_folder(tmp_path / "Dataset001_Blobs", n=3)
+    ds = read_dataset(root)
+    real = layouts._read_volume
+
+    def poisoned(path, modality):  # a reader that would let NaN through (datalist/CSV/MSD share this path)
+        array, geometry, header = real(path, modality)
+        array = array.copy()
+        array.flat[0] = np.nan
+        return array, geometry, header
+
+    monkeypatch.setattr(layouts, "_read_volume", poisoned)
+    with pytest.raises(DatasetLayoutError, match="NaN or infinite"):
+        ds.load_image(ds.items[0])

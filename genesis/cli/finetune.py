@@ -133,15 +133,26 @@ def config_from_args(args: argparse.Namespace) -> Any:
     overrides: dict[str, Any] = {}
     if args.preset:
         overrides.update(PRESETS[args.preset])
+    flags: dict[str, str] = {}  # setting -> the flag that gave it
     for attr, key in _FLAG_KEYS.items():
         value = getattr(args, attr)
         if value is not None:
             overrides[key] = tuple(value) if isinstance(value, list) else value
+            flags[key] = "--" + attr.replace("_", "-")
     for item in args.set:
         if "=" not in item:
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(raw)
+        key, raw = (part.strip() for part in item.split("=", 1))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML ({' '.join(str(exc).split())})") from None
+        if key in flags:  # e.g. --data X --set data=null: one would silently win
+            raise ConfigError(f"--set {item} and {flags[key]} both set {key!r}; give one of them")
+        if value is None and not _is_section(key):  # null means "not given": it would be ignored silently
+            raise ConfigError(f"--set {item}: a setting cannot be set to null from the command line (null keeps "
+                              "the default or the --config file's value); leave it out, or edit the --config file")
+        overrides[key] = value
     if args.preset == "quick" and "crop" not in overrides:
         target_name = overrides.get("target") or load_config(FinetuneConfig, args.config).target
         quick_crop = get_target(str(target_name)).quick_crop
@@ -150,6 +161,16 @@ def config_from_args(args: argparse.Namespace) -> Any:
                 quick_crop = tuple(quick_crop)[1:]
             overrides["crop"] = quick_crop
     return load_config(FinetuneConfig, args.config, overrides).validate()
+
+
+def _is_section(key: str) -> bool:
+    """Whether ``key`` names a section of :class:`FinetuneConfig` (``optim``, ``evaluation``...):
+    :func:`genesis.config.load_config` refuses a null or a value for it, naming its fields."""
+    import dataclasses
+
+    from finetune.config import FinetuneConfig
+
+    return dataclasses.is_dataclass(getattr(FinetuneConfig(), key, None))
 
 
 WEIGHTS_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin", ".safetensors", ".h5", ".hdf5")
@@ -173,11 +194,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if weights_file and not Path(args.weights).exists():
         raise ConfigError(f"--weights {args.weights}: no such file (registered names look like unet3d.genesis_chest_ct)")
     _check_finetune_out(args)
+    cfg = config_from_args(args)  # settings first: a bad value fails before torch is imported
     _preflight.apply_threads(args.threads)
     from finetune import run_finetune
 
-    cfg = config_from_args(args)
-    _cpu_estimate(cfg, args)
+    # every setting is checked (run_finetune checks the target, model and weights before any
+    # network is built or data read); a CPU time estimate follows the first measured steps
     metrics = run_finetune(cfg)
     primary = metrics["primary_metric"]
     banner = "  [SYNTHETIC DATA]" if metrics["synthetic"] else ""
@@ -213,45 +235,6 @@ def _check_finetune_out(args: argparse.Namespace) -> None:
         shutil.rmtree(p)
     for name in ("metrics.json", "metrics.md", "metrics.png", "load_report.json"):
         (out / name).unlink(missing_ok=True)
-
-
-#: Paper-scale fine-tuning on a CPU: warn above this many training steps (all runs together).
-CPU_WARN_STEPS = 2000
-
-
-def _cpu_estimate(cfg: Any, args: argparse.Namespace) -> None:
-    """Warn, with an estimate, before a paper-sized fine-tuning on a CPU (point to --preset quick)."""
-    import sys
-
-    from genesis.device import resolve_device
-
-    steps = cfg.epochs * cfg.steps_per_epoch * cfg.repeats * len(cfg.label_fractions)
-    if args.preset or steps < CPU_WARN_STEPS or resolve_device(cfg.device).type != "cpu":
-        return
-    seconds = _seconds_per_step(cfg)
-    hours = steps * seconds / 3600
-    print(f"warning: fine-tuning with these settings on a CPU: {steps} steps at about {seconds:.1f} s each, "
-          f"up to {hours:.1f} h (early stopping may end sooner); --preset quick runs in about a minute",
-          file=sys.stderr, flush=True)
-
-
-def _seconds_per_step(cfg: Any) -> float:
-    """Time of one training step (forward and backward on a batch of crops) of a U-Net of this width."""
-    import time
-
-    import torch
-
-    from genesis.models import create_model
-
-    crop = tuple(cfg.crop) if cfg.crop else (32, 64, 64)
-    with torch.random.fork_rng(devices=[]):
-        model = create_model("unet3d", in_channels=1, out_channels=1, base_width=cfg.width)
-    x = torch.rand(1, 1, *crop)  # one crop, scaled to the batch: a paper-sized batch takes long on a CPU
-    start = time.perf_counter()
-    out = model(x)
-    out = getattr(out, "output", out)
-    out.float().mean().backward()
-    return (time.perf_counter() - start) * cfg.batch_size
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -153,7 +153,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             o[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from None
-    return {k: v for k, v in o.items() if v is not None}
+    return o  # --set KEY=null reaches load_config (which refuses one that removes a section)
 
 
 @user_errors_exit

@@ -113,9 +113,16 @@ class LabelledDataset:
         return [it for it in self.items if it.label is not None and (split is None or it.split == split)]
 
     def load_image(self, item: Item) -> tuple[np.ndarray, Geometry | None, str | None]:
-        """``(array (C, *spatial) float32, geometry, header modality)`` of one item, as stored."""
+        """``(array (C, *spatial) float32, geometry, header modality)`` of one item, as stored.
+
+        Raises:
+            DatasetLayoutError: NaN, infinite or complex values (every layout; checked here, where
+                the images of every layout are read, so none is trained on).
+        """
         if self._arrays is not None:
-            return np.asarray(self._arrays.image(item.index), dtype=np.float32), None, None
+            image = self._arrays.image(item.index)
+            check_image_values(image, self.path, f"{item.name} ('images' row {item.index})")
+            return np.asarray(image, dtype=np.float32), None, None
         arrays, geometries, modality = [], [], None
         for path in item.images:
             array, geometry, modality = _read_volume(path, self.modality)
@@ -123,6 +130,7 @@ class LabelledDataset:
                 raise DatasetLayoutError(
                     f"channel geometry {geometry.shape} / spacing {geometry.spacing} differs from the first channel "
                     f"{item.images[0].name} ({geometries[0].shape} / {geometries[0].spacing})", path)
+            check_image_values(array, path, item.name)
             arrays.append(array)
             geometries.append(geometry)
         return np.stack(arrays).astype(np.float32, copy=False), geometries[0], modality
@@ -227,6 +235,26 @@ def read_dataset(path: str | Path, *, group_size: int | None = None, require_lab
 
 
 # ------------------------------------------------------------------------------------- readers
+def check_image_values(image: np.ndarray, where: Path | str, name: str) -> None:
+    """Refuse an image that is not real and finite: a complex array (its imaginary part would be
+    dropped by the cast to float32) or NaN/infinite values (they turn the loss into NaN, or, windowed
+    to [0, 1], into silent constant voxels).
+
+    Raises:
+        DatasetLayoutError: naming ``where`` (the file) and ``name`` (the item).
+    """
+    dtype = np.asarray(image).dtype
+    if dtype.kind == "c":
+        raise DatasetLayoutError(f"{name}: image values are complex ({dtype}); genesis needs real intensities (store "
+                                 "the magnitude, np.abs, or the real part, if that is what the image means)", where)
+    if dtype.kind not in "biuf":
+        raise DatasetLayoutError(f"{name}: image values are not numbers ({dtype})", where)
+    finite = np.isfinite(image)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        raise DatasetLayoutError(f"{name}: image holds {bad} NaN or infinite value(s) of {finite.size}", where)
+
+
 def _read_volume(path: Path, modality: str | None) -> tuple[np.ndarray, Geometry, str | None]:
     """A 3D image file as stored (float32), through genesis.io (checks of the harden helpers)."""
     from genesis.io.readers import load_volume
@@ -262,6 +290,8 @@ def _read_label(path: Path) -> tuple[Geometry, np.ndarray]:
 
 
 def _integer_labels(mask: np.ndarray, where: Path | str, name: str) -> np.ndarray:
+    if np.iscomplexobj(mask):
+        raise DatasetLayoutError(f"{name}: labels are complex ({mask.dtype}); labels must be non-negative integers", where)
     values = np.unique(mask)
     if not np.all(np.isfinite(values)) or np.any(values != np.round(values)) or (values.size and values.min() < 0):
         shown = values[:8].tolist()

@@ -16,8 +16,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution, ResidualUnit
-from monai.networks.layers.vector_quantizer import EMAQuantizer
 from torch import nn
 
 from genesis.models._blocks import check_input, check_spatial_dims
@@ -118,6 +116,11 @@ class VQVAE(nn.Module):
         norm: str | None = None,
         act: str = "RELU",
     ) -> None:
+        # MONAI's blocks, imported when a VQ-VAE is built: importing MONAI takes 1.5-5 s, which
+        # `import genesis.models` (every network module) should not cost
+        from monai.networks.blocks import Convolution, ResidualUnit
+        from monai.networks.layers.vector_quantizer import EMAQuantizer
+
         super().__init__()
         d = check_spatial_dims(spatial_dims)
         if not channels:

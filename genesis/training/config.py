@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from genesis.data.config import DataConfig
+from genesis.config import check_seed
 from genesis.errors import ConfigError
 
 __all__ = ["DataConfig", "EarlyStopConfig", "LogConfig", "OptimConfig", "PretrainConfig", "ScheduleConfig",
@@ -126,6 +127,7 @@ class PretrainConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for settings that cannot work, naming the setting."""
+        check_seed(self.seed)
         if self.dims not in (2, 3):
             raise ConfigError(f"dims must be 2 or 3, got {self.dims}")
         if self.data.modality not in ("auto", "ct", "xray"):

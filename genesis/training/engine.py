@@ -30,7 +30,7 @@ from torch import nn
 
 from genesis.checkpoint import load_checkpoint, remove_stale_temporaries, save_checkpoint, write_error
 from genesis.device import autocast, needs_grad_scaler
-from genesis.errors import ConfigError, GenesisError
+from genesis.errors import ConfigError, TrainingDivergedError  # noqa: F401  (moved to genesis.errors; re-exported)
 from genesis.methods.base import Method
 from genesis.methods.proxy import prepare_pair, task_input_dims  # noqa: F401  (re-exported)
 from genesis.models import ModelOutput, unpack_output
@@ -56,21 +56,6 @@ from genesis.training.logging import (
     write_csv_log,
 )
 from genesis.training.schedule import EarlyStopping, EpochScheduler, build_optimizer
-
-
-class TrainingDivergedError(GenesisError):
-    """The loss or the weights became NaN or infinite (usually a learning rate too high).
-
-    Raised before anything is written, so the last good checkpoint stays as it was.
-
-    Attributes:
-        step: global optimizer step at which it was seen (1-based).
-        loss: the offending loss value (NaN/inf), or the last loss when the weights diverged.
-    """
-
-    def __init__(self, message: str, step: int, loss: float, path: str | Path | None = None) -> None:
-        self.step, self.loss = int(step), float(loss)
-        super().__init__(message, path)
 
 
 def nonfinite_tensors(model: nn.Module) -> tuple[int, int, list[str]]:
