@@ -463,7 +463,8 @@ def _check_splits(data: TargetData, target: Target) -> None:
 
 def check_labels(data: TargetData, target: Target, log: Log) -> list[str]:
     """Labels without foreground (segmentation): an error when no training case has any, else a
-    warning naming the cases of each split that have none. Returns the warnings."""
+    warning naming the cases of each split that have none. Returns the training and validation
+    warnings (the test cases without foreground are reported by the metrics, apart)."""
     if target.task != "segmentation":
         return []
     empty = {split: without_foreground(getattr(data, split)) for split in ("train", "val", "test")}
@@ -476,10 +477,11 @@ def check_labels(data: TargetData, target: Target, log: Log) -> list[str]:
             shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
             what = (" (their metrics are reported apart; the headline metrics are over the cases with foreground)"
                     if split == "test" else "")
-            warnings.append(f"warning: {len(names)} of {len(getattr(data, split))} {split} cases have no foreground "
-                            f"in their labels{what}: {shown}")
-    for line in warnings:
-        log(line)
+            line = (f"warning: {len(names)} of {len(getattr(data, split))} {split} cases have no foreground in their "
+                    f"labels{what}: {shown}")
+            log(line)
+            if split != "test":
+                warnings.append(line)
     return warnings
 
 
@@ -571,7 +573,8 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
         warnings = fraction_warnings(fraction, draws, cfg, target)
         for line in warnings:
             log(f"warning: {line}")
-        draws_of[fraction] = {"n_possible": draws.n_possible, "n_distinct": draws.n_distinct, "warnings": warnings}
+        possible = draws.n_possible if draws.n_possible < 2**53 else float(draws.n_possible)  # exact in JSON readers
+        draws_of[fraction] = {"n_possible": possible, "n_distinct": draws.n_distinct, "warnings": warnings}
         runs[fraction] = []
         for seed, train in zip(seeds, draws.subsets):
             run_dir = out / f"fraction-{fraction:g}" / f"seed-{seed}"

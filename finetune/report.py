@@ -142,7 +142,9 @@ def build_metrics(
             "n_test_cases_without_foreground": empty["n"],
             "n_test_cases": len(units["names"]),
             "cases": empty["names"],
-            "predicted_empty": empty["predicted_empty"],
+            # per run (every fraction): how many of those cases it predicted empty (scored 1 in the all-cases mean)
+            "predicted_empty": [r["cases_without_foreground"]["predicted_empty"] for fr in runs.values() for r in fr
+                                if "cases_without_foreground" in r],
             "headline": "cases with foreground",
             "convention": comparability.get("metric_definitions", {}).get("foreground"),
         },
@@ -198,7 +200,7 @@ def markdown(metrics: dict[str, Any]) -> str:
     empty = metrics.get("empty_masks")
     if empty and empty["n_test_cases_without_foreground"]:
         lines += [f"**Empty masks**: {empty['n_test_cases_without_foreground']} of {empty['n_test_cases']} test cases "
-                  f"have no foreground; the model predicted none on {empty['predicted_empty']} of them. The table is "
+                  f"have no foreground; the runs predicted none on {_span(empty['predicted_empty'])} of them. The table is "
                   f"over the cases with foreground (the headline, the convention of the segmentation challenges); "
                   f"the last column is the primary metric over all cases, empty ones scored 1 for an empty prediction "
                   f"and 0 otherwise.", ""]
@@ -222,7 +224,9 @@ def markdown(metrics: dict[str, Any]) -> str:
         a = f["aggregate"][primary]
         n_train = _span(f["n_train"])
         patients = _span(f.get("n_train_patients") or [])
-        draws = f"{f.get('n_distinct_draws')} of {f.get('n_possible_draws')}" if f.get("n_possible_draws") else "-"
+        possible = f.get("n_possible_draws")
+        draws = (f"{f.get('n_distinct_draws')} (of {possible:.3g} possible)" if isinstance(possible, (int, float))
+                 else "-")
         lines.append(f"| {f['fraction']:g} | {len(f['runs'])} | {n_train} ({patients}) | {draws} | " + " | ".join(cells)
                      + f" | [{_fmt(a.get('t_low'))}, {_fmt(a.get('t_high'))}]"
                      + f" | [{_fmt(a.get('ci_test_only_low'))}, {_fmt(a.get('ci_test_only_high'))}] |"
