@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from genesis.viz import save_curves
 
     save_curves(curves, out / "study.png", xlabel="fraction of training labels", ylabel=primary,
-                title=f"{args.target} on {Path(args.data).name}: {primary} (95% CI: runs and test patients)")
+                title=f"{Path(args.data).name}: {primary} (95% CI: runs + test patients)")
     print((out / "study.md").read_text())
     print(f"wrote {out / 'study.json'}, {out / 'study.md'}, {out / 'study.png'}", file=sys.stderr)
     return 0

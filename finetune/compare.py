@@ -153,10 +153,12 @@ def compare_with(metrics: dict[str, Any], other_out: str | Path, ours_out: str |
         draws_b = other["comparability"].get("draws", {}).get(f"{fraction:g}", {})
         seeds, other_draw = [], []
         for seed in sorted(set(a_runs) & set(b_runs)):
-            (seeds if draws_a.get(str(seed)) == draws_b.get(str(seed)) else other_draw).append(seed)
+            same = draws_a.get(str(seed)) is not None and draws_a.get(str(seed)) == draws_b.get(str(seed))
+            (seeds if same else other_draw).append(seed)
         only = sorted(set(a_runs) ^ set(b_runs))
         if other_draw:
-            left_out.append(f"fraction {fraction:g}: seed(s) {other_draw} trained on other patients on the two sides")
+            left_out.append(f"fraction {fraction:g}: seed(s) {other_draw} trained on other (or unrecorded) patients "
+                            "on the two sides")
         if only:
             left_out.append(f"fraction {fraction:g}: seed(s) {only} run on one side only")
         if not seeds:

@@ -264,13 +264,13 @@ def evaluate(
     names = [s.name for s in samples]
     groups = [unit_group(s) for s in samples]
     if target.aggregate is not None:  # study-level prediction = max (Ke et al. 2023) or mean over its windows
-        groups: dict[str, list[int]] = {}
+        members: dict[str, list[int]] = {}
         for i, s in enumerate(samples):
-            groups.setdefault(s.group, []).append(i)
-        names = sorted(groups)
-        labels = [max(labels[i] for i in groups[g]) for g in names]
+            members.setdefault(s.group, []).append(i)
+        names = sorted(members)
+        labels = [max(labels[i] for i in members[g]) for g in names]
         reduce = max if getattr(cfg, "aggregate", "max") == "max" else (lambda v: float(np.mean(list(v))))
-        scores = [reduce(scores[i] for i in groups[g]) for g in names]
+        scores = [reduce(scores[i] for i in members[g]) for g in names]
         groups = names  # one unit per study
     return {"names": names, "groups": groups, "labels": labels, "scores": scores}
 
@@ -477,9 +477,9 @@ def check_labels(data: TargetData, target: Target, log: Log) -> list[str]:
             shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
             what = (" (their metrics are reported apart; the headline metrics are over the cases with foreground)"
                     if split == "test" else "")
-            line = (f"warning: {len(names)} of {len(getattr(data, split))} {split} cases have no foreground in their "
+            line = (f"{len(names)} of {len(getattr(data, split))} {split} cases have no foreground in their "
                     f"labels{what}: {shown}")
-            log(line)
+            log(f"warning: {line}")
             if split != "test":
                 warnings.append(line)
     return warnings

@@ -118,8 +118,9 @@ def build_metrics(
             "runs": [{k: r[k] for k in RUN_FIELDS if k in r} for r in fruns],
             "aggregate": aggregate_runs(target.task, target.metrics, fruns, cfg),
         })
-        comparability["draws"][f"{fraction:g}"] = {str(r["seed"]): draw_digest(r.get("train_groups", []))
-                                                   for r in fruns}
+        # a run reused from an older result.json may not say whom it trained on: never paired then
+        comparability["draws"][f"{fraction:g}"] = {str(r["seed"]): draw_digest(r["train_groups"]) if "train_groups" in r
+                                                   else None for r in fruns}
     first = next(iter(runs.values()))[0] if runs else None
     units = first["test_units"] if first else {"names": []}
     unit = getattr(data, "test_unit", "patients")
@@ -206,7 +207,7 @@ def markdown(metrics: dict[str, Any]) -> str:
                   f"and 0 otherwise.", ""]
     warnings = [*metrics.get("label_warnings", []), *(w for f in metrics["label_fractions"] for w in f.get("warnings", []))]
     if warnings:
-        lines += [f"**Warning**: {w.removeprefix('warning: ')}" for w in warnings] + [""]
+        lines += [f"**Warning**: {w}" for w in warnings] + [""]
     names = metrics["metrics"]
     primary = metrics["primary_metric"]
     all_cases = bool(empty and empty["n_test_cases_without_foreground"])

@@ -252,3 +252,24 @@ def test_no_import_circle_in_finetune():
     for m in sorted(modules):
         if m not in state:
             visit(m, [])
+
+
+def test_study_corrects_all_comparisons_together_and_judges_by_the_paired_test():
+    from benchmarks.study_label_efficiency import markdown, study_rows
+
+    def doc(comparisons):
+        fractions = [{"fraction": fr, "n_train_patients": [1], "warnings": [],
+                      "aggregate": {"dice": {"mean": 0.5, "sd": 0.1, "n_runs": 5, "ci_low": 0.4, "ci_high": 0.6}}}
+                     for fr in (0.1, 1.0)]
+        comparison = {"fractions": [{"fraction": fr, "dice": {"p_paired": p, "p_welch": 0.5, "mean_difference": 0.1,
+                                                                "bootstrap": None}} for fr, p in comparisons]}
+        return {"label_fractions": fractions, "comparison": comparison if comparisons else None}
+
+    configs = {"scratch": {"metrics": doc([])}, "combined": {"metrics": doc([(0.1, 0.03), (1.0, 0.04)])}}
+    rows = study_rows(configs, "dice")
+    tested = [r for r in rows if r["vs_scratch"]]
+    assert [r["p_paired_holm"] for r in tested] == pytest.approx([0.06, 0.06])  # 2 x 0.03, then max(0.06, 0.04)
+    assert [r["verdict"] for r in tested] == ["no significant effect"] * 2  # p < 0.05 each, not after Holm
+    text = markdown({"target": "segmentation", "data": "d", "data_source": "s", "notes": [], "settings": {}, "seeds": 5,
+                     "test": "t", "primary_metric": "dice", "configs": configs, "rows": rows})
+    assert "Holm-corrected over the 2 comparisons" in text and "did not help detectably" in text
