@@ -20,8 +20,10 @@ import torch
 from torch.nn import functional as F
 
 # the metric name of an observation and the metrics of these test values live with the statistics
-from finetune.stats import multilabel_statistic as statistic  # noqa: F401 (re-exported)
-from finetune.stats import observation_metric as metric_key  # noqa: F401 (re-exported)
+from finetune.stats import multilabel_statistic as statistic
+from finetune.stats import observation_metric as metric_key
+
+__all__ = ["masked_bce", "metric_key", "score_units", "statistic"]
 
 
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

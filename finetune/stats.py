@@ -138,16 +138,17 @@ def bootstrap_ci(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Percentile bootstrap confidence interval over ``n`` test cases.
+    """Percentile bootstrap confidence interval over ``n`` test units (patients: give it
+    :func:`unit_statistic` and :func:`n_units`).
 
-    Each resample draws ``n`` case indices with replacement and calls ``statistic(indices)``,
-    which recomputes the metric on those cases (for AUC: the AUC of the resampled cases, not an
+    Each resample draws ``n`` unit indices with replacement and calls ``statistic(indices)``,
+    which recomputes the metric on those units (for AUC: the AUC of the resampled cases, not an
     average of anything). Resamples where the statistic is undefined (``nan``, e.g. an AUC
     resample with one class only) are left out and counted in ``n_invalid``.
 
     Args:
         statistic: maps an int array of case indices to the metric.
-        n: number of test cases.
+        n: number of test units.
         n_resamples: number of bootstrap resamples (1,000 as in Ke et al. 2023).
         confidence: two-sided confidence level.
         seed: seeds ``numpy.random.default_rng``; indices are drawn as ``rng.integers(0, n,
@@ -161,15 +162,7 @@ def bootstrap_ci(
                 "n_resamples": n_resamples, "n_invalid": n_resamples}
     rng = np.random.default_rng(seed)
     indices = rng.integers(0, n, (n_resamples, n))
-    values = np.array([statistic(idx) for idx in indices], dtype=np.float64)
-    valid = values[~np.isnan(values)]
-    alpha = (1.0 - confidence) / 2.0
-    if valid.size == 0:
-        low = high = float("nan")
-    else:
-        low, high = (float(q) for q in np.quantile(valid, [alpha, 1.0 - alpha]))
-    return {"low": low, "high": high, "confidence": confidence,
-            "n_resamples": n_resamples, "n_invalid": int(values.size - valid.size)}
+    return _percentiles(np.array([statistic(idx) for idx in indices], dtype=np.float64), confidence, n_resamples)
 
 
 def compare_runs(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import sys
 from pathlib import Path
@@ -219,41 +218,6 @@ def test_compare_refuses_other_test_sets_and_compares_the_same_settings(tmp_path
     assert row["bootstrap"]["difference"] == pytest.approx(np.mean(a) - np.mean(b))
 
 
-def test_no_import_circle_in_finetune():
-    """Static import graph of the finetune package, function-level imports included."""
-    root = Path(__file__).resolve().parents[1]
-    modules = {}
-    for path in (root / "finetune").rglob("*.py"):
-        rel = path.relative_to(root).with_suffix("")
-        modules[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = path
-    edges: dict[str, set[str]] = {m: set() for m in modules}
-    for m, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                edges[m].update(a.name for a in node.names if a.name in modules)
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                for a in node.names:
-                    full = f"{node.module}.{a.name}"
-                    edges[m].add(full if full in modules else node.module)
-        edges[m] &= set(modules) - {m}
-    # finetune.baselines (another branch's file) still does `from finetune import get_target`; its
-    # merge switches that to `from finetune.targets import get_target` and removes this line
-    edges["finetune.baselines"].discard("finetune")
-    state: dict[str, int] = {}
-
-    def visit(m: str, path: list[str]) -> None:
-        state[m] = 1
-        for n in sorted(edges[m]):
-            assert state.get(n) != 1, "import circle: " + " -> ".join([*path, m, n])
-            if n not in state:
-                visit(n, [*path, m])
-        state[m] = 2
-
-    for m in sorted(modules):
-        if m not in state:
-            visit(m, [])
-
-
 def test_study_corrects_all_comparisons_together_and_judges_by_the_paired_test():
     from benchmarks.study_label_efficiency import markdown, study_rows
 
@@ -273,3 +237,15 @@ def test_study_corrects_all_comparisons_together_and_judges_by_the_paired_test()
     text = markdown({"target": "segmentation", "data": "d", "data_source": "s", "notes": [], "settings": {}, "seeds": 5,
                      "test": "t", "primary_metric": "dice", "configs": configs, "rows": rows})
     assert "Holm-corrected over the 2 comparisons" in text and "did not help detectably" in text
+
+
+def test_a_test_set_keeps_its_own_groups_and_takes_group_size_only_without_them(tmp_path):
+    from genesis.data.layouts import read_dataset
+
+    grouped = patches_h5(tmp_path / "g.h5", n=6, groups=np.array([b"a", b"a", b"b", b"b", b"b", b"c"]))
+    plain = patches_h5(tmp_path / "p.h5", n=6)
+    own = read_dataset(grouped, group_size=3, group_size_where_ungrouped=True)
+    assert [it.group for it in own.items] == ["a", "a", "b", "b", "b", "c"]
+    assert len({it.group for it in read_dataset(plain, group_size=3, group_size_where_ungrouped=True).items}) == 2
+    with pytest.raises(DatasetLayoutError, match="--group-size is only for files without them"):
+        read_dataset(grouped, group_size=3)  # --data itself: a contradiction stays an error
