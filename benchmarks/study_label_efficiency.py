@@ -2,11 +2,15 @@
 
 Pretrains each proxy task of ``--tasks`` on the dataset's images (labels unused), then fine-tunes
 from scratch and from every pretrained model at each label fraction with ``--seeds`` seeds, and
-compares each pretrained configuration with scratch by independent two-sample t-tests (Student and
-Welch, :func:`finetune.stats.compare_runs`) per fraction. Writes ``study.json``, ``study.md`` and
-``study.png`` (primary metric vs label fraction, bootstrap 95% CIs) into ``--out`` and says plainly,
-per task and fraction, whether pretraining helped (higher mean and Welch p < 0.05), hurt, or had no
-detectable effect.
+compares each pretrained configuration with scratch (``genesis-finetune --compare``,
+:mod:`finetune.compare`). The runs are paired: the same seed draws the same labelled patients in
+every arm and all arms are scored on the same test patients, so the primary test is the paired
+t-test over seeds; next to it the paired bootstrap over test patients (and run pairs) of the
+difference, and Welch's test. All (task, fraction) comparisons are made at once, so their paired
+p-values are Holm-corrected together. Intervals resample test *patients* (and runs, for the
+headline CI of a fraction). Writes ``study.json``, ``study.md`` and ``study.png`` (primary metric
+vs label fraction, 95% CIs) into ``--out`` and says plainly, per task and fraction, whether
+pretraining helped (Holm-corrected paired p < 0.05, higher mean), hurt, or had no detectable effect.
 
 Example (the MSD lung-tumour patches: 13 patients x 10 patches in order)::
 
@@ -29,6 +33,8 @@ import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from finetune.stats import holm
 
 ALPHA = 0.05
 
@@ -115,13 +121,37 @@ def finetune(args: argparse.Namespace, out: Path, weights: str | None, compare: 
     return json.loads((out / "metrics.json").read_text())
 
 
-def verdict(comparison: dict[str, Any]) -> str:
-    p, a, b = comparison.get("p_welch"), comparison.get("mean_a"), comparison.get("mean_b")
-    if p is None or a is None or b is None or any(isinstance(v, float) and math.isnan(v) for v in (p, a, b)):
+def verdict(comparison: dict[str, Any] | None, p_corrected: float | None) -> str:
+    """helped / hurt / no significant effect, from the Holm-corrected paired p-value."""
+    if comparison is None or p_corrected is None or math.isnan(p_corrected):
         return "undetermined (too few runs)"
-    if p < ALPHA:
-        return "pretraining helped" if a > b else "pretraining hurt"
+    if p_corrected < ALPHA:
+        return "pretraining helped" if comparison["mean_difference"] > 0 else "pretraining hurt"
     return "no significant effect"
+
+
+def study_rows(configs: dict[str, dict[str, Any]], primary: str) -> list[dict[str, Any]]:
+    """One row per (configuration, fraction), with the comparison against scratch and the Holm
+    correction over every (task, fraction) comparison of the study."""
+    rows = []
+    for name, conf in configs.items():
+        if "metrics" not in conf:
+            continue
+        comparison = conf["metrics"].get("comparison") or {}
+        comp = {c["fraction"]: c[primary] for c in comparison.get("fractions", [])}
+        for f in sorted(conf["metrics"]["label_fractions"], key=lambda f: f["fraction"]):
+            a = f["aggregate"][primary]
+            rows.append({"config": name, "fraction": f["fraction"], "mean": a["mean"], "sd": a["sd"],
+                         "ci_low": a.get("ci_low"), "ci_high": a.get("ci_high"), "t_low": a.get("t_low"),
+                         "t_high": a.get("t_high"), "n_runs": a["n_runs"],
+                         "n_train_patients": f.get("n_train_patients"), "warnings": f.get("warnings", []),
+                         "vs_scratch": comp.get(f["fraction"])})
+    tested = [r for r in rows if r["vs_scratch"] is not None]
+    for r, p in zip(tested, holm([r["vs_scratch"]["p_paired"] for r in tested])):
+        r["p_paired_holm"] = p
+    for r in rows:
+        r["verdict"] = verdict(r["vs_scratch"], r.get("p_paired_holm")) if r["vs_scratch"] is not None else None
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,28 +169,26 @@ def main(argv: list[str] | None = None) -> int:
         configs[task] = {"checkpoint": pre["checkpoint"],
                          "metrics": finetune(args, out / f"finetune-{task}", pre["checkpoint"], out / "finetune-scratch")}
 
-    rows, curves = [], {}
-    for name, conf in configs.items():
-        if "metrics" not in conf:
-            continue
-        fr = sorted(conf["metrics"]["label_fractions"], key=lambda f: f["fraction"])
-        agg = [f["aggregate"][primary] for f in fr]
-        nan = float("nan")
-        curves[name] = ([f["fraction"] for f in fr], [a["mean"] if a["mean"] is not None else nan for a in agg],
-                        [a.get("ci_low", nan) or nan for a in agg], [a.get("ci_high", nan) or nan for a in agg])
-        comp = {c["fraction"]: c[primary] for c in (conf["metrics"].get("comparison") or {}).get("fractions", [])}
-        for f, a in zip(fr, agg):
-            c = comp.get(f["fraction"])
-            rows.append({"config": name, "fraction": f["fraction"], "mean": a["mean"], "sd": a["sd"],
-                         "ci_low": a.get("ci_low"), "ci_high": a.get("ci_high"), "n_runs": a["n_runs"],
-                         "vs_scratch": c, "verdict": verdict(c) if c else None})
+    rows = study_rows(configs, primary)
+    nan = float("nan")
+    curves = {}
+    for name in dict.fromkeys(r["config"] for r in rows):
+        mine = [r for r in rows if r["config"] == name]
+        curves[name] = ([r["fraction"] for r in mine], [nan if r["mean"] is None else r["mean"] for r in mine],
+                        [nan if r["ci_low"] is None else r["ci_low"] for r in mine],
+                        [nan if r["ci_high"] is None else r["ci_high"] for r in mine])
     summary = {
         "data": args.data, "test_data": args.test_data, "group_size": args.group_size, "target": args.target,
         "primary_metric": primary, "fractions": args.fractions, "seeds": args.seeds, "tasks": args.tasks,
         "settings": {k: getattr(args, k) for k in ("width", "pretrain_epochs", "pretrain_steps", "epochs",
                                                     "steps_per_epoch", "batch_size", "dims", "window", "crop")},
         "data_source": scratch["data_source"], "notes": [*(scratch.get("notes") or []), *args.note],
-        "test": "independent two-sample t-tests vs scratch per fraction (Welch p shown); alpha 0.05",
+        "test_unit": scratch.get("test_unit"), "n_test_units": scratch.get("n_test_units"),
+        "n_test_samples": scratch.get("n_test_samples"), "empty_masks": scratch.get("empty_masks"),
+        "ci_method": scratch.get("ci_method"),
+        "test": ("paired t-test over seeds vs scratch (same labelled patients and test patients per seed), "
+                 "Holm-corrected over all (task, fraction) comparisons; alpha 0.05. Also: paired bootstrap "
+                 "over test patients and run pairs of the difference, and Welch's t-test"),
         "configs": {k: {kk: vv for kk, vv in v.items() if kk != "metrics"} for k, v in configs.items()},
         "rows": rows,
     }
@@ -169,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from genesis.viz import save_curves
 
     save_curves(curves, out / "study.png", xlabel="fraction of training labels", ylabel=primary,
-                title=f"{args.target} on {Path(args.data).name}: {primary} (95% bootstrap CI)")
+                title=f"{Path(args.data).name}: {primary} (95% CI: runs + test patients)")
     print((out / "study.md").read_text())
     print(f"wrote {out / 'study.json'}, {out / 'study.md'}, {out / 'study.png'}", file=sys.stderr)
     return 0
@@ -179,32 +207,47 @@ def markdown(s: dict[str, Any]) -> str:
     def f(x: Any, d: int = 4) -> str:
         return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
 
+    def span(v: list[int] | None) -> str:
+        return "?" if not v else str(v[0]) if len(set(v)) == 1 else f"{min(v)}-{max(v)}"
+
+    unit = s.get("test_unit") or "patients"
     lines = [f"# Label efficiency: {s['target']} on `{s['data']}`", "",
              f"Data: {s['data_source']}. Notes: {'; '.join(s['notes'] or []) or 'none'}.",
-             f"Settings: {s['settings']}; {s['seeds']} seeds per fraction. {s['test']}.", "",
-             f"| configuration | label fraction | runs | {s['primary_metric']} mean ± s.d. [95% CI] | p (Welch) vs scratch | verdict |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             f"Settings: {s['settings']}; {s['seeds']} seeds per fraction.", "",
+             f"Test set: {s.get('n_test_units')} {unit} ({s.get('n_test_samples')} samples). CI: {s.get('ci_method')}.",
+             f"Tests: {s['test']}.", ""]
+    empty = s.get("empty_masks")
+    if empty and empty.get("n_test_cases_without_foreground"):
+        lines += [f"Empty masks: {empty['n_test_cases_without_foreground']} of {empty['n_test_cases']} test cases have "
+                  "no foreground; the metrics are over the cases with foreground.", ""]
+    lines += [f"| configuration | label fraction | runs | train {unit} | {s['primary_metric']} mean ± s.d. [95% CI] | "
+              "t-interval over runs | difference vs scratch [paired bootstrap 95% CI] | p paired t | p paired t, Holm | "
+              "p paired bootstrap | p Welch | verdict |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in s["rows"]:
-        p = f(r["vs_scratch"]["p_welch"]) if r["vs_scratch"] else "-"
-        lines.append(f"| {r['config']} | {r['fraction']:g} | {r['n_runs']} | {f(r['mean'])} ± {f(r['sd'])} "
-                     f"[{f(r['ci_low'])}, {f(r['ci_high'])}] | {p} | {r['verdict'] or '-'} |")
+        c = r["vs_scratch"] or {}
+        b = c.get("bootstrap") or {}
+        diff = f"{f(c.get('mean_difference'))} [{f(b.get('low'))}, {f(b.get('high'))}]" if c else "-"
+        lines.append(f"| {r['config']} | {r['fraction']:g} | {r['n_runs']} | {span(r.get('n_train_patients'))} | "
+                     f"{f(r['mean'])} ± {f(r['sd'])} [{f(r['ci_low'])}, {f(r['ci_high'])}] | "
+                     f"[{f(r.get('t_low'))}, {f(r.get('t_high'))}] | {diff} | "
+                     + (f"{f(c.get('p_paired'))} | {f(r.get('p_paired_holm'))} | {f(b.get('p'))} | {f(c.get('p_welch'))}"
+                        if c else "- | - | - | -")
+                     + f" | {r['verdict'] or '-'} |")
     for name, conf in s["configs"].items():
         if "error" in conf:
             lines += ["", f"**{name}**: not run: {conf['error']}."]
+    warnings = sorted({w for r in s["rows"] for w in r.get("warnings") or []})
+    if warnings:
+        lines += [""] + [f"**Warning**: {w}" for w in warnings]
     helped = [r for r in s["rows"] if r["verdict"] == "pretraining helped"]
     hurt = [r for r in s["rows"] if r["verdict"] == "pretraining hurt"]
-    lines += ["", "**Verdict**: " + (
-        "pretraining helped for " + ", ".join(f"{r['config']} at {r['fraction']:g}" for r in helped) if helped else
-        "pretraining did not help detectably at any fraction")
-        + ("; it hurt for " + ", ".join(f"{r['config']} at {r['fraction']:g}" for r in hurt) if hurt else "") + "."]
-    # each row is its own test; with several, say how many survive a Bonferroni correction
-    tested = [r for r in s["rows"] if r["vs_scratch"] and r["vs_scratch"].get("p_welch") is not None]
-    if len(tested) > 1:
-        strict = ALPHA / len(tested)
-        kept = [r for r in tested if r["vs_scratch"]["p_welch"] < strict]
-        lines.append(f"{len(tested)} comparisons: at a Bonferroni-corrected alpha of {strict:.4g}, "
-                     + (", ".join(f"{r['config']} at {r['fraction']:g}" for r in kept) if kept else "none")
-                     + " remain significant.")
+    n_tests = sum(1 for r in s["rows"] if r["vs_scratch"] is not None)
+    lines += ["", "**Verdict** (paired t-test, Holm-corrected over the "
+              f"{n_tests} comparisons): " + (
+                  "pretraining helped for " + ", ".join(f"{r['config']} at {r['fraction']:g}" for r in helped) if helped
+                  else "pretraining did not help detectably at any fraction")
+              + ("; it hurt for " + ", ".join(f"{r['config']} at {r['fraction']:g}" for r in hurt) if hurt else "") + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -235,7 +235,7 @@ def check_model(cfg: Any, task: str, crop: tuple[int, int, int], target_name: st
 
 def _slice_view_target(cfg: Any, target_name: str) -> bool:
     """A 3D target that takes ``--view axial|orthogonal`` with the U-Net (2D/2.5D ncs, finetune.slicewise)."""
-    from finetune import get_target
+    from finetune.targets import get_target
 
     return getattr(cfg, "view", "window") in getattr(get_target(target_name), "slice_views", ())
 
@@ -269,7 +269,7 @@ def new_modules(model: nn.Module) -> list[nn.Module]:
 
 def apply_input_mode(model: nn.Module, cfg: Any, name: str) -> None:
     """``cfg.channels`` / ``cfg.aggregate`` on the RGB network of a baseline (its ``backbone`` for LRCN)."""
-    from finetune import get_target
+    from finetune.targets import get_target
 
     net = model if callable(getattr(model, "set_input_mode", None)) else getattr(model, "backbone", None)
     channels, view = getattr(cfg, "channels", "repeat"), getattr(cfg, "view", "window")

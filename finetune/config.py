@@ -120,7 +120,10 @@ class FinetuneConfig:
         group_size: generic targets on an arrays file without ``groups``: each run of this many
             consecutive samples is one patient (splits and label fractions draw whole patients).
         label_fractions: fractions of the training labels to use (a label-efficiency curve).
-        repeats: runs per fraction with seeds ``seed, seed+1, ...``.
+        repeats: runs per fraction with seeds ``seed, seed+1, ...``; below 1.0 each repeat draws
+            another labelled subset (patients) while distinct subsets exist.
+        min_train_patients: a label fraction leaving fewer training patients than this is a
+            warning in the log and in ``metrics.md`` (its numbers rest on very few patients).
         patience: early stopping patience in epochs on the validation metric.
         balance: draw positives and negatives equally often when training classifiers.
         precise_bn_batches: before every validation, recompute the batch-norm running statistics
@@ -181,6 +184,7 @@ class FinetuneConfig:
     label_fractions: tuple[float, ...] = (1.0,)
     seed: int = 0
     repeats: int = 1
+    min_train_patients: int = 3
     device: str = "auto"
     amp: bool = True
     precision: str = "auto"
@@ -231,7 +235,7 @@ class FinetuneConfig:
                 raise ConfigError(f"label fraction {f} must be in (0, 1]")
         if self.precise_bn_batches < 0:
             raise ConfigError(f"precise_bn_batches must be 0 (off) or more, got {self.precise_bn_batches}")
-        for name in ("epochs", "steps_per_epoch", "batch_size", "repeats", "width", "patience"):
+        for name in ("epochs", "steps_per_epoch", "batch_size", "repeats", "width", "patience", "min_train_patients"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         # depth 1 is a 2D image (radiographs: --crop 1 224 224)

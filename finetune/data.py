@@ -8,12 +8,11 @@ plain numpy so targets, the engine and the tests share it without touching torch
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
-from typing import Sequence, TypeVar, Union
+from typing import Any, Callable, Sequence, TypeVar, Union
 
 import numpy as np
-
-from genesis.data.public.luna16 import extract_cube
 
 
 @dataclass
@@ -73,6 +72,9 @@ class TargetData:
     source: str
     #: lines the engine prints under the banner (e.g. how intensities were normalised)
     notes: tuple[str, ...] = ()
+    #: what a test group is: ``patients`` (or studies: the data said which samples belong
+    #: together), or ``samples`` when the data did not say (every sample its own group)
+    test_unit: str = "patients"
 
 
 def extract_patch(
@@ -83,6 +85,8 @@ def extract_patch(
     Padding lets cubes near the volume border keep the crop size (LUNA16 candidates can sit at
     the edge of the scan); the work is :func:`genesis.data.public.luna16.extract_cube`'s.
     """
+    from genesis.data.public.luna16 import extract_cube  # here: that module imports torch (2 s)
+
     return extract_cube(array, center, size, pad_value=fill)
 
 
@@ -120,43 +124,123 @@ def random_crop(
     return image, extract_patch(case.mask, center, size)
 
 
-def subset_fraction(items: list[S], fraction: float, seed: int, by_group: bool = False) -> list[S]:
-    """A seeded random subset with ``round(fraction * n)`` items (at least one).
+def unit_group(sample: Sample) -> str:
+    """The patient (group) of a sample: its ``group``, else the part of its name before the first
+    ``/`` (``LIDC-IDRI-0001/nodule-2`` -> ``LIDC-IDRI-0001``: the nodules of one scan)."""
+    return sample.group or sample.name.split("/")[0]
 
-    Classification samples are stratified by label, so a small fraction of a rare positive class
-    still keeps at least one positive (and one negative) when there is one. With ``by_group`` the
-    unit is the group (a study: PE fractions count studies, as Ke et al. 2023), stratified by the
-    group's label (its maximum).
-    """
-    if fraction >= 1.0:
-        return list(items)
-    rng = np.random.default_rng([int(seed), 7919])
+
+def _strata(items: list[S], by_group: bool) -> tuple[list[list], Callable[[int], Any]]:
+    """The strata a label fraction draws from (lists of units: groups or item indices) and the
+    unit of item ``i``. Classification is stratified by label (a group's label is its maximum)."""
     if by_group and items and isinstance(items[0], ClsSample):
         group_label: dict[str, int] = {}
         for s in items:
             group_label[s.group] = max(group_label.get(s.group, 0), int(s.label))
         names = sorted(group_label)
-        keep: set[str] = set()
-        for value in sorted(set(group_label.values())):
-            members = [g for g in names if group_label[g] == value]
-            k = max(1, int(round(fraction * len(members))))
-            keep.update(rng.choice(members, size=k, replace=False).tolist())
-        return [s for s in items if s.group in keep]
+        strata = [[g for g in names if group_label[g] == v] for v in sorted(set(group_label.values()))]
+        return strata, lambda i: items[i].group
     if by_group and items and isinstance(items[0], SegCase) and any(c.group for c in items):
-        groups = sorted({c.group for c in items})
-        k = max(1, int(round(fraction * len(groups))))
-        keep_groups = set(rng.choice(groups, size=k, replace=False).tolist())
-        return [c for c in items if c.group in keep_groups]
+        return [sorted({c.group for c in items})], lambda i: items[i].group
     if items and isinstance(items[0], ClsSample):
-        chosen: list[int] = []
         labels = np.array([s.label for s in items])
-        for value in np.unique(labels):
-            idx = np.flatnonzero(labels == value)
-            k = max(1, int(round(fraction * idx.size)))
-            chosen.extend(rng.choice(idx, size=k, replace=False).tolist())
-        return [items[i] for i in sorted(chosen)]
-    k = max(1, int(round(fraction * len(items))))
-    return [items[i] for i in sorted(rng.choice(len(items), size=k, replace=False).tolist())]
+        return [np.flatnonzero(labels == v).tolist() for v in np.unique(labels)], lambda i: i
+    return [list(range(len(items)))], lambda i: i
+
+
+def _draw_size(n: int, fraction: float) -> int:
+    return max(1, int(round(fraction * n)))
+
+
+def subset_fraction(items: list[S], fraction: float, seed: int, by_group: bool = False, attempt: int = 0) -> list[S]:
+    """A seeded random subset with ``round(fraction * n)`` items (at least one).
+
+    Classification samples are stratified by label, so a small fraction of a rare positive class
+    still keeps at least one positive (and one negative) when there is one. With ``by_group`` the
+    unit is the group (a patient or study: PE fractions count studies, as Ke et al. 2023),
+    stratified by the group's label (its maximum). ``attempt`` > 0 draws again from another
+    stream of the same seed (:func:`draw_subsets` uses it to avoid repeating a subset).
+    """
+    if fraction >= 1.0:
+        return list(items)
+    rng = np.random.default_rng([int(seed), 7919] if attempt == 0 else [int(seed), 7919, int(attempt)])
+    strata, unit_of = _strata(items, by_group)
+    keep: set = set()
+    for units in strata:
+        keep.update(rng.choice(units, size=_draw_size(len(units), fraction), replace=False).tolist())
+    return [items[i] for i in range(len(items)) if unit_of(i) in keep]
+
+
+def n_subsets(items: list, fraction: float, by_group: bool = False) -> int:
+    """How many distinct subsets :func:`subset_fraction` can draw (1 at fraction 1)."""
+    if fraction >= 1.0:
+        return 1
+    strata, _ = _strata(items, by_group)
+    return math.prod(math.comb(len(u), _draw_size(len(u), fraction)) for u in strata)
+
+
+@dataclass
+class SubsetDraws:
+    """The training subsets of the repeats of one label fraction, and how distinct they are."""
+
+    subsets: list[list]
+    n_possible: int
+    n_distinct: int
+
+    @property
+    def note(self) -> str | None:
+        """A warning when repeats had to reuse subsets (fewer distinct subsets than repeats)."""
+        if self.n_possible >= len(self.subsets):
+            return None
+        return (f"only {self.n_possible} distinct labelled subset(s) exist for {len(self.subsets)} repeats: "
+                f"repeats reuse subsets ({self.n_distinct} distinct drawn); they differ in initialisation, "
+                "augmentation and batch order only")
+
+
+def draw_subsets(items: list[S], fraction: float, seeds: Sequence[int], by_group: bool = False) -> SubsetDraws:
+    """One :func:`subset_fraction` per seed, distinct while distinct subsets exist.
+
+    Repeat ``k`` draws with its seed; a subset an earlier repeat already drew is drawn again from
+    the next stream of that seed (``attempt`` 1, 2, ...) until it is new, so the draws are seeded
+    and a resumed or extended experiment draws the same subsets for the same seeds. Once every
+    possible subset has been drawn, later repeats take their first draw (and :attr:`SubsetDraws.note`
+    says so).
+    """
+    possible = n_subsets(items, fraction, by_group)
+    position = {id(item): i for i, item in enumerate(items)}
+    seen: set[tuple[int, ...]] = set()
+    subsets = []
+    for seed in seeds:
+        attempt = 0
+        while True:
+            subset = subset_fraction(items, fraction, seed, by_group, attempt)
+            key = tuple(position[id(item)] for item in subset)
+            # every draw has at least a 1/possible chance of being new: this ends (expected
+            # possible / (possible - len(seen)) tries)
+            if key not in seen or len(seen) >= possible:
+                break
+            attempt += 1
+        seen.add(key)
+        subsets.append(subset)
+    return SubsetDraws(subsets, possible, len(seen))
+
+
+def without_foreground(cases: list) -> list[str]:
+    """Names of the segmentation cases whose mask has no foreground (classification: none)."""
+    return [c.name for c in cases if isinstance(c, SegCase) and not np.any(c.mask)]
+
+
+def fingerprint(samples: list) -> str:
+    """SHA-256 of a split as the network sees it: every sample's name, group, image and label/mask
+    (shape, dtype and bytes), in order. Two runs with the same fingerprint were scored on the same cases."""
+    h = hashlib.sha256()
+    for s in samples:
+        h.update(f"{s.name}\0{s.group}\0".encode())
+        for array in (s.image, s.mask if isinstance(s, SegCase) else np.asarray(s.label)):
+            a = np.ascontiguousarray(array)
+            h.update(f"{a.shape}{a.dtype.str}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def split_of(key: str, fractions: tuple[float, float] = (0.7, 0.15)) -> str:

@@ -10,6 +10,10 @@ classification), validate every epoch, stop early when the validation metric has
   the IoU averaged over thresholds 0.5..0.95 (:func:`finetune.stats.iou_over_thresholds`);
 * classification: AUC over test samples, or over studies after max-aggregation (``pe``).
 
+Every test value carries its patient (``groups``): confidence intervals resample patients
+(:mod:`finetune.stats`). Segmentation values also say which cases have foreground; the headline
+metrics are over those (see :func:`score_test`).
+
 Runs are resumable: ``last.pt`` (model, optimiser, epoch, early-stopping state) is written
 atomically after every epoch, ``result.json`` when a run is done. Batches and augmentation are
 drawn from generators seeded by (seed, epoch, step), so a resumed run sees the same data.
@@ -31,15 +35,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from finetune import get_target
 from finetune.augment import Augmenter
 from finetune.config import FinetuneConfig
-from finetune.data import TargetData, random_crop, subset_fraction
+from finetune.data import (
+    TargetData,
+    draw_subsets,
+    random_crop,
+    unit_group,
+    without_foreground,
+)
 from finetune.eta import StepTimer, total_steps
 from finetune.outputs import naming_write_errors
-from finetune.stats import auroc, bootstrap_ci, dice, iou, iou_over_thresholds
+from finetune.stats import bootstrap_ci, dice, iou, iou_over_thresholds, metric_values, n_units, unit_statistic
 from finetune.study import fit_in_plane
-from finetune.targets import Target
+from finetune.targets import Target, get_target
 from finetune.transfer import build_model, frozen_batchnorm_eval
 from genesis.config import config_to_dict, save_config
 from genesis.device import autocast, needs_grad_scaler, resolve_device
@@ -218,14 +227,17 @@ def evaluate(
     """Per-unit test values: a unit is a case (segmentation), a sample, or a study (aggregated).
 
     Returns:
-        Segmentation: ``{"names", "dice", "iou", "iou_mean_thresholds"}`` (one value per case).
-        Classification: ``{"names", "labels", "scores"}`` (one per sample or per group).
+        Segmentation: ``{"names", "groups", "foreground", "dice", "iou", "iou_mean_thresholds"}``
+        (one value per case; ``foreground``: the case's mask has foreground).
+        Classification: ``{"names", "groups", "labels", "scores"}`` (one per sample or per group).
+        ``groups`` is every unit's patient (:func:`finetune.data.unit_group`).
     """
     model.eval()
     if target.task == "segmentation" and target.out_channels > 1:
         return _evaluate_multiclass(model, target, samples, crop, cfg, device)
     if target.task == "segmentation":
-        out: dict[str, Any] = {"names": [], "dice": [], "iou": [], "iou_mean_thresholds": []}
+        out: dict[str, Any] = {"names": [], "groups": [], "foreground": [], "dice": [], "iou": [],
+                               "iou_mean_thresholds": []}
         slices = getattr(target, "slices", None)  # 2D/2.5D inputs of a 3D target: plane by plane, stacked
         for case in samples:
             if slices is not None:
@@ -234,6 +246,8 @@ def evaluate(
                 prob = predict_volume(model, case.image, crop, cfg, device)
             pred = prob > 0.5
             out["names"].append(case.name)
+            out["groups"].append(unit_group(case))
+            out["foreground"].append(bool(np.any(case.mask)))
             out["dice"].append(dice(pred, case.mask))
             out["iou"].append(iou(pred, case.mask))
             out["iou_mean_thresholds"].append(iou_over_thresholds(prob, case.mask))
@@ -255,15 +269,17 @@ def evaluate(
         return target.score_units(samples, np.asarray(scores, dtype=np.float64).reshape(len(samples), -1), cfg)
     labels = [int(s.label) for s in samples]
     names = [s.name for s in samples]
+    groups = [unit_group(s) for s in samples]
     if target.aggregate is not None:  # study-level prediction = max (Ke et al. 2023) or mean over its windows
-        groups: dict[str, list[int]] = {}
+        members: dict[str, list[int]] = {}
         for i, s in enumerate(samples):
-            groups.setdefault(s.group, []).append(i)
-        names = sorted(groups)
-        labels = [max(labels[i] for i in groups[g]) for g in names]
+            members.setdefault(s.group, []).append(i)
+        names = sorted(members)
+        labels = [max(labels[i] for i in members[g]) for g in names]
         reduce = max if getattr(cfg, "aggregate", "max") == "max" else (lambda v: float(np.mean(list(v))))
-        scores = [reduce(scores[i] for i in groups[g]) for g in names]
-    return {"names": names, "labels": labels, "scores": scores}
+        scores = [reduce(scores[i] for i in members[g]) for g in names]
+        groups = names  # one unit per study
+    return {"names": names, "groups": groups, "labels": labels, "scores": scores}
 
 
 def _evaluate_multiclass(
@@ -271,12 +287,14 @@ def _evaluate_multiclass(
     device: torch.device,
 ) -> dict[str, Any]:
     """K-class segmentation: per case, Dice and IoU of every foreground class (argmax prediction)
-    and their means over the classes (``dice``, ``iou``)."""
+    and their means over the classes (``dice``, ``iou``); which cases hold any foreground
+    (``foreground``) and each class (``foreground_<class>``)."""
     names = list(getattr(target, "class_names", None) or [str(k) for k in range(target.out_channels)])
-    out: dict[str, Any] = {"names": [], "dice": [], "iou": []}
+    out: dict[str, Any] = {"names": [], "groups": [], "foreground": [], "dice": [], "iou": []}
     for k in range(1, target.out_channels):
         out[f"dice_{names[k]}"] = []
         out[f"iou_{names[k]}"] = []
+        out[f"foreground_{names[k]}"] = []  # the per-class metrics count the cases holding the class
     for case in samples:
         pred = predict_volume(model, case.image, crop, cfg, device).argmax(0)
         dices, ious = [], []
@@ -285,42 +303,36 @@ def _evaluate_multiclass(
             ious.append(iou(pred == k, case.mask == k))
             out[f"dice_{names[k]}"].append(dices[-1])
             out[f"iou_{names[k]}"].append(ious[-1])
+            out[f"foreground_{names[k]}"].append(bool(np.any(case.mask == k)))
         out["names"].append(case.name)
+        out["groups"].append(unit_group(case))
+        out["foreground"].append(bool(np.any(case.mask > 0)))
         out["dice"].append(float(np.mean(dices)))
         out["iou"].append(float(np.mean(ious)))
     return out
 
 
-def unit_statistic(task: str, values: dict[str, Any], metric: str) -> Callable[[np.ndarray], float]:
-    """The metric recomputed on a set of unit indices (for the bootstrap)."""
-    if task == "segmentation":
-        arr = np.asarray(values[metric], dtype=np.float64)
-        return lambda idx: float(arr[idx].mean())
-    if "columns" in values:  # multi-label test values (finetune.multilabel)
-        from finetune.multilabel import statistic
+def score_test(target: Target, values: dict[str, Any], cfg: FinetuneConfig) -> dict[str, Any]:
+    """The test record of a run: its metrics, their patient-bootstrap CIs and, for segmentation,
+    the cases without foreground and the metrics over all cases.
 
-        return statistic(values, metric, values.get("sets", {}))
-    labels = np.asarray(values["labels"])
-    scores = np.asarray(values["scores"], dtype=np.float64)
-    if scores.ndim == 2:  # K classes: softmax vectors; macro one-vs-rest AUC and accuracy
-        from genesis.training.evaluate import roc_auc_ovr
-
-        if metric == "accuracy":
-            return lambda idx: float(np.mean(scores[idx].argmax(1) == labels[idx])) if len(idx) else float("nan")
-        return lambda idx: roc_auc_ovr(scores[idx], labels[idx])
-    if metric == "accuracy":
-        return lambda idx: float(np.mean((scores[idx] > 0.5) == (labels[idx] == 1))) if len(idx) else float("nan")
-    return lambda idx: auroc(labels[idx], scores[idx])
-
-
-def n_units(values: dict[str, Any]) -> int:
-    return len(values["names"])
-
-
-def metric_values(task: str, values: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, float]:
-    """Point estimates of every metric on all units."""
-    idx = np.arange(n_units(values))
-    return {m: unit_statistic(task, values, m)(idx) if idx.size else float("nan") for m in metrics}
+    Segmentation metrics are means over the test cases whose ground truth has foreground (the
+    convention of the segmentation challenges: an empty mask has no object to overlap); the mean
+    over every case, empty masks scored 1 for an empty prediction and 0 otherwise, is
+    ``metrics_all_cases``.
+    """
+    metrics = metric_values(target.task, values, target.metrics)
+    n = n_units(values)
+    ci = {m: bootstrap_ci(unit_statistic(target.task, values, m), n, n_resamples=cfg.evaluation.bootstrap_resamples,
+                          confidence=cfg.evaluation.confidence, seed=cfg.seed)
+          for m in target.metrics}
+    out: dict[str, Any] = {"metrics": metrics, "ci": ci, "n_test_units": n}
+    if target.task == "segmentation" and "foreground" in values:
+        empty = [name for name, fg in zip(values["names"], values["foreground"]) if not fg]
+        predicted_empty = sum(1 for d, fg in zip(values["dice"], values["foreground"]) if not fg and d == 1.0)
+        out["metrics_all_cases"] = metric_values(target.task, values, target.metrics, all_cases=True)
+        out["cases_without_foreground"] = {"n": len(empty), "names": empty, "predicted_empty": predicted_empty}
+    return out
 
 
 # -------------------------------------------------------------------------------------- one run
@@ -443,19 +455,16 @@ def train_run(
     if best_path.is_file():
         model.load_state_dict(load_checkpoint(best_path, map_location=device)["model"])
     test_values = evaluate(model, target, data.test, crop, cfg, device)
-    metrics = metric_values(target.task, test_values, target.metrics)
-    ci = {m: bootstrap_ci(unit_statistic(target.task, test_values, m), n_units(test_values),
-                          n_resamples=cfg.evaluation.bootstrap_resamples,
-                          confidence=cfg.evaluation.confidence, seed=cfg.seed)
-          for m in target.metrics}
     result = {
         "seed": seed,
         "n_train": len(train),
+        # the patients this run trained and validated on (the samples given to the batches)
+        "train_groups": sorted({unit_group(s) for s in train}),
+        "val_groups": sorted({unit_group(s) for s in data.val}),
         "epochs_run": state["epoch"],
         "best_epoch": state["best_epoch"],
         "train_seconds": round(time.perf_counter() - started, 2),
-        "metrics": metrics,
-        "ci": ci,
+        **score_test(target, test_values, cfg),
         "transfer": transfer_info,
         "history": state["history"],
         "test_units": test_values,
@@ -513,6 +522,48 @@ def _check_splits(data: TargetData, target: Target) -> None:
             )
 
 
+def check_labels(data: TargetData, target: Target, log: Log) -> list[str]:
+    """Labels without foreground (segmentation): an error when no training case has any, else a
+    warning naming the cases of each split that have none. Returns the training and validation
+    warnings (the test cases without foreground are reported by the metrics, apart)."""
+    if target.task != "segmentation":
+        return []
+    empty = {split: without_foreground(getattr(data, split)) for split in ("train", "val", "test")}
+    if len(empty["train"]) == len(data.train):
+        raise DatasetLayoutError(f"target {target.name!r}: no training label holds any foreground: nothing to "
+                                 f"segment ({data.source})")
+    warnings = []
+    for split, names in empty.items():
+        if names:
+            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            what = (" (their metrics are reported apart; the headline metrics are over the cases with foreground)"
+                    if split == "test" else "")
+            line = (f"{len(names)} of {len(getattr(data, split))} {split} cases have no foreground in their "
+                    f"labels{what}: {shown}")
+            log(f"warning: {line}")
+            if split != "test":
+                warnings.append(line)
+    return warnings
+
+
+def fraction_warnings(fraction: float, draws: Any, cfg: FinetuneConfig, target: Target) -> list[str]:
+    """What the reader of a label fraction's numbers must know: reused subsets, fewer training
+    patients than ``cfg.min_train_patients``, drawn subsets without any foreground."""
+    out = []
+    if draws.note and fraction < 1.0:
+        out.append(f"label fraction {fraction:g}: {draws.note}")
+    counts = sorted({len({unit_group(s) for s in train}) for train in draws.subsets})
+    if counts[0] < cfg.min_train_patients:
+        shown = counts[0] if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        out.append(f"label fraction {fraction:g} leaves {shown} training patient(s), fewer than "
+                   f"min_train_patients = {cfg.min_train_patients}: its numbers rest on very few patients")
+    if target.task == "segmentation":
+        seeds = [cfg.seed + k for k, train in enumerate(draws.subsets) if len(without_foreground(train)) == len(train)]
+        if seeds:
+            out.append(f"label fraction {fraction:g}: the training patients of seed(s) {seeds} have no foreground at all")
+    return out
+
+
 def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     """Run every (label fraction, seed) of ``cfg`` and write ``OUT/metrics.json``, ``.md`` and ``.png``.
 
@@ -523,6 +574,7 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
         GenesisError: bad configuration, dataset layout or checkpoint (message names the file).
     """
     from finetune.baselines import check_model
+    from finetune.compare import check_comparable, comparability
     from finetune.report import build_metrics, write_reports
 
     cfg.validate()
@@ -554,6 +606,10 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
         network.update(target.network_input(cfg))
     write_load_report(cfg, target.task, out, log, **network)
     _check_splits(data, target)
+    label_warnings = check_labels(data, target, log)
+    record = comparability(cfg, target, data)
+    if cfg.compare:  # before any training: a comparison with another test set or evaluation is refused
+        check_comparable(record, cfg.compare)
     if data.synthetic:
         log(SYNTHETIC_BANNER)
     for note in data.notes:
@@ -569,22 +625,31 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     if cfg.lr_search:  # Ke et al.: the rate with the best validation metric on 10% of the data
         from finetune.lr_search import search_learning_rate
 
-        lr_record = search_learning_rate(cfg, target, data, device, out, log)
+        lr_record = search_learning_rate(cfg, target, data, device, out, log, run_one=train_run)
         cfg.optim.lr = lr_record["chosen"]
     timer = StepTimer(total_steps(cfg), device.type, log)  # warns after the first steps when a CPU takes long
     runs: dict[float, list[dict[str, Any]]] = {}
+    draws_of: dict[float, dict[str, Any]] = {}
+    seeds = [cfg.seed + r for r in range(cfg.repeats)]
     for fraction in cfg.label_fractions:
+        draws = draw_subsets(data.train, fraction, seeds, by_group=target.fraction_by_group)
+        warnings = fraction_warnings(fraction, draws, cfg, target)
+        for line in warnings:
+            log(f"warning: {line}")
+        possible = draws.n_possible if draws.n_possible < 2**53 else float(draws.n_possible)  # exact in JSON readers
+        draws_of[fraction] = {"n_possible": possible, "n_distinct": draws.n_distinct, "warnings": warnings}
         runs[fraction] = []
-        for r in range(cfg.repeats):
-            seed = cfg.seed + r
-            train = subset_fraction(data.train, fraction, seed, by_group=target.fraction_by_group)
+        for seed, train in zip(seeds, draws.subsets):
             run_dir = out / f"fraction-{fraction:g}" / f"seed-{seed}"
-            log(f"run: label fraction {fraction:g} ({len(train)} training units), seed {seed}")
+            log(f"run: label fraction {fraction:g} ({len(train)} training units of "
+                f"{len({unit_group(s) for s in train})} patient(s)), seed {seed}")
             result = train_run(target, data, train, cfg, seed, run_dir, device, log, timer=timer)
+            result["result"] = str(run_dir.relative_to(out) / "result.json")
             runs[fraction].append(result)
             shown = ", ".join(f"{m} {v:.4f}" for m, v in result["metrics"].items() if v is not None)
             log(f"  test: {shown}")
-    metrics = build_metrics(cfg, target, data, runs)
+    metrics = build_metrics(cfg, target, data, runs, draws_of, record)
+    metrics["label_warnings"] = label_warnings
     metrics["lr_search"] = lr_record
     write_reports(metrics, out, target, compare=cfg.compare)
     return json.loads((out / "metrics.json").read_text())

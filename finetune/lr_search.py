@@ -20,7 +20,7 @@ import torch
 
 from finetune.config import FinetuneConfig
 from finetune.data import TargetData, subset_fraction
-from finetune.targets import Target
+from finetune.targets.base import Target
 from genesis.errors import TrainingDivergedError
 
 Log = Callable[[str], None]
@@ -34,16 +34,17 @@ def best_validation(result: dict[str, Any], metric: str) -> float:
 
 
 def search_learning_rate(
-    cfg: FinetuneConfig, target: Target, data: TargetData, device: torch.device, out: Path, log: Log = print
+    cfg: FinetuneConfig, target: Target, data: TargetData, device: torch.device, out: Path, log: Log = print, *,
+    run_one: Callable[..., dict[str, Any]],
 ) -> dict[str, Any]:
     """Train one short run per ``cfg.lr_grid`` rate and return the record with the ``chosen`` rate.
 
-    Ties go to the earlier grid point; a rate whose run diverges is no candidate (listed under
-    ``diverged``); when no rate gives a defined validation metric (e.g. a one-class validation
-    split) the configured ``cfg.optim.lr`` is kept and the record says so.
+    ``run_one`` trains and scores one run (:func:`finetune.engine.train_run`: the engine passes
+    it, so this module does not import the engine that imports it). Ties go to the earlier grid
+    point; a rate whose run diverges is no candidate (listed under ``diverged``); when no rate
+    gives a defined validation metric (e.g. a one-class validation split) the configured
+    ``cfg.optim.lr`` is kept and the record says so.
     """
-    from finetune.engine import train_run  # the engine calls us: import at use, no cycle at import
-
     train = subset_fraction(data.train, cfg.lr_search_fraction, cfg.seed, by_group=target.fraction_by_group)
     scores: dict[str, float] = {}
     diverged: list[float] = []
@@ -54,7 +55,7 @@ def search_learning_rate(
         run_dir = out / "lr-search" / f"lr-{lr:g}"
         log(f"lr search: rate {lr:g} on {len(train)} training units ({cfg.lr_search_fraction:g} of the split)")
         try:
-            result = train_run(target, data, train, trial, cfg.seed, run_dir, device, log)
+            result = run_one(target, data, train, trial, cfg.seed, run_dir, device, log)
         except TrainingDivergedError as exc:  # a rate too high for this data: out of the running, not fatal
             log(f"lr search: rate {lr:g} diverged at step {exc.step}; not a candidate")
             diverged.append(float(lr))

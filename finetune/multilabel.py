@@ -6,25 +6,24 @@ binary cross-entropy per label, averaged over the labels that are not ignored; a
 per observation over the units whose label for it is not ignored.
 
 Test values (``evaluate``) are ``{"names", "labels", "scores", "columns"}`` with (units x labels)
-lists; ``columns`` marks them as multi-label for :func:`finetune.engine.unit_statistic`.
+lists; ``columns`` marks them as multi-label for :func:`finetune.stats.sample_statistic`.
 Metric names: ``auc_<observation>`` (lower case, spaces as ``_``) and ``mean_auc_<set>`` for the
 named sets of the target (e.g. ``mean_auc_competition``: the five CheXpert competition tasks).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from finetune.stats import auroc
+# the metric name of an observation and the metrics of these test values live with the statistics
+from finetune.stats import multilabel_statistic as statistic
+from finetune.stats import observation_metric as metric_key
 
-
-def metric_key(observation: str) -> str:
-    """``Pleural Effusion`` -> ``auc_pleural_effusion``."""
-    return "auc_" + observation.lower().replace(" ", "_").replace("/", "_")
+__all__ = ["masked_bce", "metric_key", "score_units", "statistic"]
 
 
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -39,7 +38,8 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def score_units(samples: Sequence[Any], probs: np.ndarray, columns: Sequence[str], aggregate: bool) -> dict[str, Any]:
     """Test values of multi-label samples; with ``aggregate`` one unit per group (study): the
-    maximum probability over its views and, per label, its maximum label (ignored if all are)."""
+    maximum probability over its views and, per label, its maximum label (ignored if all are).
+    ``groups`` is the group of every unit, what the bootstrap resamples."""
     labels = np.stack([np.asarray(s.label, dtype=np.float64) for s in samples])
     names = [s.name for s in samples]
     if aggregate:
@@ -51,7 +51,8 @@ def score_units(samples: Sequence[Any], probs: np.ndarray, columns: Sequence[str
         with np.errstate(all="ignore"):
             labels = np.stack([_nanmax(labels[groups[g]]) for g in names])
     labels_out = [[None if np.isnan(v) else float(v) for v in row] for row in labels]
-    return {"names": names, "labels": labels_out, "scores": probs.tolist(), "columns": list(columns)}
+    units = names if aggregate else [s.group for s in samples]  # the statistics resample these
+    return {"names": names, "groups": units, "labels": labels_out, "scores": probs.tolist(), "columns": list(columns)}
 
 
 def _nanmax(rows: np.ndarray) -> np.ndarray:
@@ -61,32 +62,3 @@ def _nanmax(rows: np.ndarray) -> np.ndarray:
         if col.size:
             out[j] = col.max()
     return out
-
-
-def statistic(values: dict[str, Any], metric: str, sets: dict[str, Sequence[str]]) -> Callable[[np.ndarray], float]:
-    """``metric`` recomputed on unit indices: one observation's AUC, or the mean AUC of a set
-    (the mean of the observations whose AUC is defined on those units; ``nan`` if none is)."""
-    columns = list(values["columns"])
-    labels = np.array([[np.nan if v is None else v for v in row] for row in values["labels"]], dtype=np.float64)
-    labels = labels.reshape(len(values["names"]), len(columns))
-    scores = np.asarray(values["scores"], dtype=np.float64).reshape(labels.shape)
-
-    def auc(j: int, idx: np.ndarray) -> float:
-        y, s = labels[idx, j], scores[idx, j]
-        keep = ~np.isnan(y)
-        return auroc(y[keep].astype(int), s[keep])
-
-    keys = {metric_key(c): j for j, c in enumerate(columns)}
-    if metric in keys:
-        j = keys[metric]
-        return lambda idx: auc(j, np.asarray(idx))
-    if metric.startswith("mean_auc_") and metric[len("mean_auc_"):] in sets:
-        members = [columns.index(c) for c in sets[metric[len("mean_auc_"):]] if c in columns]
-
-        def mean(idx: np.ndarray) -> float:
-            aucs = [auc(j, np.asarray(idx)) for j in members]
-            aucs = [a for a in aucs if not np.isnan(a)]
-            return float(np.mean(aucs)) if aucs else float("nan")
-
-        return mean
-    raise KeyError(f"unknown multi-label metric {metric!r}")

@@ -1,12 +1,16 @@
 """Aggregate runs and write ``metrics.json``, ``metrics.md`` and ``metrics.png``.
 
-Aggregates per label fraction: mean and sample s.d. over runs (seeds), and a 95% bootstrap CI of
-the run-averaged metric: the *test set* is resampled (1,000 times by default, seeded), every run's
-metric is recomputed on the same resample (AUC recomputed, not averaged) and averaged over runs;
-the 2.5/97.5 percentiles of those values are the CI. Each run also carries its own CI.
+The statistical unit is the test *patient* (:mod:`finetune.stats`). Per label fraction: the mean
+and sample s.d. over runs (seeds), and the headline 95% CI of the run-averaged metric from a
+bootstrap that resamples the runs and the test patients together (1,000 times by default,
+seeded): every drawn run's metric is recomputed on the drawn patients (AUC recomputed, not
+averaged) and averaged over the drawn runs, so the interval holds the variation between runs
+(labelled draws, initialisations) as well as between test patients. Next to it: the t-interval
+over runs and the CI with the runs held fixed (test patients only). Each run carries its own
+patient-bootstrap CI and the patients it trained and validated on.
 
-``--compare OTHER_OUT`` adds independent two-sample t-tests (Student and Welch) between the
-per-run metrics of this experiment and of ``OTHER_OUT/metrics.json``, per fraction and metric.
+``--compare OTHER_OUT``: :mod:`finetune.compare` (paired tests, Holm correction, refused when the
+test set or evaluation differ).
 """
 
 from __future__ import annotations
@@ -17,14 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from finetune.compare import IOU_THRESHOLDS_DEFINITION, compare_with, draw_digest
 from finetune.config import FinetuneConfig
 from finetune.data import TargetData
-from finetune.engine import n_units, unit_statistic
 from finetune.outputs import naming_write_errors
-from finetune.stats import bootstrap_ci, compare_runs, mean_sd
+from finetune.stats import joint_bootstrap_ci, mean_sd, n_units, t_interval, unit_statistic
 from finetune.targets import Target
 from genesis.config import config_to_dict
-from genesis.errors import ConfigError, InputFileError
 from genesis.fileio import write_report
 
 
@@ -59,38 +62,71 @@ def model_record(cfg: FinetuneConfig, target: Target, runs: dict[float, list[dic
 
 
 def aggregate_runs(task: str, metrics: tuple[str, ...], runs: list[dict[str, Any]], cfg: FinetuneConfig) -> dict[str, Any]:
-    """Mean, s.d. and joint-bootstrap CI of each metric over the runs of one label fraction."""
+    """Mean, s.d., t-interval over runs and the runs-and-patients bootstrap CI of each metric over
+    the runs of one label fraction (see the module docstring)."""
     out: dict[str, Any] = {}
     n = n_units(runs[0]["test_units"]) if runs else 0
     same_units = all(r["test_units"]["names"] == runs[0]["test_units"]["names"] for r in runs)
+    ev = cfg.evaluation
+    boot = {"n_resamples": ev.bootstrap_resamples, "confidence": ev.confidence, "seed": cfg.seed}
     for m in metrics:
         values = [r["metrics"][m] if r["metrics"][m] is not None else float("nan") for r in runs]
         mean, sd = mean_sd(values)
-        entry: dict[str, Any] = {"mean": mean, "sd": sd, "n_runs": len(runs), "values": values}
+        t = t_interval(values, ev.confidence)
+        entry: dict[str, Any] = {"mean": mean, "sd": sd, "n_runs": len(runs), "values": values,
+                                 "t_low": t["low"], "t_high": t["high"]}
         if same_units and n:
             fns = [unit_statistic(task, r["test_units"], m) for r in runs]
-            ci = bootstrap_ci(lambda idx: float(np.mean([f(idx) for f in fns])), n,
-                              n_resamples=cfg.evaluation.bootstrap_resamples,
-                              confidence=cfg.evaluation.confidence, seed=cfg.seed)
-            entry.update(ci_low=ci["low"], ci_high=ci["high"], ci_invalid_resamples=ci["n_invalid"])
+            joint = joint_bootstrap_ci(fns, n, resample_runs=True, **boot)
+            fixed = joint_bootstrap_ci(fns, n, resample_runs=False, **boot)
+            entry.update(ci_low=joint["low"], ci_high=joint["high"], ci_invalid_resamples=joint["n_invalid"],
+                         ci_test_only_low=fixed["low"], ci_test_only_high=fixed["high"])
+        if all("metrics_all_cases" in r for r in runs):  # segmentation: empty masks included
+            entry["mean_all_cases"] = mean_sd([r["metrics_all_cases"][m] for r in runs
+                                               if r["metrics_all_cases"][m] is not None])[0]
         out[m] = entry
     return out
 
 
+RUN_FIELDS = ("seed", "n_train", "train_groups", "val_groups", "epochs_run", "best_epoch", "train_seconds",
+              "metrics", "ci", "metrics_all_cases", "result")
+
+
 def build_metrics(
-    cfg: FinetuneConfig, target: Target, data: TargetData, runs: dict[float, list[dict[str, Any]]]
+    cfg: FinetuneConfig, target: Target, data: TargetData, runs: dict[float, list[dict[str, Any]]],
+    draws: dict[float, dict[str, Any]] | None = None, comparability: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The content of ``metrics.json`` (without the comparison, added by :func:`write_reports`)."""
+    """The content of ``metrics.json`` (without the comparison, added by :func:`write_reports`).
+
+    ``draws``: per fraction, how many distinct labelled subsets exist and were drawn, and its
+    warnings (:func:`finetune.engine.fraction_warnings`); ``comparability``: the record
+    :func:`finetune.compare.comparability` made of the test set and evaluation, completed here
+    with the draw of every run.
+    """
     model = model_record(cfg, target, runs)
+    draws = draws or {}
+    comparability = dict(comparability or {}, draws={})
     fractions = []
     for fraction, fruns in runs.items():
+        info = draws.get(fraction, {})
         fractions.append({
             "fraction": fraction,
             "n_train": [r["n_train"] for r in fruns],
-            "runs": [{k: r[k] for k in ("seed", "n_train", "epochs_run", "best_epoch", "train_seconds", "metrics", "ci")}
-                     for r in fruns],
+            "n_train_patients": [len(r.get("train_groups", [])) for r in fruns],
+            "n_distinct_draws": info.get("n_distinct"),
+            "n_possible_draws": info.get("n_possible"),
+            "warnings": list(info.get("warnings", [])),
+            "runs": [{k: r[k] for k in RUN_FIELDS if k in r} for r in fruns],
             "aggregate": aggregate_runs(target.task, target.metrics, fruns, cfg),
         })
+        # a run reused from an older result.json may not say whom it trained on: never paired then
+        comparability["draws"][f"{fraction:g}"] = {str(r["seed"]): draw_digest(r["train_groups"]) if "train_groups" in r
+                                                   else None for r in fruns}
+    first = next(iter(runs.values()))[0] if runs else None
+    units = first["test_units"] if first else {"names": []}
+    unit = getattr(data, "test_unit", "patients")
+    empty = first.get("cases_without_foreground") if first else None
+    ev = cfg.evaluation
     return {
         "target": target.name,
         "title": target.title,
@@ -101,13 +137,22 @@ def build_metrics(
         "spatial_dims": target.spatial_dims,
         "classes": list(getattr(target, "class_names", None) or []) or None,
         "notes": list(data.notes),
-        "n_test_units": n_units(next(iter(runs.values()))[0]["test_units"]) if runs else 0,
+        "test_unit": unit,
+        "n_test_units": n_units(units),
+        "n_test_samples": len(units["names"]),
+        "empty_masks": None if empty is None else {
+            "n_test_cases_without_foreground": empty["n"],
+            "n_test_cases": len(units["names"]),
+            "cases": empty["names"],
+            # per run (every fraction): how many of those cases it predicted empty (scored 1 in the all-cases mean)
+            "predicted_empty": [r["cases_without_foreground"]["predicted_empty"] for fr in runs.values() for r in fr
+                                if "cases_without_foreground" in r],
+            "headline": "cases with foreground",
+            "convention": comparability.get("metric_definitions", {}).get("foreground"),
+        },
         "metrics": list(target.metrics),
         "primary_metric": target.primary_metric,
-        "iou_mean_thresholds_definition": (
-            "foreground IoU of (predicted probability > t) vs the ground-truth mask, averaged over "
-            "t = 0.50, 0.55, ..., 0.95, per test case, then averaged over cases"
-        ) if target.task == "segmentation" else None,
+        "iou_mean_thresholds_definition": IOU_THRESHOLDS_DEFINITION if target.task == "segmentation" else None,
         "evaluation": (
             getattr(target, "slices").describe() if getattr(target, "slices", None) is not None  # 2D/2.5D ncs
             else "sliding-window inference over whole test volumes/regions" if target.task == "segmentation"
@@ -123,40 +168,16 @@ def build_metrics(
         "view": cfg.view,
         "aggregate": cfg.aggregate if (target.aggregate or model.get("model_family") == "baseline") else None,
         "repeats": cfg.repeats,
-        "ci_method": (f"percentile bootstrap, {cfg.evaluation.bootstrap_resamples} resamples of the test set "
-                      f"(seed {cfg.seed}), {cfg.evaluation.confidence:.0%}"),
+        "ci_method": (f"{ev.confidence:.0%} percentile bootstrap over test {unit} ({n_units(units)}), "
+                      f"{ev.bootstrap_resamples} resamples (seed {cfg.seed}); a resampled {unit[:-1]} brings all "
+                      f"its samples. Label-fraction CI: runs and test {unit} resampled together (between-run "
+                      "variance included); also the t-interval over runs and the CI with runs held fixed. "
+                      f"Per-run CI: test {unit} only"),
         "config": config_to_dict(cfg),
+        "comparability": comparability,
         "label_fractions": fractions,
         "comparison": None,
     }
-
-
-def compare_with(metrics: dict[str, Any], other_out: str | Path) -> dict[str, Any]:
-    """Two-sample t-tests of our per-run metrics against ``other_out/metrics.json``, per fraction."""
-    path = Path(other_out)
-    path = path / "metrics.json" if path.is_dir() else path
-    try:
-        other = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputFileError("no metrics.json to compare with (run genesis-finetune with --out there first)", path) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputFileError(f"not a metrics.json ({exc})", path) from None
-    if other.get("target") != metrics["target"]:
-        raise ConfigError(f"cannot compare target {metrics['target']!r} with target {other.get('target')!r}", path)
-    theirs = {f["fraction"]: f for f in other.get("label_fractions", [])}
-    rows = []
-    for ours in metrics["label_fractions"]:
-        if ours["fraction"] not in theirs:
-            continue
-        row: dict[str, Any] = {"fraction": ours["fraction"]}
-        for m in metrics["metrics"]:
-            a = [v for v in ours["aggregate"][m]["values"] if v is not None]
-            b = [v for v in theirs[ours["fraction"]]["aggregate"].get(m, {}).get("values", []) if v is not None]
-            row[m] = compare_runs(a, b)
-        rows.append(row)
-    return {"other": str(path), "other_configuration": other.get("configuration"), "other_model": other.get("model"),
-            "other_synthetic": other.get("synthetic"), "test": "independent two-sample t-test (scipy.stats.ttest_ind)",
-            "fractions": rows}
 
 
 def _fmt(x: Any, digits: int = 4) -> str:
@@ -175,30 +196,75 @@ def markdown(metrics: dict[str, Any]) -> str:
     if metrics.get("model"):
         source = metrics.get("weights_source") or metrics.get("weights") or f"none (random init: {metrics['init']})"
         lines += [f"Model: {metrics['model']}. Weights: {source}.", ""]
+    unit = metrics.get("test_unit", "patients")
+    lines += [f"Test set: {metrics.get('n_test_units')} {unit} ({metrics.get('n_test_samples')} samples); every CI "
+              f"resamples {unit}.", ""]
+    empty = metrics.get("empty_masks")
+    if empty and empty["n_test_cases_without_foreground"]:
+        lines += [f"**Empty masks**: {empty['n_test_cases_without_foreground']} of {empty['n_test_cases']} test cases "
+                  f"have no foreground; the runs predicted none on {_span(empty['predicted_empty'])} of them. The table is "
+                  f"over the cases with foreground (the headline, the convention of the segmentation challenges); "
+                  f"the last column is the primary metric over all cases, empty ones scored 1 for an empty prediction "
+                  f"and 0 otherwise.", ""]
+    warnings = [*metrics.get("label_warnings", []), *(w for f in metrics["label_fractions"] for w in f.get("warnings", []))]
+    if warnings:
+        lines += [f"**Warning**: {w}" for w in warnings] + [""]
     names = metrics["metrics"]
-    lines.append("| label fraction | runs | train units | " + " | ".join(f"{m} mean ± s.d. [95% CI]" for m in names) + " |")
-    lines.append("| --- | --- | --- | " + " | ".join("---" for _ in names) + " |")
+    primary = metrics["primary_metric"]
+    all_cases = bool(empty and empty["n_test_cases_without_foreground"])
+    lines.append("| label fraction | runs | train units (patients) | distinct draws | "
+                 + " | ".join(f"{m} mean ± s.d. [95% CI]" for m in names)
+                 + f" | {primary} t-interval over runs | {primary} CI, runs fixed |"
+                 + (f" {primary} all cases |" if all_cases else ""))
+    lines.append("| --- | --- | --- | --- | " + " | ".join("---" for _ in names) + " | --- | --- |"
+                 + (" --- |" if all_cases else ""))
     for f in metrics["label_fractions"]:
         cells = []
         for m in names:
             a = f["aggregate"][m]
             cells.append(f"{_fmt(a['mean'])} ± {_fmt(a['sd'])} [{_fmt(a.get('ci_low'))}, {_fmt(a.get('ci_high'))}]")
-        n_train = f["n_train"][0] if len(set(f["n_train"])) == 1 else f["n_train"]
-        lines.append(f"| {f['fraction']:g} | {len(f['runs'])} | {n_train} | " + " | ".join(cells) + " |")
+        a = f["aggregate"][primary]
+        n_train = _span(f["n_train"])
+        patients = _span(f.get("n_train_patients") or [])
+        possible = f.get("n_possible_draws")
+        draws = (f"{f.get('n_distinct_draws')} (of {possible:.3g} possible)" if isinstance(possible, (int, float))
+                 else "-")
+        lines.append(f"| {f['fraction']:g} | {len(f['runs'])} | {n_train} ({patients}) | {draws} | " + " | ".join(cells)
+                     + f" | [{_fmt(a.get('t_low'))}, {_fmt(a.get('t_high'))}]"
+                     + f" | [{_fmt(a.get('ci_test_only_low'))}, {_fmt(a.get('ci_test_only_high'))}] |"
+                     + (f" {_fmt(a.get('mean_all_cases'))} |" if all_cases else ""))
+    lines += ["", "95% CI: runs and test patients resampled together (it holds the variation between runs: labelled "
+              "draws and initialisations). t-interval over runs: the runs' spread alone; CI with runs fixed: the test "
+              "patients' alone."]
     if metrics["task"] == "segmentation":
         lines += ["", f"iou_mean_thresholds: {metrics['iou_mean_thresholds_definition']}."]
     comp = metrics.get("comparison")
     if comp:
         lines += ["", f"## Comparison with {comp['other']} ({comp['other_configuration']})", "",
-                  "| label fraction | metric | ours | other | t (Student) | p (Student) | t (Welch) | p (Welch) |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  f"Primary test: {comp['primary_test']}. Correction: {comp['correction']}.", "",
+                  "| label fraction | metric | ours | other | difference [95% paired bootstrap CI] | p (paired t) "
+                  "| p (paired t, Holm) | p (paired bootstrap) | p (Welch) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for row in comp["fractions"]:
             for m in names:
                 c = row[m]
-                lines.append(f"| {row['fraction']:g} | {m} | {_fmt(c['mean_a'])} (n={c['n_a']}) | {_fmt(c['mean_b'])} (n={c['n_b']}) | "
-                             f"{_fmt(c['t_student'], 3)} | {_fmt(c['p_student'])} | {_fmt(c['t_welch'], 3)} | {_fmt(c['p_welch'])} |")
-        lines += ["", "p-values need at least two runs per configuration (--repeats)."]
+                b = c.get("bootstrap") or {}
+                lines.append(f"| {row['fraction']:g} | {m} | {_fmt(c['mean_a'])} (n={c['n_a']}) | {_fmt(c['mean_b'])} "
+                             f"(n={c['n_b']}) | {_fmt(c.get('mean_difference'))} [{_fmt(b.get('low'))}, "
+                             f"{_fmt(b.get('high'))}] | {_fmt(c.get('p_paired'))} | {_fmt(c.get('p_paired_holm'))} | "
+                             f"{_fmt(b.get('p'))} | {_fmt(c['p_welch'])} |")
+        lines += ["", "Runs are paired by seed (same labelled patients, same test patients); p-values need at least "
+                  "two pairs (--repeats)."]
+        if comp.get("left_out"):
+            lines += ["", "Left out (not comparable): " + "; ".join(comp["left_out"]) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _span(values: list[int]) -> str:
+    """``20`` when every run has the same count, else ``8-12``."""
+    if not values:
+        return "?"
+    return str(values[0]) if len(set(values)) == 1 else f"{min(values)}-{max(values)}"
 
 
 def plot(metrics: dict[str, Any], path: Path, other: dict[str, Any] | None = None) -> Path:
@@ -244,7 +310,7 @@ def write_reports(metrics: dict[str, Any], out: Path, target: Target, compare: s
     """Write metrics.json, metrics.md and metrics.png into ``out`` (atomically)."""
     other = None
     if compare:
-        metrics["comparison"] = compare_with(metrics, compare)
+        metrics["comparison"] = compare_with(metrics, compare, out)
         other = json.loads(Path(metrics["comparison"]["other"]).read_text())
     with naming_write_errors(out / "metrics.json", "metrics report (metrics.json, metrics.md)"):
         write_report(out, "metrics", metrics, markdown(metrics))

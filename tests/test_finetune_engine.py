@@ -142,11 +142,15 @@ def test_label_fractions_and_repeats_aggregate_with_joint_bootstrap(tmp_path):
         assert agg["sd"] == pytest.approx(np.std(values, ddof=1))
 
 
-def test_compare_writes_student_and_welch_t_tests(tmp_path):
+def test_compare_writes_paired_student_and_welch_t_tests(tmp_path):
+    # the same test set and evaluation on both sides (comparability), runs paired by seed and draw
     def fake(path, values):
         path.mkdir()
-        doc = {"target": "ncc", "configuration": "x", "synthetic": True, "primary_metric": "auc", "metrics": ["auc"],
-               "label_fractions": [{"fraction": 1.0, "aggregate": {"auc": {"values": values}}}]}
+        runs = [{"seed": k, "metrics": {"auc": v}} for k, v in enumerate(values)]
+        doc = {"target": "ncc", "task": "classification", "configuration": "x", "synthetic": True,
+               "primary_metric": "auc", "metrics": ["auc"],
+               "comparability": {"target": "ncc", "test_fingerprint": "f", "draws": {"1": {str(k): "d" for k in range(4)}}},
+               "label_fractions": [{"fraction": 1.0, "runs": runs, "aggregate": {"auc": {"values": values}}}]}
         (path / "metrics.json").write_text(json.dumps(doc))
         return doc
 
@@ -154,9 +158,12 @@ def test_compare_writes_student_and_welch_t_tests(tmp_path):
     fake(tmp_path / "b", [0.70, 0.75, 0.72, 0.69])
     comp = compare_with(ours, tmp_path / "b")
     row = comp["fractions"][0]["auc"]
-    assert row["p_student"] == pytest.approx(scipy_stats.ttest_ind([0.81, 0.84, 0.79], [0.70, 0.75, 0.72, 0.69]).pvalue)
-    assert row["p_welch"] == pytest.approx(
-        scipy_stats.ttest_ind([0.81, 0.84, 0.79], [0.70, 0.75, 0.72, 0.69], equal_var=False).pvalue)
+    a, b = [0.81, 0.84, 0.79], [0.70, 0.75, 0.72]  # seed 3 ran on one side only: left out
+    assert comp["left_out"] == ["fraction 1: seed(s) [3] run on one side only"]
+    assert row["p_student"] == pytest.approx(scipy_stats.ttest_ind(a, b).pvalue)
+    assert row["p_welch"] == pytest.approx(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert row["p_paired"] == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue)
+    assert row["bootstrap"] is None  # no result.json with per-patient values next to these metrics.json
 
 
 def test_augmenter_moves_image_and_mask_together_and_is_seeded():

@@ -28,7 +28,7 @@ def tiny(target: str, data, out, **kw) -> FinetuneConfig:
 
 def test_2d_h5_segmentation_with_groups_test_data_fractions_and_pretrained_weights(tmp_path, capsys):
     train = patches_h5(tmp_path / "train.h5", n=24)
-    test = patches_h5(tmp_path / "test.h5", n=6, seed=1)
+    test = patches_h5(tmp_path / "test.h5", n=8, seed=1)  # --group-size 4 applies to it too: 2 patients
     common = ["--target", "segmentation", "--dims", "2", "--data", str(train), "--group-size", "4",
               "--test-data", str(test), "--label-fraction", "0.5", "1.0", "--repeats", "2", "--preset", "quick",
               "--epochs", "1", "--steps-per-epoch", "1", "--width", "2", "--device", "cpu",
@@ -42,7 +42,7 @@ def test_2d_h5_segmentation_with_groups_test_data_fractions_and_pretrained_weigh
     # 24 samples / group size 4 = 6 patients; 1 held out for validation -> 5 train patients, 0.5 -> 2 or 3
     assert metrics["label_fractions"][1]["n_train"] == [20, 20]
     assert set(metrics["label_fractions"][0]["n_train"]) <= {8, 12}
-    assert metrics["n_test_units"] == 6
+    assert metrics["n_test_units"] == 2 and metrics["n_test_samples"] == 8 and metrics["test_unit"] == "patients"
     out = capsys.readouterr().out
     assert "images already in [0, 1]: used as they are" in out and "model unet2d" in out
     for name in ("metrics.md", "metrics.png"):

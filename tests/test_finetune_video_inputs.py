@@ -130,15 +130,17 @@ def test_lr_search_picks_the_best_validation_rate_and_records_it(tmp_path, monke
     assert lr_search.best_validation({"history": [{"val_auc": 0.5}, {"val_auc": float("nan")}, {"val_auc": 0.7}]},
                                      "auc") == 0.7
     fake = {1e-1: [0.6], 1e-2: [0.8], 1e-3: [0.8], 1e-4: [float("nan")]}
-    monkeypatch.setattr("finetune.engine.train_run",
-                        lambda target, data, train, trial, *a, **k: {"history": [{"val_auc": v} for v in fake[trial.optim.lr]]})
+    def run_one(target, data, train, trial, *a, **k):
+        return {"history": [{"val_auc": v} for v in fake[trial.optim.lr]]}
+
     monkeypatch.setattr(lr_search, "subset_fraction", lambda items, *a, **k: items)
     from finetune import get_target
     from finetune.data import TargetData
 
     data = TargetData(train=[], val=[], test=[], synthetic=True, source="test")
     quick = FinetuneConfig(target="ncc", lr_grid=tuple(fake), lr_search=True)
-    picked = lr_search.search_learning_rate(quick, get_target("ncc"), data, torch.device("cpu"), tmp_path, lambda s: None)
+    picked = lr_search.search_learning_rate(quick, get_target("ncc"), data, torch.device("cpu"), tmp_path, lambda s: None,
+                                            run_one=run_one)
     assert picked["chosen"] == 1e-2 and picked["scores"]["0.0001"] is None
 
 

@@ -1,81 +1,61 @@
 """Fine-tuning targets: one module per target, each registering a :class:`Target` subclass.
 
-A target knows its task (segmentation or classification), its metrics, its default crop and
-intensity window, and how to build train/val/test splits from its public dataset in the real on-disk
-layout (``--data``) or from the embedded synthetic chest CT (no ``--data``; outputs say so).
-Methods digest section 6 and Zhou et al. 2021 sec. 3.2 describe the targets.
+Adding a target is adding one file here that registers its class with
+``@register_target("name")`` (from :mod:`finetune.targets.base`). :data:`TARGETS` imports every
+module of this package on first use, so ``finetune.config`` and the CLI's argument checks stay
+fast (no torch); :func:`get_target` returns an instance.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from genesis.registry import Registry, import_submodules
 
-from finetune.data import TargetData
+from finetune.targets.base import (
+    CLASSIFICATION_METRICS,
+    REGISTERED,
+    SEGMENTATION_METRICS,
+    Target,
+    register_target,
+)
 
-if TYPE_CHECKING:
-    from finetune.config import FinetuneConfig
 
-SEGMENTATION_METRICS = ("dice", "iou", "iou_mean_thresholds")
-CLASSIFICATION_METRICS = ("auc",)
+class _TargetRegistry(Registry):
+    """A view of :data:`finetune.targets.base.REGISTERED` that imports the target modules first."""
+
+    def __init__(self, registered: Registry) -> None:
+        super().__init__(registered.kind)
+        self._entries = registered._entries  # one table: the decorator fills it, this view reads it
+        self._loaded = False
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True
+            import_submodules(__name__)
+
+    def get(self, name: str):
+        self._load()
+        return super().get(name)
+
+    def names(self) -> list[str]:
+        self._load()
+        return super().names()
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return super().__contains__(name)
+
+    def __len__(self) -> int:
+        self._load()
+        return super().__len__()
 
 
-class Target:
-    """Base class of a fine-tuning target.
+#: name -> Target subclass (every target module imported on first use)
+TARGETS: Registry = _TargetRegistry(REGISTERED)
 
-    Class attributes:
-        name: registry name (``ncs``...).
-        title: one line for tables and banners.
-        task: ``"segmentation"`` (per-voxel sigmoid, Dice/IoU) or ``"classification"`` (AUC).
-        metrics: test metrics reported; ``primary_metric`` is the headline one (paper Table 3).
-        val_metric: validation metric used for early stopping and best-checkpoint selection.
-        default_crop / quick_crop: training crop (D, H, W) for full runs and ``--preset quick``.
-        window: HU window mapped to [0, 1] (MRI targets normalise per volume instead).
-        aggregate: ``"max"`` to aggregate sample predictions per group (study-level ``pe``).
-        fraction_by_group: label fractions count groups (studies) instead of samples.
-        real_layout: a short description of the on-disk layout ``--data`` must have.
-        spatial_dims / in_channels / out_channels: the network's input and output; ``out_channels``
-            1 is a binary target (sigmoid), K > 1 a K-class one (softmax). The generic targets set
-            them from their data when it is loaded.
-    """
 
-    name: ClassVar[str] = ""
-    title: ClassVar[str] = ""
-    task: ClassVar[str] = "segmentation"
-    metrics: ClassVar[tuple[str, ...]] = SEGMENTATION_METRICS
-    primary_metric: ClassVar[str] = "iou"
-    val_metric: ClassVar[str] = "dice"
-    default_crop: ClassVar[tuple[int, int, int]] = (32, 64, 64)
-    quick_crop: ClassVar[tuple[int, int, int]] = (16, 32, 32)
-    window: ClassVar[tuple[float, float]] = (-1000.0, 1000.0)
-    aggregate: ClassVar[str | None] = None
-    rotate_degrees: ClassVar[float] = 0.0  # default random in-plane rotation (augment.rotate_degrees)
-    fraction_by_group: ClassVar[bool] = False
-    real_layout: ClassVar[str] = ""
-    spatial_dims: int = 3
-    in_channels: int = 1
-    out_channels: int = 1
+def get_target(name: str) -> Target:
+    """An instance of the registered target ``name`` (``UnknownNameError`` lists the names)."""
+    return TARGETS.get(name)()
 
-    def crop(self, cfg: "FinetuneConfig") -> tuple[int, int, int]:
-        return tuple(cfg.crop) if cfg.crop is not None else self.default_crop  # type: ignore[return-value]
 
-    def hu_window(self, cfg: "FinetuneConfig") -> tuple[float, float]:
-        if cfg.window is not None:
-            return tuple(cfg.window)  # type: ignore[return-value]
-        if getattr(cfg, "channels", "repeat") == "windows":  # the input must span all three HU windows
-            from genesis.models._pretrained import CT_WINDOWS_SPAN
-
-            return CT_WINDOWS_SPAN
-        return self.window
-
-    def load(self, cfg: "FinetuneConfig") -> TargetData:
-        """Splits from ``cfg.data`` (real layout) or, when it is ``None``, from synthetic data."""
-        if cfg.data is None:
-            return self.load_synthetic(cfg)
-        return self.load_real(Path(cfg.data), cfg)
-
-    def load_real(self, root: Path, cfg: "FinetuneConfig") -> TargetData:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def load_synthetic(self, cfg: "FinetuneConfig") -> TargetData:  # pragma: no cover - abstract
-        raise NotImplementedError
+__all__ = ["CLASSIFICATION_METRICS", "SEGMENTATION_METRICS", "TARGETS", "Target", "get_target", "register_target"]

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from finetune import register_target
 from finetune.data import TargetData, assign_splits
-from finetune.targets import SEGMENTATION_METRICS, Target
+from finetune.targets.base import SEGMENTATION_METRICS, Target, register_target
 from finetune.targets._common import SPLIT_OFFSETS, normalise_mri, split_sizes
 from finetune.targets._volumes import volume_case
 

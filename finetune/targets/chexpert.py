@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from finetune import register_target
 from finetune.data import ClsSample, TargetData, assign_splits
 from finetune.multilabel import masked_bce, metric_key, score_units, statistic
-from finetune.targets import Target
+from finetune.targets.base import Target, register_target
 from finetune.targets._common import cached_array
 from genesis.data.synthetic.radiograph import CHEXPERT_OBSERVATIONS, SYNTHETIC_CXR_NOTE
 from genesis.errors import ConfigError, DatasetLayoutError, GenesisError

@@ -28,9 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from finetune import register_target
 from finetune.data import ClsSample, TargetData, assign_splits, extract_patch
-from finetune.targets import CLASSIFICATION_METRICS, Target
+from finetune.targets.base import CLASSIFICATION_METRICS, Target, register_target
 from finetune.targets._common import (
     SPLIT_OFFSETS,
     SYNTHETIC_NOTE,

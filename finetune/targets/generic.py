@@ -7,7 +7,10 @@ test entries (``imagesTs`` + ``labelsTs``, datalist ``test``, CSV ``split=test``
 the patients drawn with a generator seeded by ``--seed``. Validation: the dataset's own
 (datalist ``validation``, CSV ``split=val``), else 15% of the remaining patients. Splits and label
 fractions always draw whole groups (patients): ``group`` columns/keys, an arrays file's
-``groups``, or ``--group-size N`` (N consecutive samples are one patient).
+``groups``, or ``--group-size N`` (N consecutive samples are one patient). The test set's
+patients come from the test set itself: its own groups or case names, or the same
+``--group-size`` when it is an arrays file without ``groups``; every confidence interval and
+paired test then resamples those patients.
 
 Classes: dataset.json ``labels`` or the distinct label values, mapped in sorted order to
 0..K-1. Two classes are a binary target (one sigmoid output: Dice/IoU, or AUC and accuracy); more
@@ -27,9 +30,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from finetune import register_target
 from finetune.data import ClsSample, TargetData
-from finetune.targets import Target
+from finetune.targets.base import Target, register_target
 from genesis.errors import ConfigError, DatasetLayoutError
 
 if TYPE_CHECKING:
@@ -77,7 +79,7 @@ class GenericTarget(Target):
         self._check_dataset(ds, cfg)
         test_ds = None
         if cfg.test_data is not None:
-            test_ds = read_dataset(cfg.test_data)
+            test_ds = read_dataset(cfg.test_data, group_size=cfg.group_size, group_size_where_ungrouped=True)
             self._check_dataset(test_ds, cfg)
             if test_ds.in_channels != ds.in_channels:
                 raise DatasetLayoutError(f"test data have {test_ds.in_channels} channel(s), --data has {ds.in_channels}",
@@ -107,15 +109,20 @@ class GenericTarget(Target):
 
         window = self.hu_window(cfg)
         notes.append("intensities: " + "; ".join(describe_intensity(m, window) for m in sorted(modes)))
-        if grouped_by_sample(ds):
-            notes.append(f"note: {ds.path.name} has no 'groups' and no --group-size was given: every sample is its own "
-                         "patient; if consecutive samples come from one patient, pass --group-size N")
+        for dataset in (ds, test_ds):
+            if dataset is not None and grouped_by_sample(dataset):
+                notes.append(f"note: {dataset.path.name} has no 'groups' and no --group-size was given: every sample "
+                             "is its own patient (confidence intervals then resample samples); if consecutive samples "
+                             "come from one patient, pass --group-size N")
         groups = {s: len({it.group for it in items}) for s, items in splits.items()}
+        if test_ds is not None:
+            groups["test"] = len({it.group for it in test_ds.labelled()})
         source = (f"{ds.layout} dataset at {ds.path} ({ds.spatial_dims}D, {ds.in_channels} channel(s), classes "
                   f"{dict(zip(values, self.class_names))}; patients train/val/test {groups['train']}/{groups['val']}/"
-                  f"{groups['test'] if test_ds is None else 'separate'})"
+                  f"{groups['test']}{' (separate test set)' if test_ds is not None else ''})"
                   + (f"; test set {test_ds.layout} at {test_ds.path}" if test_ds is not None else ""))
-        return TargetData(**data, synthetic=False, source=source, notes=tuple(notes))
+        test_unit = "samples" if grouped_by_sample(test_ds if test_ds is not None else ds) else "patients"
+        return TargetData(**data, synthetic=False, source=source, notes=tuple(notes), test_unit=test_unit)
 
     # ------------------------------------------------------------------------------ checks
     def _check_dataset(self, ds: "LabelledDataset", cfg: "FinetuneConfig") -> None:

@@ -19,9 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from finetune import register_target
 from finetune.data import ClsSample, TargetData, extract_patch
-from finetune.targets import CLASSIFICATION_METRICS, Target
+from finetune.targets.base import CLASSIFICATION_METRICS, Target, register_target
 from genesis.errors import DatasetLayoutError
 from finetune.targets._common import SYNTHETIC_NOTE, candidate_samples, limit_negatives, synthetic_cases, to_unit
 

@@ -28,9 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from finetune import register_target
 from finetune.data import SegCase, TargetData, clipped_box
-from finetune.targets import SEGMENTATION_METRICS, Target
+from finetune.targets.base import SEGMENTATION_METRICS, Target, register_target
 from finetune.targets._common import SYNTHETIC_NOTE, resample_pair, scale_to_mm, synthetic_cases, to_unit
 from genesis.errors import ConfigError
 

@@ -25,10 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from finetune import register_target
 from finetune.data import ClsSample, TargetData, assign_splits
-from finetune.targets import CLASSIFICATION_METRICS, Target
 from finetune.study import stored_side
+from finetune.targets.base import CLASSIFICATION_METRICS, Target, register_target
 from finetune.targets._common import SYNTHETIC_NOTE, cached_array, split_sizes, to_unit
 
 if TYPE_CHECKING:

@@ -196,14 +196,19 @@ def detect_layout(path: str | Path) -> str | None:
     return None
 
 
-def read_dataset(path: str | Path, *, group_size: int | None = None, require_labels: bool = True) -> LabelledDataset:
+def read_dataset(path: str | Path, *, group_size: int | None = None, require_labels: bool = True,
+                 group_size_where_ungrouped: bool = False) -> LabelledDataset:
     """Read the listing of a dataset in any of :data:`LAYOUTS` (detected automatically).
 
     Args:
         path: a folder (MSD / nnU-Net raw), a ``.json`` datalist, a ``.csv`` or an arrays file.
         group_size: arrays without ``groups``: each run of this many consecutive samples is one
-            group (patient). Ignored (with an error if it contradicts) for layouts with groups.
+            group (patient). An error for layouts that name their groups (``groups`` array, case
+            names, ``group`` column), unless ``group_size_where_ungrouped``.
         require_labels: False to accept images without labels (pretraining).
+        group_size_where_ungrouped: apply ``group_size`` only where the dataset does not group its
+            samples itself, and let its own groups stand elsewhere (a ``--test-data`` set takes
+            ``--group-size`` of ``--data`` when it is an arrays file without ``groups``).
     Returns:
         The :class:`LabelledDataset`.
     Raises:
@@ -220,6 +225,8 @@ def read_dataset(path: str | Path, *, group_size: int | None = None, require_lab
                              ".h5/.npz arrays file (images, labels[, groups])", p)
     if group_size is not None and group_size < 1:
         raise DatasetLayoutError(f"--group-size must be at least 1, got {group_size}", p)
+    if group_size_where_ungrouped and group_size is not None and (layout != "arrays" or _has_groups(p)):
+        group_size = None  # the dataset names its own groups (patients)
     reader = {"msd": _read_msd, "datalist": _read_datalist, "csv": _read_csv, "arrays": _read_arrays}[layout]
     ds = reader(p.parent if p.is_file() and layout == "msd" else p, group_size)
     if group_size is not None and layout != "arrays":
@@ -568,6 +575,26 @@ class _Arrays:
 
     def all_labels(self) -> np.ndarray:
         return self.full("labels")
+
+
+def _has_groups(path: Path) -> bool:
+    """Whether an arrays file has a ``groups`` array (read from its header, not its data)."""
+    if path.suffix.lower() == ".npz":
+        import zipfile
+
+        from genesis.io.integrity import npz_headers
+
+        try:
+            return "groups" in npz_headers(path)
+        except (OSError, ValueError, zipfile.BadZipFile):
+            return False  # the reader reports the damage
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as handle:
+            return "groups" in handle
+    except OSError:
+        return False
 
 
 def _read_arrays(path: Path, group_size: int | None) -> LabelledDataset:
