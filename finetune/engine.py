@@ -45,7 +45,6 @@ from finetune.data import (
     without_foreground,
 )
 from finetune.eta import StepTimer, total_steps
-from finetune.outputs import naming_write_errors
 from finetune.stats import bootstrap_ci, dice, iou, iou_over_thresholds, metric_values, n_units, unit_statistic
 from finetune.study import fit_in_plane
 from finetune.targets import Target, get_target
@@ -469,8 +468,7 @@ def train_run(
         "history": state["history"],
         "test_units": test_values,
     }
-    with naming_write_errors(result_path, "run result"):
-        atomic_write_json(result_path, result)
+    atomic_write_json(result_path, result)
     return json.loads(result_path.read_text())
 
 
@@ -590,8 +588,7 @@ def run_finetune(cfg: FinetuneConfig, log: Log = print) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    with naming_write_errors(out / "config.yaml", "settings"):
-        save_config(cfg, out / "config.yaml")
+    save_config(cfg, out / "config.yaml")
     from genesis.io import assumed_spacing
 
     with assumed_spacing(cfg.assume_spacing):  # every volume a target reads (luna16, lidc, layouts...)

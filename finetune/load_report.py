@@ -11,14 +11,12 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from finetune.outputs import naming_write_errors
 from genesis.errors import CheckpointError
 from genesis.fileio import atomic_write_text
 
 
 def _write(path: Path, details: dict[str, Any]) -> None:
-    with naming_write_errors(path, "load report"):
-        atomic_write_text(path, json.dumps(details, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(details, indent=2) + "\n")
 
 
 def summary_lines(details: dict[str, Any], path: Path) -> list[str]:

@@ -24,7 +24,6 @@ import numpy as np
 from finetune.compare import IOU_THRESHOLDS_DEFINITION, compare_with, draw_digest
 from finetune.config import FinetuneConfig
 from finetune.data import TargetData
-from finetune.outputs import naming_write_errors
 from finetune.stats import joint_bootstrap_ci, mean_sd, n_units, t_interval, unit_statistic
 from finetune.targets import Target
 from genesis.config import config_to_dict
@@ -312,7 +311,5 @@ def write_reports(metrics: dict[str, Any], out: Path, target: Target, compare: s
     if compare:
         metrics["comparison"] = compare_with(metrics, compare, out)
         other = json.loads(Path(metrics["comparison"]["other"]).read_text())
-    with naming_write_errors(out / "metrics.json", "metrics report (metrics.json, metrics.md)"):
-        write_report(out, "metrics", metrics, markdown(metrics))
-    with naming_write_errors(out / "metrics.png", "plot"):
-        plot(metrics, out / "metrics.png", other)
+    write_report(out, "metrics", metrics, markdown(metrics))
+    plot(metrics, out / "metrics.png", other)
