@@ -21,7 +21,7 @@ def test_demo_end_to_end_with_tiny_settings(tmp_path, monkeypatch, capsys):
     assert "from scratch:" in out and "from Models Genesis pretraining:" in out
     assert "dice" in out and "95% CI" in out
     assert (tmp_path / "pretrain" / "best.pt").is_file()
-    assert "p (Student)" in out and out.count("\n   ") >= 4  # the t-test table it computed
+    assert "p (paired)" in out and out.count("\n   ") >= 4  # the comparison table it computed
     result_line = next(line for line in out.splitlines() if line.startswith("Result: "))
     assert "no difference shown" in result_line or "better on dice" in result_line
     metrics = (tmp_path / "ncs-genesis" / "metrics.md").read_text()

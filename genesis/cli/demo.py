@@ -68,15 +68,18 @@ def _aggregate_lines(metrics_path: Path) -> list[str]:
 
 
 def ttest_lines(result: dict) -> list[str]:
-    """The comparison table of ``metrics.json`` (t and p of Student's and Welch's tests) as text."""
+    """The comparison table of ``metrics.json`` as text: the paired t-test over seeds (the primary
+    test: both sides share seeds and test patients), the paired bootstrap over patients, Welch's."""
     comp = result.get("comparison") or {}
-    lines = [f"   {'metric':>20}  {'pretrained':>10}  {'scratch':>10}  {'t':>7}  {'p (Student)':>11}  {'p (Welch)':>9}"]
+    lines = [f"   {'metric':>20}  {'pretrained':>10}  {'scratch':>10}  {'p (paired)':>10}  {'p (bootstrap)':>13}  "
+             f"{'p (Welch)':>9}"]
     for row in comp.get("fractions", []):
         for name in result.get("metrics", []):
             c = row.get(name) or {}
-            cells = [c.get("mean_a"), c.get("mean_b"), c.get("t_student"), c.get("p_student"), c.get("p_welch")]
+            cells = [c.get("mean_a"), c.get("mean_b"), c.get("p_paired"), (c.get("bootstrap") or {}).get("p"),
+                     c.get("p_welch")]
             shown = ["n/a" if v is None or v != v else f"{v:.3f}" for v in cells]
-            lines.append(f"   {name:>20}  {shown[0]:>10}  {shown[1]:>10}  {shown[2]:>7}  {shown[3]:>11}  {shown[4]:>9}")
+            lines.append(f"   {name:>20}  {shown[0]:>10}  {shown[1]:>10}  {shown[2]:>10}  {shown[3]:>13}  {shown[4]:>9}")
     return lines
 
 
@@ -85,12 +88,12 @@ def verdict(result: dict, alpha: float = 0.05) -> str:
     primary = result.get("primary_metric")
     rows = (result.get("comparison") or {}).get("fractions", [])
     c = rows[0].get(primary, {}) if rows else {}
-    p, a, b = c.get("p_welch"), c.get("mean_a"), c.get("mean_b")
+    p, a, b = c.get("p_paired"), c.get("mean_a"), c.get("mean_b")
     if p is not None and p == p and p < alpha and a is not None and b is not None and a > b:
-        return (f"Result: the pretrained network is better on {primary} ({a:.3f} vs {b:.3f}, Welch p = {p:.3g}), "
+        return (f"Result: the pretrained network is better on {primary} ({a:.3f} vs {b:.3f}, paired p = {p:.3g}), "
                 "on synthetic data with a tiny network.")
     shown = "n/a" if p is None or p != p else f"{p:.2g}"
-    return (f"Result: no difference shown (Welch p = {shown}): two runs each of a tiny network trained for minutes "
+    return (f"Result: no difference shown (paired p = {shown}): two runs each of a tiny network trained for minutes "
             "cannot show one; use real data, the paper's settings and --repeats 10 to test it.")
 
 

@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-search", action="store_true", default=None,
                    help="choose the learning rate first: one run per lr_grid rate (1e-1 ... 1e-5) on 10%% of the "
                         "training labels, best validation metric wins (Ke et al.)")
-    p.add_argument("--compare", metavar="OTHER_OUT", help="t-test our runs against another output folder")
+    p.add_argument("--compare", metavar="OTHER_OUT", help="compare our runs with another output folder: paired tests over seeds and test patients "
+                   "(refused, naming the fields, when the test set, label draws or evaluation differ)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="quick: tiny CPU demo (about a minute)")
     p.add_argument("--resume", action="store_true", default=None, help="continue interrupted runs from last.pt")
     p.add_argument("--overwrite", action="store_true", help="replace the results already in --out")
