@@ -128,10 +128,14 @@ def gather_global(z: torch.Tensor) -> torch.Tensor:
     computed on the gathered batch (the same on every rank) trains with the gradient of the loss of
     the global batch, exactly as on one device. Used by the losses that compare samples across the
     batch (Barlow Twins, SimCLR's NT-Xent).
+
+    Without gradients (``torch.no_grad``: validation, which the training loop runs on rank 0 alone)
+    it returns ``z``: a collective there would wait forever for ranks that do not take part.
     """
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not torch.is_grad_enabled() or not (dist.is_available() and dist.is_initialized()) \
+            or dist.get_world_size() == 1:
         return z
     from torch.distributed.nn.functional import all_gather
 

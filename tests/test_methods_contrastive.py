@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def loss_on_fixed_views(method, model, cubes, dims) -> float:
 
 
 def learns(method, crop, dims, steps=20, model="auto", model_kwargs=None) -> tuple[float, float, list[float]]:
-    request = NetworkRequest(model=model, dims=dims, width=4, crop=crop, model_kwargs=model_kwargs or {})
+    request = NetworkRequest(model=model, dims=dims, width=4, crop=method.sample_crop(crop), model_kwargs=model_kwargs or {})
     net, _ = build(method, request)
     cubes = smooth_cubes(4 if not isinstance(method, VoCo) else 3, method.sample_crop(crop))
     before = loss_on_fixed_views(method, net, cubes, dims)
@@ -152,6 +153,9 @@ def test_simclr_ddp_loss_and_gradient_equal_one_process(tmp_path):
     loss.backward()
     assert float(got["loss"]) == pytest.approx(float(loss.detach()), rel=1e-5)
     torch.testing.assert_close(got["grad"], w.grad, rtol=1e-4, atol=1e-6)
+    # without gradients (validation: rank 0 alone) the loss is its own batch's, with no collective to hang on
+    alone, _ = SimCLR(temperature=0.5).loss(torch.cat([x1[:4] @ w, x2[:4] @ w]), None)
+    assert float(got["validation_loss"]) == pytest.approx(float(alone.detach()), rel=1e-5)
 
 
 def _ddp_inputs():
@@ -165,7 +169,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=60))
     x1, x2, w = _ddp_inputs()
     half = slice(rank * 4, rank * 4 + 4)
     loss, _ = SimCLR(temperature=0.5).loss(torch.cat([x1[half] @ w, x2[half] @ w]), None)
@@ -173,7 +177,10 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     dist.all_reduce(w.grad)
     w.grad /= world  # what DDP does with parameter gradients
     if rank == 0:
-        torch.save({"loss": loss.detach(), "grad": w.grad}, out)
+        with torch.no_grad():
+            alone, _ = SimCLR(temperature=0.5).loss(torch.cat([x1[half] @ w, x2[half] @ w]), None)
+        torch.save({"loss": loss.detach(), "grad": w.grad, "validation_loss": alone}, out)
+    dist.barrier()
     dist.destroy_process_group()
 
 
@@ -328,6 +335,10 @@ def test_swinunetr_weights_load_into_monais_own_classes():
         assert torch.equal(value, encoder["swinViT." + key]), key
     with pytest.raises(ConfigError, match="multiples of 32"):
         SimCLR().network(NetworkRequest(model="swinunetr", dims=3, width=4, crop=(32, 48, 48)))
+    # VoCo's request names the region the sampler cuts; its network sees the cells of the grid
+    assert VoCo().network(NetworkRequest(model="swinunetr", dims=3, width=4, crop=(32, 128, 128))).name == "swinunetr"
+    with pytest.raises(ConfigError, match="multiples of 32"):
+        VoCo().network(NetworkRequest(model="swinunetr", dims=3, width=4, crop=(32, 192, 192)))
 
 
 def test_swinunetr_backbone_trains_with_simclr():

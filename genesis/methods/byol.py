@@ -120,7 +120,7 @@ class BYOL(Method):
         self._dims: int | None = None
 
     def momentum_at(self, step: int) -> float:
-        """The EMA momentum after optimizer step ``step`` (0-based)."""
+        """The EMA momentum of the update after ``step`` optimizer steps (the loop passes 1, 2, ...)."""
         if self.schedule == "constant":
             return self.momentum
         k = min(int(step), int(self.total_steps))  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ predicted overlap is the one with the largest true overlap (``val_top1``) agains
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +138,13 @@ class VoCo(Method):
         return self.base_grid if dims == 3 else self.base_grid[1:]
 
     def network(self, request: NetworkRequest) -> NetworkSpec:
+        """The backbone for crops of ``request.crop`` (the region the sampler cuts) / ``grid``."""
         self._dims = int(request.dims)
-        return backbone_spec(request, self.name)
+        region = tuple(int(c) for c in request.crop)
+        if len(region) != 3 or any(c % g for c, g in zip(region, self.base_grid)):
+            raise ConfigError(f"voco: a {self.base_grid} grid does not divide sub-volumes of {region}")
+        cell = tuple(c // g for c, g in zip(region, self.base_grid))
+        return backbone_spec(replace(request, crop=cell), self.name)
 
     def build_model(self, spec: NetworkSpec) -> nn.Module:
         backbone = build_backbone(spec, self._dims, self.name)
