@@ -117,3 +117,26 @@ def autocast(device: torch.device, enabled: bool = True, precision: str = "auto"
 def needs_grad_scaler(device: torch.device, enabled: bool = True, precision: str = "auto") -> bool:
     """fp16 autocast needs loss scaling; bf16 and fp32 do not."""
     return resolve_precision(precision, device, enabled) == "fp16"
+
+
+def gather_global(z: torch.Tensor) -> torch.Tensor:
+    """``z`` of every rank concatenated along dim 0 (rank order), with gradients; ``z`` itself
+    without distributed training.
+
+    ``torch.distributed.nn.functional.all_gather`` passes gradients back: its backward sums the
+    W ranks' gradients of each rank's slice, and DDP's gradient averaging divides by W, so a loss
+    computed on the gathered batch (the same on every rank) trains with the gradient of the loss of
+    the global batch, exactly as on one device. Used by the losses that compare samples across the
+    batch (Barlow Twins, SimCLR's NT-Xent).
+
+    Without gradients (``torch.no_grad``: validation, which the training loop runs on rank 0 alone)
+    it returns ``z``: a collective there would wait forever for ranks that do not take part.
+    """
+    import torch.distributed as dist
+
+    if not torch.is_grad_enabled() or not (dist.is_available() and dist.is_initialized()) \
+            or dist.get_world_size() == 1:
+        return z
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(z.contiguous()), dim=0)

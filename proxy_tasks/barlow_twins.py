@@ -8,7 +8,8 @@ cross-correlation matrix ``C = z1n^T z2n / N`` of the two views is computed and 
     sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2,     lambda = 5e-3 (the paper's value).
 
 Distributed training: the embeddings of every rank are gathered with
-``torch.distributed.nn.functional.all_gather`` (which passes gradients back), so the batch
+``torch.distributed.nn.functional.all_gather`` (which passes gradients back;
+:func:`genesis.device.gather_global`), so the batch
 statistics and ``C`` are those of the global batch, exactly as on one device. Every rank then
 computes the same loss; the gather's backward sums the W copies of each rank's gradient, and DDP's
 gradient averaging divides by W, which leaves the gradient of the global loss.
@@ -22,21 +23,11 @@ from typing import Any
 
 import torch
 
+from genesis.device import gather_global  # noqa: F401 - re-exported: shared by every batch-contrasting loss
 from proxy_tasks._views import ViewConfig, random_views
 from proxy_tasks.base import ProxyPair, ProxyTask, check_batch, register_task
 
 BN_EPS = 1e-5  # the reference normalises with BatchNorm1d(affine=False)
-
-
-def gather_global(z: torch.Tensor) -> torch.Tensor:
-    """``z`` of every rank concatenated along the batch, with gradients (identity without DDP)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return z
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(z.contiguous()), dim=0)
 
 
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, gather: bool = True) -> torch.Tensor:
