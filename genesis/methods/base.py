@@ -119,6 +119,7 @@ class Method:
         paper: short citation shown by ``--list-tasks`` and in the README table.
         dims: spatial dims the method supports.
         monitor_key: validation metric for early stopping and ``best.pt`` (lower is better).
+        log_keys: validation metrics shown on each epoch's line (with the baselines they must beat).
     """
 
     name: ClassVar[str] = ""
@@ -126,6 +127,7 @@ class Method:
     paper: ClassVar[str] = ""
     dims: ClassVar[tuple[int, ...]] = (2, 3)
     monitor_key: ClassVar[str] = "val_loss"
+    log_keys: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ resolution (once)
     @classmethod

@@ -101,6 +101,7 @@ class BYOL(Method):
     paper = "Grill et al. 2020 (BYOL)"
     dims = (2, 3)
     monitor_key = "val_loss"
+    log_keys = ("val_top1", "val_chance", "val_z_std")
 
     def __init__(self, momentum: float = 0.996, schedule: str = "constant", total_steps: int | None = None,
                  hidden: int = 4096, dim: int = 256, scale: tuple[float, float] = (0.08, 1.0), flip_prob: float = 0.5,

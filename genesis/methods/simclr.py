@@ -83,6 +83,7 @@ class SimCLR(Method):
     paper = "Chen et al. 2020 (SimCLR)"
     dims = (2, 3)
     monitor_key = "val_loss"
+    log_keys = ("val_top1", "val_chance")
 
     def __init__(self, temperature: float = 0.5, hidden: int = 2048, dim: int = 128,
                  scale: tuple[float, float] = (0.08, 1.0), flip_prob: float = 0.5, intensity_scale: float = 0.25,

@@ -112,6 +112,7 @@ class VoCo(Method):
     paper = "Wu et al. 2024 (VoCo, CVPR)"
     dims = (2, 3)
     monitor_key = "val_loss"
+    log_keys = ("val_overlap_mae", "val_mean_overlap_mae", "val_top1", "val_chance")
 
     def __init__(self, grid: tuple[int, int, int] = (1, 4, 4), n_random: int = 4, hidden: int = 2048,
                  dim: int = 2048, layers: int = 3, reg_weight: float = 1.0, intensity_scale: float = 0.25,

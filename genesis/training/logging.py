@@ -22,7 +22,11 @@ LOG_COLUMNS: tuple[str, ...] = (
 
 
 def write_csv_log(history: Sequence[dict[str, Any]], path: str | Path, columns: Sequence[str] = LOG_COLUMNS) -> None:
-    """Write one row per epoch record (missing values left empty)."""
+    """Write one row per epoch record (missing values left empty); a method's own validation
+    metrics (e.g. ``val_top1``, ``val_chance``) follow the standard columns."""
+    extra = [k for k in dict.fromkeys(k for row in history for k in row)
+             if k not in columns and isinstance(history[0].get(k, 0.0), (int, float))]
+    columns = [*columns, *extra]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
     writer.writeheader()
@@ -87,10 +91,13 @@ def format_seconds(seconds: float) -> str:
 
 
 def epoch_line(record: dict[str, Any], epochs: int, stage: Any = None, eta_s: float | None = None) -> str:
-    """One line per finished epoch: stage, epoch, losses, speed, ETA and any collapse warning."""
+    """One line per finished epoch: stage, epoch, losses, the method's headline metrics and the
+    baselines they must beat (``Method.log_keys``), speed, ETA and any collapse warning."""
     where = f"{stage_name(stage)}, " if stage is not None and getattr(stage, "n_stages", 1) > 1 else ""
     parts = [f"{where}epoch {record.get('epoch')}/{epochs}"]
-    for key in ("train_loss", "val_loss", "val_mse", "val_acc"):
+    shown = ("train_loss", "val_loss", "val_mse", "val_acc",
+             *tuple(getattr(getattr(stage, "method", None), "log_keys", ()) or ()))
+    for key in dict.fromkeys(shown):
         if isinstance(record.get(key), float):
             parts.append(f"{key} {record[key]:.4g}")
     if record.get("seconds") is not None:
