@@ -17,6 +17,7 @@ from torch import nn
 
 from genesis.errors import ConfigError
 from genesis.methods.base import NetworkRequest, NetworkSpec, Parts
+from genesis.methods.proxy import network_kwargs, provider_kwargs
 from genesis.models import create_model
 from genesis.models._blocks import spatial_mean
 from genesis.models.base import MODELS
@@ -34,11 +35,9 @@ def backbone_spec(request: NetworkRequest, method: str) -> NetworkSpec:
     if name not in MODELS:
         raise ConfigError(f"task {method!r}: unknown model {name!r}; backbones with forward_features: "
                           "unet3d, unet2d, swinunetr, ...")
-    hook = getattr(MODELS.get(name), "pretraining_kwargs", None)
-    if hook is not None:
-        kwargs = dict(hook(request, request.in_channels, request.out_channels))
-    else:
-        kwargs = {"in_channels": request.in_channels, "base_width": request.width}
+    kwargs = provider_kwargs(name, request, request.in_channels, request.out_channels)
+    if kwargs is None:
+        kwargs = network_kwargs(name, request.dims, request.in_channels, request.width)
     kwargs.update(request.model_kwargs)
     return NetworkSpec(name, kwargs)
 
