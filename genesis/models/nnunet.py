@@ -44,6 +44,26 @@ class NNUNetRestoration(nn.Module):
             for layer in list(seg_layers)[:-1]:
                 layer.requires_grad_(False)
 
+    @property
+    def spatial_dims(self) -> int:
+        conv = getattr(self.network.encoder, "conv_op", nn.Conv3d)
+        return 2 if conv is nn.Conv2d else 3
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the encoder's deepest stage (what contrastive methods pool)."""
+        return int(self.network.encoder.output_channels[-1])
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's deepest feature map (B, feature_dim, ...), behind the same intensity map."""
+        skips = self.network.encoder(x * self.input_scale.to(x.dtype) + self.input_low.to(x.dtype))
+        return skips[-1]
+
+    def encoder_only(self) -> "NNUNetRestoration":
+        """Drop nnU-Net's decoder (contrastive methods train the encoder alone); keys stay nnU-Net's."""
+        self.network.decoder = nn.Identity()
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, out_channels, *spatial); ``sigmoid`` gives the restored [0, 1] image."""
         out = self.network(x * self.input_scale.to(x.dtype) + self.input_low.to(x.dtype))
