@@ -185,7 +185,8 @@ def resolve_layout(layout: str, image: Any, spatial_dims: int, key: Hashable = "
         ValueError: ``layout`` does not fit the dimensions or contradicts a MetaTensor's affine.
     """
     if layout != "auto" and len(layout) != spatial_dims:
-        raise ValueError(f"{key!r}: layout {layout!r} has {len(layout)} axes; the input has {spatial_dims} spatial axes")
+        raise ValueError(f"{key!r}: layout {layout!r} has {len(layout)} axes; the input has {spatial_dims} "
+                         "spatial axes")
     affine = getattr(image, "affine", None)
     found = affine_layout(affine, spatial_dims) if affine is not None else None
     if layout == "auto":

@@ -311,6 +311,15 @@ def test_trainer_loads_the_encoder_and_freezes_it_first(tmp_path: Path, monkeypa
     log = open(trainer.log_file).read()
     assert "frozen encoder warm-up from epoch 0 (encoder frozen)" in log and "warm-up from epoch 2 (all layers" in log
 
+    # nnUNetv2_train --c: nnU-Net's checkpoint holds both parameter groups; the schedule follows the epoch
+    trainer.current_epoch = 1
+    trainer.save_checkpoint(str(tmp_path / "checkpoint_latest.pth"))
+    resumed = _trainer(tmp_path, monkeypatch, target, weights)
+    resumed.load_checkpoint(str(tmp_path / "checkpoint_latest.pth"))
+    assert resumed.current_epoch == 2 and len(resumed.optimizer.state) == len(trainer.optimizer.state) > 0
+    resumed.lr_scheduler.step(resumed.current_epoch)  # as on_train_epoch_start does
+    assert [g["lr"] for g in resumed.optimizer.param_groups] == list(resumed.schedule.group_lrs(2))
+
 
 def test_trainer_without_weights_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     trainer = _trainer(tmp_path, monkeypatch, tiny_plans(), None)

@@ -172,11 +172,12 @@ def export_nnunet(
             diff.append(f"input channels: pretrained {source_channels}, target {target_channels}")
         details = diff or shapes[:5] or [f"missing {k}" for k in missing[:5]]
         what = "the encoder of the network" if part == "encoder" else "the network"
-        hint = "" if part == "encoder" else " (--part encoder exports the encoder alone when only the decoder or the input channels differ)"
+        hint = "" if part == "encoder" else (" (--part encoder exports the encoder alone when only the decoder or "
+                                             "the input channels differ)")
         raise ConfigError(
             f"plans/configuration {target_conf!r} do not match {what} pretrained with configuration "
-            f"{source_conf!r} ({len(missing)} tensors missing, {len(shapes)} of another shape): " + "; ".join(details[:8])
-            + hint,
+            f"{source_conf!r} ({len(missing)} tensors missing, {len(shapes)} of another shape): "
+            + "; ".join(details[:8]) + hint,
             checkpoint,
         )
     _share_twins(transferred)

@@ -93,7 +93,8 @@ class FinetuneSchedule:
 
 def bare_network(network: nn.Module) -> nn.Module:
     """The network inside DDP / ``torch.compile`` wrappers (as nnU-Net unwraps it)."""
-    network = getattr(network, "module", network) if isinstance(network, nn.parallel.DistributedDataParallel) else network
+    if isinstance(network, nn.parallel.DistributedDataParallel):
+        network = network.module
     return getattr(network, "_orig_mod", network)
 
 

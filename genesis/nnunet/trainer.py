@@ -60,13 +60,15 @@ class nnUNetTrainerGenesisFinetune(nnUNetTrainer):
     pretrained CNNs uses; ``num_epochs`` stays nnU-Net's 1000.
     """
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+    def __init__(self, plans: dict, configuration: str, fold: int | str, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = 1e-3
         self.freeze_epochs = 10
         self.warmup_epochs = 50
         self.pretrained_weights = os.environ.get(WEIGHTS_ENV) or None
+        self._freeze_hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._genesis_phase: str | None = None
 
     @property
     def schedule(self) -> FinetuneSchedule:
@@ -90,14 +92,14 @@ class nnUNetTrainerGenesisFinetune(nnUNetTrainer):
         super().on_train_epoch_start()  # steps the scheduler to this epoch
         self._set_frozen(self.schedule.encoder_frozen(self.current_epoch))
         phase = self.schedule.phase(self.current_epoch)
-        if phase != getattr(self, "_genesis_phase", None):  # at each change, and at the first epoch of a run
+        if phase != self._genesis_phase:  # at each change, and at the first epoch of a run
             self._genesis_phase = phase
             frozen = "encoder frozen" if self.schedule.encoder_frozen(self.current_epoch) else "all layers train"
             self.print_to_log_file(f"genesis fine-tuning: {phase} from epoch {self.current_epoch} ({frozen})")
 
     def _set_frozen(self, frozen: bool) -> None:
         """Zero the encoder's gradients (hooks on its parameters) while frozen; remove the hooks after."""
-        hooks = getattr(self, "_freeze_hooks", [])
+        hooks = self._freeze_hooks
         if frozen and not hooks:
             _, encoder = split_parameters(self.network)
             hooks = [p.register_hook(torch.zeros_like) for p in encoder]
