@@ -31,8 +31,8 @@ LAYERS: dict[str, int] = {
     # the training loop, the recipe, pretraining and its evaluation, embeddings probes
     "genesis.training": 5, "genesis.embeddings": 5,
     # what is made of trained networks: weights, exports, nnU-Net and MONAI glue
-    "genesis.weights": 6, "genesis.nnunet.export": 6, "genesis.nnunet.trainer": 6, "genesis.monai_transforms": 6,
-    "genesis.monai_reader": 6,
+    "genesis.weights": 6, "genesis.nnunet.export": 6, "genesis.nnunet.trainer": 6, "genesis.nnunet.finetune": 6,
+    "genesis.nnunet.install": 6, "genesis.monai_transforms": 6, "genesis.monai_reader": 6,
     # fine-tuning on targets
     "finetune": 7,
     # command-line programs

@@ -114,12 +114,28 @@ def test_pretrain_builds_nnunets_network_at_its_patch_size(nnunet_dataset: dict[
     assert ckpt["scans"]["train"] and all("/" not in s for s in ckpt["scans"]["train"] + ckpt["scans"]["val"])
 
 
+def _nnunet_trainer(cls, nnunet_dataset: dict[str, Path], plans: dict, results: Path,
+                    monkeypatch: pytest.MonkeyPatch):
+    """A trainer as nnUNetv2_train constructs it (its get_trainer_from_args), for fold "all" (4 cases
+    are too few for nnU-Net's 5-fold split)."""
+    monkeypatch.setenv("nnUNet_preprocessed", str(nnunet_dataset["pre"].parent))
+    monkeypatch.setenv("nnUNet_results", str(results))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # nnU-Net's data augmentation in this process
+    dataset_json = json.loads((nnunet_dataset["pre"] / "dataset.json").read_text())
+    return cls(dict(plans, continue_training=False), "3d_fullres", "all", dataset_json, device=torch.device("cpu"))
+
+
 def test_export_loads_with_nnunets_load_pretrained_weights(nnunet_dataset: dict[str, Path], pretrained: Path,
-                                                           capsys: pytest.CaptureFixture) -> None:
-    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+                                                           capsys: pytest.CaptureFixture, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``nnUNetv2_train ... -pretrained_weights FILE`` does, with nnU-Net's own functions: its
+    trainer builds the network (initialize), its maybe_load_checkpoint loads the file with
+    load_pretrained_weights. (Importing these pulls neither timm nor torchvision; nnUNetv2_train's
+    trainer lookup does, see the README.)"""
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
     from genesis.cli.weights import main
-    from genesis.nnunet.plans import build_network, load_plans
 
     out = nnunet_dataset["root"] / "genesis_pretrained.pth"
     assert main(["export", str(pretrained), "--format", "nnunet", "--out", str(out),
@@ -127,11 +143,12 @@ def test_export_loads_with_nnunets_load_pretrained_weights(nnunet_dataset: dict[
     assert "-pretrained_weights" in capsys.readouterr().out
     assert out.stat().st_mode & 0o777 == 0o666 & ~_umask()
     exported = torch.load(out, weights_only=True)["network_weights"]
-    # a fresh network as nnUNetTrainer builds it: 2 classes, deep supervision on
-    network = build_network(load_plans(nnunet_dataset["plans"]), "3d_fullres", 1, 2, deep_supervision=True)
-    fresh = {k: v.clone() for k, v in network.state_dict().items()}
-    load_pretrained_weights(network, str(out))
-    loaded = network.state_dict()
+    plans = json.loads(nnunet_dataset["plans"].read_text())
+    trainer = _nnunet_trainer(nnUNetTrainer, nnunet_dataset, plans, tmp_path / "results", monkeypatch)
+    trainer.initialize()  # 2 classes, deep supervision on, nnU-Net's initialisation
+    fresh = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    maybe_load_checkpoint(trainer, continue_training=False, validation_only=False, pretrained_weights_file=str(out))
+    loaded = trainer.network.state_dict()
     non_seg = [k for k in loaded if ".seg_layers." not in k]
     assert sorted(exported) == sorted(non_seg)  # every encoder and decoder tensor, no seg layer
     for key in non_seg:
@@ -220,3 +237,40 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_genesis_trainer_in_nnunets_training_loop(nnunet_dataset: dict[str, Path], pretrained: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """nnU-Net's own run_training (its data loading, augmentation, deep supervision, validation and
+    checkpoints) with the genesis trainer and encoder-only weights for plans with another decoder:
+    the encoder stays as pretrained through the frozen epoch, then trains."""
+    from genesis.nnunet.export import export_nnunet
+    from genesis.nnunet.trainer import nnUNetTrainerGenesisFinetune
+
+    plans = json.loads(nnunet_dataset["plans"].read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["n_conv_per_stage_decoder"] = [1, 1, 1]
+    weights = export_nnunet(pretrained, tmp_path / "encoder.pth", plans=plans, part="encoder").path
+    monkeypatch.setenv("GENESIS_NNUNET_WEIGHTS", str(weights))
+
+    class Recording(nnUNetTrainerGenesisFinetune):
+        def on_epoch_end(self) -> None:
+            self.encoder_states.append({k: v.clone() for k, v in self.network.encoder.state_dict().items()})
+            super().on_epoch_end()
+
+    trainer = _nnunet_trainer(Recording, nnunet_dataset, plans, tmp_path / "results", monkeypatch)
+    trainer.num_epochs, trainer.freeze_epochs, trainer.warmup_epochs = 3, 1, 1
+    trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch = 2, 1
+    trainer.encoder_states = []
+    trainer.run_training()
+
+    pretrained_encoder = {k[len("encoder."):]: v for k, v in torch.load(weights, weights_only=True)["network_weights"].items()}
+    after_frozen, after_all = trainer.encoder_states[0], trainer.encoder_states[-1]
+    assert len(trainer.encoder_states) == 3
+    assert all(torch.equal(after_frozen[k], v) for k, v in pretrained_encoder.items())  # frozen epoch 0
+    assert any(not torch.equal(after_all[k], v) for k, v in pretrained_encoder.items())  # then trained
+    final = torch.load(Path(trainer.output_folder) / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert final["trainer_name"] == "Recording" and final["current_epoch"] == 3
+    assert all(torch.equal(final["network_weights"]["encoder." + k], v) for k, v in after_all.items())
+    log = Path(trainer.log_file).read_text()
+    assert "encoder tensors loaded" in log and "frozen encoder warm-up from epoch 0" in log
+    assert "warm-up from epoch 1 (all layers train)" in log and "decay from epoch 2" in log

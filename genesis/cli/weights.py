@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nnunet format: plans nnU-Net will train with (default: the pretraining plans)")
     p.add_argument("--configuration", default=None,
                    help="nnunet format: configuration of --plans (default: the pretraining one)")
+    p.add_argument("--part", choices=("all", "encoder"), default="all",
+                   help="nnunet format: all = encoder and decoder, for nnUNetv2_train -pretrained_weights (default); "
+                   "encoder = the encoder only, first convolution adapted to --plans' input channels, for plans "
+                   "whose decoder or channels differ (loaded by the trainer of install-nnunet-trainer)")
+    p = sub.add_parser("install-nnunet-trainer",
+                       help="make nnUNetv2_train -tr nnUNetTrainerGenesisFinetune find the genesis fine-tuning trainer")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="write the trainer module here instead of into nnU-Net's trainer folder (then set "
+                   "nnUNet_extTrainer=DIR)")
+    p.add_argument("--uninstall", action="store_true", help="remove the module written before")
     return parser
 
 
@@ -87,17 +97,14 @@ def _state(entry, settings: WeightsSettings) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``genesis-weights``; returns the exit code (2 on a user error)."""
     args = build_parser().parse_args(argv)
+    if args.command == "install-nnunet-trainer":
+        return _install_trainer(args)
     if args.command == "export" and args.format == "nnunet":
-        if args.out is None:
-            raise ConfigError("--format nnunet needs --out FILE (the file for nnUNetv2_train -pretrained_weights)")
-        from genesis.nnunet.export import export_nnunet  # needs torch and nnunetv2: imported only here
-
-        nn_result = export_nnunet(args.checkpoint, args.out, plans=args.plans, configuration=args.configuration,
-                                  license=args.license)
-        print(f"nnU-Net weights {nn_result.path} ({len(nn_result.transferred)} tensors; seg layers left to nnU-Net)")
-        print(f"use: nnUNetv2_train DATASET {nn_result.configuration} FOLD -pretrained_weights {nn_result.path}")
-        return 0
+        return _export_nnunet(args)
     if args.command == "export":
+        if args.part != "all":
+            raise ConfigError("--part encoder applies to --format nnunet (genesis weights load partially with "
+                              "genesis.weights.load_weights)")
         if not args.name:
             raise ConfigError("export needs --name arch.tag (e.g. unet3d.genesis_chest_ct)")
         if not args.license:
@@ -156,6 +163,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("no cached weights to verify")
         return 1 if failures else 0
     raise AssertionError(args.command)
+
+
+def _export_nnunet(args: argparse.Namespace) -> int:
+    if args.out is None:
+        raise ConfigError("--format nnunet needs --out FILE (the file for nnUNetv2_train -pretrained_weights)")
+    from genesis.nnunet.export import export_nnunet  # needs torch and nnunetv2: imported only here
+    from genesis.nnunet.install import TRAINERS
+    from genesis.nnunet.finetune import WEIGHTS_ENV
+
+    result = export_nnunet(args.checkpoint, args.out, plans=args.plans, configuration=args.configuration,
+                           license=args.license, part=args.part)
+    if result.part == "all":
+        print(f"nnU-Net weights {result.path} ({len(result.transferred)} tensors; seg layers left to nnU-Net)")
+        print(f"use: nnUNetv2_train DATASET {result.configuration} FOLD -pretrained_weights {result.path}")
+        return 0
+    print(f"nnU-Net encoder weights {result.path} ({len(result.transferred)} encoder tensors; decoder and seg "
+          f"layers left to nnU-Net)")
+    for item in result.adapted:
+        print(f"adapted  {item['key']}: {tuple(item['pretrained_shape'])} -> {tuple(item['target_shape'])}, "
+              f"{item['rule']}")
+    for key in result.skipped:
+        print(f"skipped  {key}")
+    print(f"use: genesis-weights install-nnunet-trainer, then {WEIGHTS_ENV}={result.path} nnUNetv2_train DATASET "
+          f"{result.configuration} FOLD -tr {TRAINERS[0]} (nnU-Net's -pretrained_weights needs the decoder too)")
+    return 0
+
+
+def _install_trainer(args: argparse.Namespace) -> int:
+    from genesis.nnunet.install import TRAINERS, install_trainer, uninstall_trainer
+    from genesis.nnunet.finetune import WEIGHTS_ENV
+
+    if args.uninstall:
+        removed = uninstall_trainer(args.dir)
+        print(f"removed {removed}" if removed else "no genesis trainer module there; nothing removed")
+        return 0
+    path = install_trainer(args.dir)
+    print(f"trainer module {path}")
+    if args.dir is not None:
+        print(f"set nnUNet_extTrainer={args.dir.expanduser()} (nnU-Net searches it after its own trainers, whose "
+              "primus trainers need a torchvision that loads)")
+    print(f"use: [{WEIGHTS_ENV}=genesis_pretrained.pth] nnUNetv2_train DATASET CONFIGURATION FOLD -tr {TRAINERS[0]}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, NoReturn
 
 import numpy as np
 
@@ -77,7 +77,11 @@ def configuration_manager(plans: Mapping[str, Any], configuration: str) -> tuple
     if configuration not in manager.available_configurations:
         raise ConfigError(f"nnU-Net configuration {configuration!r} is not in plans {manager.plans_name!r}; "
                           f"available: {', '.join(manager.available_configurations)}")
-    return manager, manager.get_configuration(configuration)
+    try:  # inheritance loops and plans without an "architecture" section fail inside nnU-Net
+        return manager, manager.get_configuration(configuration)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"nnU-Net plans {plans.get('plans_name', '?')!r}: configuration {configuration!r} "
+                          f"cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 def input_channels(plans: Mapping[str, Any]) -> int:
@@ -87,13 +91,125 @@ def input_channels(plans: Mapping[str, Any]) -> int:
 
 def build_network(plans: Mapping[str, Any], configuration: str, in_channels: int, out_channels: int,
                   deep_supervision: bool) -> Any:
-    """The network nnU-Net builds for this plan, with nnU-Net's own builder and initialisation."""
+    """The network nnU-Net builds for this plan, with nnU-Net's own builder and initialisation.
+
+    Raises:
+        ConfigError: the plan's architecture cannot be built (:func:`check_architecture`).
+    """
     _, cm = configuration_manager(plans, configuration)
+    check_architecture(plans, configuration)
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
                                   cm.network_arch_init_kwargs_req_import, in_channels, out_channels,
                                   allow_init=True, deep_supervision=deep_supervision)
+
+
+#: Per-stage settings of nnU-Net's U-Nets (dynamic_network_architectures): one entry per resolution
+#: stage, or one int for all of them. The decoder has one stage fewer.
+_PER_STAGE = {
+    "PlainConvUNet": ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage"),
+    "ResidualEncoderUNet": ("features_per_stage", "kernel_sizes", "strides", "n_blocks_per_stage"),
+    "ResidualUNet": ("features_per_stage", "kernel_sizes", "strides", "n_blocks_per_stage"),
+}
+#: Settings whose entries are one size per spatial axis (or one int for every axis).
+_PER_AXIS = ("kernel_sizes", "strides")
+
+
+def check_architecture(plans: Mapping[str, Any], configuration: str) -> None:
+    """Check the plan's network settings before nnU-Net's builder sees them.
+
+    The builder (``dynamic_network_architectures``) checks its arguments with ``assert`` or not at
+    all: too few ``features_per_stage`` give an ``AssertionError`` traceback, a zero width a torch
+    error deep inside a convolution. Here every setting is checked against the network class's
+    signature (missing or unknown names), and, for ``PlainConvUNet``, ``ResidualEncoderUNet`` and
+    ``ResidualUNet``, each per-stage list against ``n_stages`` and the spatial dimensions of
+    ``conv_op``. Other classes get the signature check only.
+
+    Raises:
+        ConfigError: naming the plans, the configuration and the field.
+    """
+    import inspect
+    import pydoc
+
+    _, cm = configuration_manager(plans, configuration)
+    where = f"nnU-Net plans {plans.get('plans_name', '?')!r}, configuration {configuration!r}: architecture"
+
+    def fail(message: str) -> NoReturn:
+        raise ConfigError(f"{where}.{message}")
+
+    arch = cm.configuration.get("architecture")
+    if not isinstance(arch, Mapping) or not isinstance(arch.get("network_class_name"), str):
+        fail("network_class_name is missing (expected e.g. "
+             "'dynamic_network_architectures.architectures.unet.PlainConvUNet')")
+    kwargs = arch.get("arch_kwargs")
+    if not isinstance(kwargs, Mapping):
+        fail("arch_kwargs is missing or not a mapping")
+    imports = arch.get("_kw_requires_import") or []
+    if not isinstance(imports, (list, tuple)) or not all(isinstance(k, str) for k in imports):
+        fail("_kw_requires_import must be a list of arch_kwargs names")
+    for name in imports:
+        if name not in kwargs:
+            fail(f"_kw_requires_import names {name!r}, which is not in arch_kwargs")
+        value = kwargs[name]
+        if value is not None and (not isinstance(value, str) or pydoc.locate(value) is None):
+            fail(f"arch_kwargs.{name} = {value!r} is not an importable class")
+    cls = pydoc.locate(arch["network_class_name"])
+    if not inspect.isclass(cls):
+        fail(f"network_class_name {arch['network_class_name']!r} is not an importable class")
+    params = inspect.signature(cls.__init__).parameters
+    given = {"input_channels", "num_classes", "deep_supervision", *kwargs}  # the builder passes the first three
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            fail(f"arch_kwargs has settings {cls.__name__} does not take: {', '.join(unknown)}")
+    missing = [n for n, p in params.items() if n != "self" and p.default is p.empty
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in given]
+    if missing:
+        fail(f"arch_kwargs lacks {', '.join(missing)} (required by {cls.__name__})")
+    if cls.__name__ in _PER_STAGE:
+        _check_unet_stages(dict(kwargs), cls.__name__, fail)
+
+
+def _check_unet_stages(kwargs: dict[str, Any], class_name: str, fail: Callable[[str], NoReturn]) -> None:
+    """Per-stage lengths and values of nnU-Net's U-Nets (see :func:`check_architecture`)."""
+    import pydoc
+
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
+
+    n_stages = kwargs.get("n_stages")
+    if not positive_int(n_stages) or n_stages < 2:  # with one stage the decoder has nothing: no output at all
+        fail(f"arch_kwargs.n_stages must be an integer >= 2 (the decoder needs a stage to upsample from), "
+             f"got {n_stages!r}")
+    conv_op = pydoc.locate(str(kwargs.get("conv_op")))
+    dims = {"Conv1d": 1, "Conv2d": 2, "Conv3d": 3}.get(getattr(conv_op, "__name__", ""))
+    if dims is None:
+        fail(f"arch_kwargs.conv_op must be torch's Conv1d, Conv2d or Conv3d, got {kwargs.get('conv_op')!r}")
+    decoder = "n_conv_per_stage_decoder"
+    for name, count in [(n, n_stages) for n in _PER_STAGE[class_name]] + [(decoder, n_stages - 1)]:
+        value = kwargs.get(name)
+        entries = [value] * count if positive_int(value) else value
+        stages = "one per resolution stage" if name != decoder else "n_stages - 1, one per decoder stage"
+        if not isinstance(entries, (list, tuple)) or len(entries) != count:
+            got = f"has {len(entries)} entries" if isinstance(entries, (list, tuple)) else f"is {value!r}"
+            fail(f"arch_kwargs.{name} {got}; it needs {count} ({stages}; n_stages is {n_stages})")
+        for stage, entry in enumerate(entries):
+            sizes = entry if name in _PER_AXIS and isinstance(entry, (list, tuple)) else [entry]
+            if name in _PER_AXIS and isinstance(entry, (list, tuple)) and len(entry) != dims:
+                fail(f"arch_kwargs.{name}[{stage}] = {entry!r} has {len(entry)} sizes; {conv_op.__name__} needs {dims}")
+            if not all(positive_int(s) for s in sizes):
+                fail(f"arch_kwargs.{name}[{stage}] = {entry!r}: must be a positive integer"
+                     + (" (or one per spatial axis)" if name in _PER_AXIS else ""))
+    for name in ("bottleneck_channels", "stem_channels"):
+        value = kwargs.get(name)
+        if value is None or positive_int(value):
+            continue
+        if name == "bottleneck_channels" and isinstance(value, (list, tuple)) and len(value) == n_stages \
+                and all(positive_int(v) for v in value):
+            continue
+        fail(f"arch_kwargs.{name} = {value!r}: must be null or a positive integer"
+             + (f" (or {n_stages} of them)" if name == "bottleneck_channels" else ""))
 
 
 @dataclass(frozen=True)
@@ -161,6 +277,7 @@ def pretrain_crop(plans: str | Path | Mapping[str, Any], configuration: str, cro
     if width != default_width:
         raise ConfigError("--width does not apply to --model nnunet: the plans fix every width (features_per_stage)")
     plans = load_plans(plans)
+    check_architecture(plans, configuration)  # a malformed network is named before any data is read
     _, cm = configuration_manager(plans, configuration)
     patch = tuple(int(p) for p in cm.patch_size)
     if len(patch) != 3:
