@@ -274,3 +274,23 @@ def test_genesis_trainer_in_nnunets_training_loop(nnunet_dataset: dict[str, Path
     log = Path(trainer.log_file).read_text()
     assert "encoder tensors loaded" in log and "frozen encoder warm-up from epoch 0" in log
     assert "warm-up from epoch 1 (all layers train)" in log and "decay from epoch 2" in log
+
+
+def test_quick_preset_and_contrastive_methods_work_with_nnunets_network(nnunet_dataset: dict[str, Path],
+                                                                         tmp_path: Path) -> None:
+    """--preset quick leaves the plans' widths and patch size alone; SimCLR trains nnU-Net's encoder."""
+    from genesis.checkpoint import load_checkpoint, pretrained_backbone
+    from genesis.cli.pretrain import main
+    from genesis.nnunet.plans import configuration_manager, load_plans
+
+    plans = load_plans(nnunet_dataset["plans"])
+    _, cm = configuration_manager(plans, "3d_fullres")
+    common = ["--model", "nnunet", "--plans", str(nnunet_dataset["plans"]), "--data", str(nnunet_dataset["pre"]),
+              "--preset", "quick", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--device", "cpu",
+              "--no-progress", "--set", "data.val_cubes=2", "--set", "log.grids=false"]
+    assert main([*common, "--out", str(tmp_path / "quick")]) == 0
+    ckpt = load_checkpoint(tmp_path / "quick" / "last.pt")
+    assert tuple(ckpt["config"]["data"]["crop"]) == tuple(cm.patch_size) and ckpt["model_name"] == "nnunet"
+    assert main([*common, "--task", "simclr", "--out", str(tmp_path / "simclr")]) == 0
+    name, kwargs, state, left_out = pretrained_backbone(load_checkpoint(tmp_path / "simclr" / "last.pt"))
+    assert name == "nnunet" and any(k.startswith("network.encoder.") for k in state) and left_out
