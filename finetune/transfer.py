@@ -70,21 +70,38 @@ def checkpoint_model_kwargs(weights: str | None, task: str = "segmentation") -> 
     if weights is None or not Path(weights).is_file() or Path(weights).suffix not in (".pt", ".pth"):
         return {}
     ckpt = load_checkpoint(weights)
-    kwargs = dict(ckpt.get("model_kwargs") or {})
-    name = ckpt.get("model_name")
-    if name == "encoder_classifier":
-        encoder = kwargs.get("encoder", "unet3d")
-        if encoder not in ("unet3d", "unet2d"):  # a unet2d's kernels are inflated to 3D on loading
-            raise CheckpointError(f"fine-tuning transfers a U-Net encoder, this classifier wraps {encoder!r}", weights)
-        if task == "segmentation":
-            raise CheckpointError(
-                "this checkpoint holds an encoder-only classifier (a label proxy task); segmentation "
-                "targets need an encoder-decoder: pretrain a restoration task, or fine-tune a "
-                "classification target (ncc, ecc, pe)", weights)
-        kwargs = {**dict(kwargs.get("encoder_kwargs") or {}), **{k: v for k, v in kwargs.items() if k == "base_width"}}
-    elif name not in (None, "unet3d", "unet2d"):
-        raise CheckpointError(f"fine-tuning transfers a U-Net backbone, but this checkpoint holds {name!r}", weights)
+    if "model_name" not in ckpt and "parts" not in ckpt:
+        return {}
+    from genesis.checkpoint import checkpoint_parts
+
+    parts = checkpoint_parts(ckpt)  # any method's backbone (format-1 checkpoints migrated)
+    name, kwargs = parts["model_name"], dict(parts.get("model_kwargs") or {})
+    if name not in ("unet3d", "unet2d"):  # a unet2d's kernels are inflated to 3D on loading
+        method = (ckpt.get("method") or {}).get("name") or ckpt.get("task") or "its method"
+        raise CheckpointError(f"fine-tuning transfers a U-Net backbone, but this checkpoint's backbone ({method}) "
+                              f"is {name!r}", weights)
     return {k: kwargs[k] for k in ("base_width", "up_mode") if k in kwargs}
+
+
+def encoder_only_backbone(weights: str | None) -> str | None:
+    """Why a checkpoint's backbone is an encoder without a decoder (a label task's classifier,
+    a contrastive method), or None when it has the whole encoder-decoder."""
+    if weights is None or not Path(weights).is_file() or Path(weights).suffix not in (".pt", ".pth"):
+        return None
+    ckpt = load_checkpoint(weights)
+    if "model_name" not in ckpt and "parts" not in ckpt:
+        return None
+    from genesis.checkpoint import pretrained_backbone
+
+    name, kwargs, state, _ = pretrained_backbone(ckpt)
+    if name not in ("unet3d", "unet2d"):
+        return None
+    prefixes = tuple(create_model(name, **{k: v for k, v in kwargs.items() if k != "out_channels"}).encoder_state_prefixes)
+    if any(not k.startswith(prefixes) for k in state):
+        return None
+    method = (ckpt.get("method") or {}).get("name") or ckpt.get("task") or "its method"
+    return (f"the checkpoint's method ({method}) trained the encoder only: the decoder is new, initialised "
+            "with --init")
 
 
 def _in_layer(name: str, layer: str | None) -> bool:
@@ -92,7 +109,7 @@ def _in_layer(name: str, layer: str | None) -> bool:
 
 
 def load_pretrained(dest: nn.Module, weights: str, part: str, hint: str = "is --width right?",
-                    replaced: str | None = None) -> dict[str, Any]:
+                    replaced: str | None = None, new_reason: str | None = None) -> dict[str, Any]:
     """Load ``weights`` (a checkpoint path or a released name) into ``dest``.
 
     :func:`genesis.weights.load_weights` handles our checkpoints (U-Nets and saved classifiers),
@@ -101,6 +118,8 @@ def load_pretrained(dest: nn.Module, weights: str, part: str, hint: str = "is --
     Args:
         replaced: a layer (``"out_tr"``) the caller replaces by a new one after loading: its tensors
             count as left out (not loaded, not missing; a shape mismatch there is no error).
+        new_reason: with ``part="encoder"`` into a whole network, why the rest of it is new (its
+            tensors are listed under ``new_layers``).
     """
     from genesis.weights import load_weights
 
@@ -111,7 +130,9 @@ def load_pretrained(dest: nn.Module, weights: str, part: str, hint: str = "is --
     report.loaded = [k for k in report.loaded if not _in_layer(k, replaced)]
     report.mismatched = [m for m in report.mismatched if not _in_layer(m[0], replaced)]
     report.missing = [k for k in report.missing if not _in_layer(k, replaced)]
-    details = load_report_dict(report, part, left_out, new_layers)
+    if new_reason is not None:
+        new_layers = [k for k in dest.state_dict() if k not in set(report.loaded) and not k.endswith("num_batches_tracked")]
+    details = load_report_dict(report, part, left_out, new_layers, new_reason)
     if report.mismatched:
         key, got, want = report.mismatched[0]
         exc = CheckpointError(
@@ -129,7 +150,7 @@ def load_pretrained(dest: nn.Module, weights: str, part: str, hint: str = "is --
 
 
 def load_report_dict(report: Any, part: str, replaced: list[str] | None = None,
-                     new_layers: list[str] | None = None) -> dict[str, Any]:
+                     new_layers: list[str] | None = None, new_reason: str | None = None) -> dict[str, Any]:
     """A :class:`genesis.weights.load.LoadReport` as JSON: what was loaded, missing, skipped, mismatched,
     and every tensor of the file left out with the reason (``left_out``).
 
@@ -140,10 +161,16 @@ def load_report_dict(report: Any, part: str, replaced: list[str] | None = None,
     replaced, new_layers = list(replaced or []), list(new_layers or [])
     left_out = [{"name": k, "reason": _NEW_OUTPUT} for k in replaced]
     left_out += [{"name": k, "reason": _NOT_IN_NETWORK} for k in report.unexpected]
+    left_out += [{"name": k, "reason": "belongs to the pretraining method only (its heads, projector, decoder or "
+                                       "teacher), not to the pretrained backbone"}
+                 for k in getattr(report, "method_only", [])]
     if part == "encoder":
         left_out.append({"name": "every tensor of the file outside the encoder (decoder, output layer, heads)",
-                         "reason": "this target transfers the pretrained encoder only (a new head is trained)"})
-    summary = report.summary() + ("; output layer new (1x1x1, initialised with --init)" if new_layers else "")
+                         "reason": new_reason or "this target transfers the pretrained encoder only (a new head is trained)"})
+    if new_reason:
+        summary = report.summary() + f"; decoder and output layer new ({new_reason})"
+    else:
+        summary = report.summary() + ("; output layer new (1x1x1, initialised with --init)" if new_layers else "")
     return {
         "source": str(report.source),
         "part": part,
@@ -157,6 +184,7 @@ def load_report_dict(report: Any, part: str, replaced: list[str] | None = None,
         "inflated_2d_to_3d": list(report.inflated),
         "left_out": left_out,
         "new_layers": new_layers,
+        "new_layers_reason": new_reason or (_NEW_OUTPUT if new_layers else None),
     }
 
 
@@ -208,7 +236,13 @@ def build_model(
         kwargs = {"in_channels": in_channels, "out_channels": out_channels, **backbone_kwargs}
         # pretrained restoration networks have one output channel: load into that shape, then replace it
         model = create_model(name, **{**kwargs, "out_channels": 1} if cfg.weights else kwargs)
-        if cfg.weights:
+        encoder_only = encoder_only_backbone(cfg.weights)
+        if cfg.weights and encoder_only:  # contrastive / label methods: their encoder, a new decoder
+            apply_init(model, cfg.init)
+            info.update(load_pretrained(model, cfg.weights, part="encoder", new_reason=encoder_only))
+            model.replace_output(out_channels)
+            apply_init(model.out_tr, cfg.init)
+        elif cfg.weights:
             info.update(load_pretrained(model, cfg.weights, part="full", replaced=OUTPUT_LAYER))
             model.replace_output(out_channels)  # a new 1x1x1 output layer for the target
             apply_init(model.out_tr, cfg.init)

@@ -197,9 +197,7 @@ def test_cli_runs_and_reports_user_errors(tmp_path, capsys, pretrained):
     assert main(["--target", "ncc", "--label-fraction", "1.5", "--out", str(tmp_path / "y")]) == 2
 
 
-def test_classifier_checkpoint_transfers_to_classification_only(tmp_path):
-    from genesis.errors import CheckpointError
-
+def test_classifier_checkpoint_transfers_its_encoder(tmp_path):
     clf = create_model("encoder_classifier", encoder="unet3d", encoder_kwargs={"base_width": 2}, num_classes=4)
     path = tmp_path / "rotation.pt"
     save_checkpoint({"model": clf.state_dict(), "model_name": "encoder_classifier",
@@ -208,8 +206,12 @@ def test_classifier_checkpoint_transfers_to_classification_only(tmp_path):
     assert kwargs["base_width"] == 2 and info["loaded"] > 0
     key = "down_tr64.ops.0.conv1.weight"
     assert torch.equal(model.backbone.state_dict()[key], clf.backbone.state_dict()[key])
-    with pytest.raises(CheckpointError, match="encoder-only"):
-        build_model("segmentation", tiny("ncs", tmp_path, weights=str(path)))
+    # segmentation takes the encoder and trains a new decoder (the report says so)
+    seg, _, _, seg_info = build_model("segmentation", tiny("ncs", tmp_path, weights=str(path)))
+    assert torch.equal(seg.state_dict()[key], clf.backbone.state_dict()[key])
+    report = seg_info["load_report"]
+    assert "encoder only" in report["new_layers_reason"] and any(k.startswith("up_tr") for k in report["new_layers"])
+    assert all(k.startswith("down_tr") for k in report["loaded"])
 
 
 def test_precise_bn_recomputes_trainable_statistics_only():
