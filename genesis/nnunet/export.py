@@ -25,7 +25,7 @@ import torch
 from genesis.errors import CheckpointError, ConfigError
 from genesis.fileio import atomic_write
 from genesis.nnunet.plans import build_network, configuration_manager, input_channels, load_plans
-from genesis.training.checkpoint import load_checkpoint
+from genesis.checkpoint import load_checkpoint, pretrained_backbone
 
 #: Keys nnU-Net never transfers (its ``skip_strings_in_pretrained``).
 SKIPPED = (".seg_layers.",)
@@ -119,17 +119,20 @@ def export_nnunet(
     if out.is_dir():
         raise ConfigError("--out must be a file name for --format nnunet (e.g. genesis_pretrained.pth)", out)
     ckpt = load_checkpoint(checkpoint)
-    if ckpt.get("model_name") != "nnunet":
-        raise CheckpointError(f"this checkpoint trained model {ckpt.get('model_name')!r}; only "
-                              "genesis-pretrain --model nnunet checkpoints can be exported for nnU-Net", checkpoint)
-    kwargs = ckpt.get("model_kwargs") or {}
+    try:  # any method's backbone: restoration trains the whole network, contrastive methods its encoder
+        backbone_name, kwargs, state, _ = pretrained_backbone(ckpt)
+    except CheckpointError as exc:
+        raise CheckpointError(str(exc.args[0]) if exc.args else str(exc), checkpoint) from None
+    if backbone_name != "nnunet":
+        raise CheckpointError(f"this checkpoint's backbone is {backbone_name!r}; only genesis-pretrain --model nnunet "
+                              "checkpoints can be exported for nnU-Net", checkpoint)
     source_plans, source_conf = kwargs.get("plans"), kwargs.get("configuration")
     if not isinstance(source_plans, Mapping) or not isinstance(source_conf, str):
         raise CheckpointError("nnunet checkpoint without its plans/configuration (model_kwargs)", checkpoint)
-    state = ckpt.get("model")
-    if not isinstance(state, Mapping):
-        raise CheckpointError("no 'model' state dict in this checkpoint", checkpoint)
     weights = {k[len(PREFIX):]: v.detach().cpu() for k, v in state.items() if k.startswith(PREFIX)}
+    if part == "all" and weights and not any(k.startswith("decoder.") for k in weights):
+        raise ConfigError("this checkpoint's method trained nnU-Net's encoder only (no decoder tensors): "
+                          "export it with --part encoder", checkpoint)
     target_plans = load_plans(plans) if plans is not None else load_plans(source_plans)
     target_conf = configuration or source_conf
     target_channels = input_channels(target_plans)

@@ -157,6 +157,12 @@ def export_checkpoint(
     state = ckpt.get("model", ckpt.get("state_dict"))
     if not isinstance(state, Mapping) or not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError("no 'model' state dict in this checkpoint", checkpoint)
+    left_out: list[str] = []
+    if isinstance(ckpt.get("parts"), Mapping):  # a method's module: export its pretrained backbone alone
+        from genesis.checkpoint import pretrained_backbone
+
+        backbone_name, backbone_kwargs, state, left_out = pretrained_backbone(dict(ckpt))
+        ckpt = {**ckpt, "model_name": backbone_name, "model_kwargs": backbone_kwargs}
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items() if isinstance(v, torch.Tensor)}
     config = ckpt.get("config") if isinstance(ckpt.get("config"), Mapping) else {}
     config = _plain(config)
@@ -194,6 +200,8 @@ def export_checkpoint(
         "license": license,
         "source": f"genesis-weights export of {checkpoint.name} (epoch {ckpt.get('epoch')})",
         "notes": ("Trained on SYNTHETIC data: for testing only. " if data["synthetic"] else "")
+        + (f"The pretrained backbone only: {len(left_out)} tensors of the method's own heads left out. "
+           if left_out else "")
         + "Replace the file:// URL with the published location before sharing this entry.",
     }
     entry_from_dict(entry)  # the snippet must be a valid manifest
@@ -217,6 +225,8 @@ def export_checkpoint(
         "architecture": architecture,
         "layout": "zyx",
         "proxy_task": _task_name(config, ckpt),
+        "method": _plain(ckpt.get("method")) if isinstance(ckpt.get("method"), Mapping) else None,
+        "left_out": left_out,
         "data": card_data,
         "metrics": _metrics(ckpt),
         "epoch": _plain(ckpt.get("epoch")),
