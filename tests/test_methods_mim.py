@@ -21,7 +21,7 @@ from genesis.methods import METHODS
 from genesis.methods._masking import masked_count, random_patch_mask
 from genesis.methods.base import NetworkRequest
 from genesis.models import create_model
-from genesis.models._sparse import SparseContext, sparse_norm, sparsify
+from genesis.models.sparse import SparseContext, sparse_norm, sparsify
 
 TINY_VIT = {"hidden_size": 24, "num_layers": 1, "num_heads": 2, "mlp_dim": 48}
 TINY_DECODER = {"decoder_width": 24, "decoder_depth": 1, "decoder_heads": 2}
@@ -385,6 +385,12 @@ def test_configuration_errors() -> None:
             NetworkRequest("vit", 3, 2, crop=CROP3, model_kwargs={**TINY_VIT, "patch_size": 4}))
     with pytest.raises(ValueError, match="mask_ratio"):
         METHODS.get("mae")(mask_ratio=1.0)
+    from genesis.methods.spark import SparKModel
+
+    with pytest.raises(ConfigError, match="bn_batch_stats_in_eval"):
+        SparKModel(create_model("unet3d", base_width=2, bn_batch_stats_in_eval=True))
+    with pytest.raises(ConfigError, match="no encoder it can run sparsely"):
+        SparKModel(create_model("vit", img_size=CROP3, patch_size=8, **TINY_VIT))
 
 
 def test_primus_says_why_it_cannot_be_built() -> None:

@@ -25,7 +25,7 @@ from genesis.errors import ConfigError
 from genesis.methods._masking import (MaskedImageMethod, ImageSpaceMIM, build_network, image_network_spec,
                                       image_sides, patch_grid, patch_tuple, unpatchify)
 from genesis.methods.base import NetworkRequest, NetworkSpec, Parts, register_method
-from genesis.models._sparse import upsample_grid
+from genesis.models.sparse import upsample_grid
 from genesis.models.vit import ViTEncoder
 
 

@@ -3,7 +3,7 @@
 The image is masked on the encoder's coarsest grid (patch = the encoder's total stride, so every
 mask patch is one position of the deepest feature map). The encoder runs *sparsely*: masked
 positions are kept at zero after every convolution, pooling and normalisation, and normalisation
-statistics use the visible positions only (:mod:`genesis.models._sparse`), so the encoder never
+statistics use the visible positions only (:mod:`genesis.models.sparse`), so the encoder never
 sees the mask as content. At every stage, SparK's densifying step normalises the sparse features
 (sparse batch norm; instance norm for nnU-Net's instance-normed encoders), fills the masked
 positions with a learnable mask token of that stage and projects them (3x3 convolution; identity at
@@ -13,7 +13,7 @@ The decoder is the network's own: SparK's light decoder exists because ResNets a
 none, while a U-Net's decoder is that U-Net-like densifying decoder already, and training it keeps
 the whole network pretrained, as nnssl's SparK3D does for ResEnc-L. So the backbone is exactly the
 network ``unet3d`` / ``unet2d`` / ``nnunet`` rebuilds (same state-dict keys; sparse semantics are
-hooks and same-state subclasses, see :func:`genesis.models._sparse.sparsify`); mask tokens,
+hooks and same-state subclasses, see :func:`genesis.models.sparse.sparsify`); mask tokens,
 densifying norms and projections are the method's heads.
 
 Loss: MSE on the masked patches against per-patch normalised targets. Paper defaults: mask ratio 0.6.
@@ -30,7 +30,7 @@ from torch import nn
 from genesis.errors import ConfigError
 from genesis.methods._masking import MaskedImageMethod, build_network, image_network_spec
 from genesis.methods.base import NetworkRequest, NetworkSpec, Parts, register_method
-from genesis.models._sparse import EncoderView, SparseContext, encoder_view, sparse_norm, sparsify
+from genesis.models.sparse import EncoderView, SparseContext, encoder_view, sparse_norm, sparsify
 
 #: networks that are not CNN U-Nets, with what to use instead
 _NOT_CNN = {"vit": "--task mae or simmim", "primus": "--task mae"}
@@ -41,7 +41,7 @@ class SparKModel(nn.Module):
     ``densify_norms`` and ``densify_projs`` (the heads).
 
     Args:
-        backbone: a network :func:`~genesis.models._sparse.encoder_view` supports (made sparse in place).
+        backbone: a network :func:`~genesis.models.sparse.encoder_view` supports (made sparse in place).
     """
 
     def __init__(self, backbone: nn.Module) -> None:
