@@ -350,6 +350,13 @@ def test_validation_reports_the_visible_mean_baseline(case: str) -> None:
         assert metrics["val_loss"] == pytest.approx(metrics["val_masked_mse"], rel=1e-5)
     if method.norm_pix:  # the best constant per patch in normalised space (~1) is reported too
         assert 0.9 < metrics["val_patch_mean_mse"] < metrics["val_mask_mean_mse"]
+    model.eval()
+    with torch.no_grad():
+        per_sample = method.per_sample(method.forward(model, views), views)  # the loop's collapse check
+    key = "val_masked_l1" if method.loss_kind == "l1" else "val_masked_mse"
+    assert float(per_sample["model"].mean()) == pytest.approx(metrics[key], rel=1e-5)
+    if method.loss_kind == "mse":
+        assert float(per_sample["fill"].mean()) == pytest.approx(metrics["val_mask_mean_mse"], rel=1e-5)
 
 
 @pytest.mark.parametrize("case", ["mae-vit-2d", "simmim-vit-3d", "spark-unet3d"])

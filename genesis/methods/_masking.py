@@ -252,6 +252,18 @@ def validation_sums(prediction: torch.Tensor, views: MaskedViews, kind: str) -> 
     return out
 
 
+def per_sample_errors(prediction: torch.Tensor, views: MaskedViews, kind: str) -> dict[str, torch.Tensor]:
+    """Per-sample ``kind`` errors (B,) on the masked voxels for the training loop's collapse check:
+    ``model``, ``fill`` (the visible-voxel mean, the restoration methods' name for it) and, with
+    normalised targets, ``patch_mean`` (predicting zero there)."""
+    m = views.voxel_mask
+    out = {"model": _per_sample(_error(prediction, views.target, kind), m),
+           "fill": _per_sample(_error(visible_mean_prediction(views), views.target, kind), m)}
+    if views.patch_mean is not None:
+        out["patch_mean"] = _per_sample(_error(torch.zeros_like(views.target), views.target, kind), m)
+    return out
+
+
 def middle_slice(x: torch.Tensor) -> np.ndarray:
     """The middle axial slice of channel 0 of one image (C, *sides)."""
     img = x.detach().float().cpu()[0]
@@ -390,6 +402,9 @@ class MaskedImageMethod(Method):
 
     def validation(self, outputs: MIMOutput, views: MaskedViews) -> dict[str, float]:
         return validation_sums(outputs.prediction, views, self.loss_kind)
+
+    def per_sample(self, outputs: MIMOutput, views: MaskedViews) -> dict[str, torch.Tensor]:
+        return per_sample_errors(outputs.prediction, views, self.loss_kind)
 
     def count(self, views: MaskedViews) -> int:
         return int(views.image.shape[0])
