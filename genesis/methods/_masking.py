@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from genesis.errors import ConfigError
+from genesis.methods.proxy import provider_kwargs
 from genesis.methods.base import Method, NetworkRequest, NetworkSpec, Parts
 from genesis.models import create_model, unpack_output
 from genesis.models.sparse import upsample_grid
-from genesis.models.base import MODELS
 
 #: epsilon of the per-patch target normalisation (MAE's and SparK's)
 NORM_PIX_EPS = 1e-6
@@ -331,10 +331,8 @@ def image_network_spec(name: str, request: NetworkRequest, method: str) -> Netwo
         raise ConfigError(f"{method}: --model {name} is a 3D network; use unet2d (or vit) for --dims 2")
     if name == "unet2d" and dims != 2:
         raise ConfigError(f"{method}: --model unet2d is a 2D network; use unet3d (or vit) for --dims 3")
-    hook = getattr(MODELS.get(name), "pretraining_kwargs", None)
-    if hook is not None and getattr(request, "plans", None):
-        kwargs = dict(hook(request, request.in_channels, request.out_channels))
-    else:
+    kwargs = provider_kwargs(name, request, request.in_channels, request.out_channels)
+    if kwargs is None:
         kwargs = {"in_channels": request.in_channels, "out_channels": request.out_channels}
         if name in _WIDTH_NETWORKS:
             kwargs["base_width"] = request.width
@@ -367,6 +365,7 @@ class MaskedImageMethod(Method):
 
     family = "masked image modelling"
     monitor_key = "val_masked_mse"
+    log_keys = ("val_masked_mse", "val_mask_mean_mse", "val_patch_mean_mse")
     loss_kind: ClassVar[str] = "mse"
 
     def __init__(self, mask_ratio: float) -> None:

@@ -62,6 +62,7 @@ class SimMIM(MaskedImageMethod):
     name = "simmim"
     paper = "Xie et al. 2022 (SimMIM)"
     monitor_key = "val_masked_l1"
+    log_keys = ("val_masked_l1", "val_mask_mean_l1")
     loss_kind = "l1"
 
     def __init__(self, mask_ratio: float = 0.6, mask_patch_size: int = 32, model_patch_size: int = 16) -> None:

@@ -36,7 +36,8 @@ FEW_PATIENTS = 3
 LIKELY_CAUSES = ("likely causes: a learning rate too high or too low (--lr), intensities outside the window "
                  "(check the HU range in data.csv and data.window), or too little data / too few epochs")
 _NAMES = {"mean": "predicting each cube's mean", "identity": "returning the input unchanged",
-          "fill": "filling the hidden voxels with the mean of the visible ones"}
+          "fill": "filling the hidden voxels with the mean of the visible ones",
+          "patch_mean": "predicting each masked patch's own mean"}
 
 
 def margins(errors: Mapping[str, Sequence[float]], groups: Sequence[str]) -> dict[str, float]:
@@ -93,7 +94,7 @@ def collapse_note(record: Mapping[str, Any], grace: int = GRACE_EPOCHS) -> str:
     if out_std is not None and tgt_std and tgt_std > 1e-4 and out_std < FLAT_OUTPUT_RATIO * tgt_std:
         notes.append(f"output nearly constant (spread {out_std:.3g} vs target {tgt_std:.3g})")
     mse, epoch = record.get("val_mse"), int(record.get("epoch", 0))
-    if mse is None or epoch <= grace:
+    if epoch <= grace:
         return "; ".join(notes)
     judged = False
     for key, words in _NAMES.items():
@@ -105,7 +106,7 @@ def collapse_note(record: Mapping[str, Any], grace: int = GRACE_EPOCHS) -> str:
             patients = int(record.get("val_patients", 0) or 0)
             notes.append(f"no better than {words} (improvement {margin:+.1%} +- {Z95 * se:.1%}, 95% over "
                          f"{patients} held-out patient{'s' if patients != 1 else ''}; needs > {MIN_IMPROVEMENT:.0%})")
-    if not judged:
+    if not judged and mse is not None:
         mean_mse, ident = record.get("val_mean_mse"), record.get("val_identity_mse")
         if mean_mse is not None and mse >= BEAT_MARGIN * mean_mse:
             notes.append(f"no better than predicting each cube's mean (val_mse {mse:.4g} vs {mean_mse:.4g})")

@@ -258,7 +258,8 @@ class Trainer:
                 global_step = record["step"]
                 record.update(self._validate(model, stage, epoch))
                 self._check_finite(model, record, optimizer, stage)  # before any checkpoint is written
-                record["collapse"] = collapse_note(record) if "val_mean_mse" in record else ""
+                judged = "val_mean_mse" in record or any(k.endswith("_margin") for k in record)
+                record["collapse"] = collapse_note(record) if judged else ""
                 monitored = broadcast_float(record.get(stage.method.monitor_key, record["val_loss"]), dist, device)
                 improved = early.update(monitored)
                 scheduler.step(monitored)
