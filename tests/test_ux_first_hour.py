@@ -333,13 +333,14 @@ def test_demo_says_plainly_whether_it_shows_a_difference() -> None:
     from genesis.cli.demo import ttest_lines, verdict
 
     def result(p, a, b):
-        c = {"mean_a": a, "mean_b": b, "t_student": 1.0, "p_student": p, "p_welch": p}
+        c = {"mean_a": a, "mean_b": b, "t_student": 1.0, "p_student": p, "p_welch": p, "p_paired": p,
+             "bootstrap": {"p": p}}
         return {"primary_metric": "dice", "metrics": ["dice"], "comparison": {"fractions": [{"fraction": 1.0, "dice": c}]}}
 
-    assert verdict(result(0.3, 0.5, 0.4)).startswith("Result: no difference shown (Welch p = 0.3)")
+    assert verdict(result(0.3, 0.5, 0.4)).startswith("Result: no difference shown (paired p = 0.3)")
     assert verdict(result(0.01, 0.6, 0.4)).startswith("Result: the pretrained network is better on dice")
     table = ttest_lines(result(0.3, 0.5, 0.4))
-    assert "p (Student)" in table[0] and table[1].split() == ["dice", "0.500", "0.400", "1.000", "0.300", "0.300"]
+    assert "p (paired)" in table[0] and table[1].split() == ["dice", "0.500", "0.400", "0.300", "0.300", "0.300"]
 
 
 def test_threads_default_to_the_cores_of_this_process(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,6 +32,7 @@ from genesis.errors import ConfigError
 from genesis.methods.proxy import provider_kwargs
 from genesis.methods.base import Method, NetworkRequest, NetworkSpec, Parts
 from genesis.models import create_model, unpack_output
+from genesis.models.base import MODELS
 from genesis.models.sparse import upsample_grid
 
 #: epsilon of the per-patch target normalisation (MAE's and SparK's)
@@ -331,7 +332,10 @@ def image_network_spec(name: str, request: NetworkRequest, method: str) -> Netwo
         raise ConfigError(f"{method}: --model {name} is a 3D network; use unet2d (or vit) for --dims 2")
     if name == "unet2d" and dims != 2:
         raise ConfigError(f"{method}: --model unet2d is a 2D network; use unet3d (or vit) for --dims 3")
-    kwargs = provider_kwargs(name, request, request.in_channels, request.out_channels)
+    # networks built from plans take them from --plans; without it, from the user's model_kwargs
+    from_plans = bool(getattr(MODELS.get(name), "architecture_from_plans", False))
+    kwargs = None if from_plans and not request.plans else provider_kwargs(
+        name, request, request.in_channels, request.out_channels)
     if kwargs is None:
         kwargs = {"in_channels": request.in_channels, "out_channels": request.out_channels}
         if name in _WIDTH_NETWORKS:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from monai.losses import SSIMLoss
 
 
 def _probabilities(pred_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -93,6 +92,8 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, win_size: int = 11, data_rang
     spatial_dims = pred.dim() - 2
     if spatial_dims not in (2, 3):
         raise ValueError(f"SSIM needs (B, C, H, W) or (B, C, D, H, W), got shape {tuple(pred.shape)}")
+    from monai.losses import SSIMLoss  # MONAI takes seconds to import: only when SSIM is computed
+
     window: Sequence[int] = [min(win_size, s if s % 2 else s - 1) for s in pred.shape[2:]]
     loss_fn = SSIMLoss(spatial_dims=spatial_dims, data_range=data_range, win_size=window)
     return 1.0 - loss_fn(pred.float(), target.float())

@@ -27,13 +27,12 @@ from genesis.methods._masking import (MaskedImageMethod, ImageSpaceMIM, build_ne
                                       image_sides, patch_grid, patch_tuple, unpatchify)
 from genesis.methods.base import NetworkRequest, NetworkSpec, Parts, register_method
 from genesis.models.mae_decoder import MAEDecoder
-from genesis.models.vit import ViTEncoder
 
 
 class MAEViT(nn.Module):
     """MAE's trained module on a ViT: ``backbone`` (the encoder) and ``decoder`` (the head)."""
 
-    def __init__(self, backbone: ViTEncoder, decoder: MAEDecoder) -> None:
+    def __init__(self, backbone: nn.Module, decoder: MAEDecoder) -> None:
         super().__init__()
         self.backbone = backbone
         self.decoder = decoder
@@ -107,7 +106,7 @@ class MAE(MaskedImageMethod):
         backbone = build_network(spec, self.name)
         if self.form == "cnn":
             return ImageSpaceMIM(backbone, int(spec.kwargs.get("in_channels", 1)), mask_token=False)
-        assert isinstance(backbone, ViTEncoder)
+        assert hasattr(backbone, "patch_tokens"), "a ViT encoder (genesis.models.vit)"
         decoder = MAEDecoder(backbone.grid, backbone.hidden_size, backbone.patch_embedding.patch_dim,
                              self.decoder_width, self.decoder_depth, self.decoder_heads)
         return MAEViT(backbone, decoder)

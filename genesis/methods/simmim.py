@@ -26,13 +26,12 @@ from genesis.methods._masking import (MaskedImageMethod, ImageSpaceMIM, build_ne
                                       image_sides, patch_grid, patch_tuple, unpatchify)
 from genesis.methods.base import NetworkRequest, NetworkSpec, Parts, register_method
 from genesis.models.sparse import upsample_grid
-from genesis.models.vit import ViTEncoder
 
 
 class SimMIMViT(nn.Module):
     """SimMIM's trained module on a ViT: ``backbone``, ``mask_token`` and the linear ``decoder`` (heads)."""
 
-    def __init__(self, backbone: ViTEncoder) -> None:
+    def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
         self.mask_token = nn.Parameter(torch.zeros(1, 1, backbone.hidden_size))
@@ -102,7 +101,7 @@ class SimMIM(MaskedImageMethod):
         backbone = build_network(spec, self.name)
         if self.form == "cnn":
             return ImageSpaceMIM(backbone, int(spec.kwargs.get("in_channels", 1)), mask_token=True)
-        assert isinstance(backbone, ViTEncoder)
+        assert hasattr(backbone, "patch_tokens"), "a ViT encoder (genesis.models.vit)"
         return SimMIMViT(backbone)
 
     def parts(self, spec: NetworkSpec) -> Parts:

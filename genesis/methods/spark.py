@@ -24,11 +24,11 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import torch
-from monai.networks.layers.factories import Conv, Norm
 from torch import nn
 
 from genesis.errors import ConfigError
 from genesis.methods._masking import MaskedImageMethod, build_network, image_network_spec
+from genesis.models._blocks import conv
 from genesis.methods.base import NetworkRequest, NetworkSpec, Parts, register_method
 from genesis.models.sparse import EncoderView, SparseContext, encoder_view, sparse_norm, sparsify
 
@@ -51,17 +51,18 @@ class SparKModel(nn.Module):
         self._context = SparseContext()
         sparsify(self._view.encoder_modules, self._context)
         dims, channels = self._view.spatial_dims, self._view.channels
-        norm = Norm.INSTANCE if self._view.norm == "instance" else Norm.BATCH
+        norm_cls = ({2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d} if self._view.norm == "instance"
+                    else {2: nn.BatchNorm2d, 3: nn.BatchNorm3d})[dims]
         self.mask_tokens = nn.ParameterList()
         for c in channels:
             token = nn.Parameter(torch.zeros(1, c, *([1] * dims)))
             nn.init.trunc_normal_(token, mean=0.0, std=0.02, a=-0.02, b=0.02)  # as SparK
             self.mask_tokens.append(token)
         self.densify_norms = nn.ModuleList(
-            [sparse_norm(Norm[norm, dims](c, affine=True), self._context) for c in channels])
+            [sparse_norm(norm_cls(c, affine=True), self._context) for c in channels])
         last = len(channels) - 1
         self.densify_projs = nn.ModuleList(
-            [nn.Identity() if i == last else Conv[Conv.CONV, dims](c, c, kernel_size=3, padding=1)
+            [nn.Identity() if i == last else conv(dims, c, c, kernel_size=3, padding=1)
              for i, c in enumerate(channels)])
 
     @property

@@ -15,8 +15,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
-from monai.networks.blocks.transformerblock import TransformerBlock
 from torch import nn
 
 from genesis.models.base import register_model
@@ -50,6 +48,9 @@ class MAEDecoder(nn.Module):
         self.embed = nn.Linear(encoder_dim, width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
         nn.init.normal_(self.mask_token, std=0.02)  # as MAE's initialisation
+        from monai.networks.blocks.pos_embed_utils import build_sincos_position_embedding
+        from monai.networks.blocks.transformerblock import TransformerBlock
+
         self.pos_embedding = build_sincos_position_embedding(list(self.grid), width, dims)  # fixed (no grad)
         self.blocks = nn.Sequential(*[TransformerBlock(width, int(width * mlp_ratio), num_heads, qkv_bias=True)
                                       for _ in range(depth)])

@@ -17,12 +17,13 @@ encoder in that layout, so MONAI's and the research code's loaders take it too.
 
 from __future__ import annotations
 
+import functools
+
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
 
 from genesis.errors import ConfigError
 from genesis.models.base import register_model
@@ -32,54 +33,68 @@ DECODER_MODULES: tuple[str, ...] = ("encoder1", "encoder2", "encoder3", "encoder
                                     "decoder4", "decoder3", "decoder2", "decoder1", "out")
 
 
-class SwinUNETR(MonaiSwinUNETR):
-    """MONAI's SwinUNETR with the backbone interface of genesis networks.
+@functools.cache
+def _swinunetr_class() -> type:
+    """:class:`SwinUNETR`, defined on first use: it subclasses MONAI's class, and importing MONAI
+    takes seconds that ``import genesis.models`` (every network module) should not cost."""
+    from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
 
-    Args:
-        in_channels / out_channels: image channels in and out (1 for CT restoration).
-        feature_size: embedding size of the first Swin stage (a multiple of 12; 48 in Tang et al.).
-        spatial_dims: 3 (volumes) or 2 (slices).
-        **kwargs: every other argument of ``monai.networks.nets.SwinUNETR`` (``depths``,
-            ``num_heads``, ``window_size``, ``patch_size``, ``use_v2``...).
+    class SwinUNETR(MonaiSwinUNETR):
+        """MONAI's SwinUNETR with the backbone interface of genesis networks.
 
-    Input sides must be multiples of ``patch_size ** 5`` (32 by default).
-    """
+        Args:
+            in_channels / out_channels: image channels in and out (1 for CT restoration).
+            feature_size: embedding size of the first Swin stage (a multiple of 12; 48 in Tang et al.).
+            spatial_dims: 3 (volumes) or 2 (slices).
+            **kwargs: every other argument of ``monai.networks.nets.SwinUNETR`` (``depths``,
+                ``num_heads``, ``window_size``, ``patch_size``, ``use_v2``...).
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, feature_size: int = 48, spatial_dims: int = 3,
-                 **kwargs: Any) -> None:
-        super().__init__(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size,
-                         spatial_dims=spatial_dims, **kwargs)
-        self.spatial_dims = spatial_dims
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.feature_size = feature_size
-        self.has_decoder = True
+        Input sides must be multiples of ``patch_size ** 5`` (32 by default).
+        """
 
-    @property
-    def feature_dim(self) -> int:
-        """Channels of the last Swin stage (``16 * feature_size``, 768 at Tang et al.'s 48)."""
-        return 16 * self.feature_size
+        def __init__(self, in_channels: int = 1, out_channels: int = 1, feature_size: int = 48, spatial_dims: int = 3,
+                     **kwargs: Any) -> None:
+            super().__init__(in_channels=in_channels, out_channels=out_channels, feature_size=feature_size,
+                             spatial_dims=spatial_dims, **kwargs)
+            self.spatial_dims = spatial_dims
+            self.in_channels = in_channels
+            self.out_channels = out_channels
+            self.feature_size = feature_size
+            self.has_decoder = True
 
-    @property
-    def size_multiple(self) -> int:
-        return int(self.patch_size) ** 5
+        @property
+        def feature_dim(self) -> int:
+            """Channels of the last Swin stage (``16 * feature_size``, 768 at Tang et al.'s 48)."""
+            return 16 * self.feature_size
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last Swin stage (B, 16 * feature_size, *sides / 32), normalised as MONAI's forward does."""
-        self._check_input_size(x.shape[2:])
-        return self.swinViT(x, self.normalize)[-1]
+        @property
+        def size_multiple(self) -> int:
+            return int(self.patch_size) ** 5
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.has_decoder:
-            raise RuntimeError("SwinUNETR was made encoder-only; it has no decoder")
-        return super().forward(x)
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            """The last Swin stage (B, 16 * feature_size, *sides / 32), normalised as MONAI's forward does."""
+            self._check_input_size(x.shape[2:])
+            return self.swinViT(x, self.normalize)[-1]
 
-    def encoder_only(self) -> SwinUNETR:
-        """Keep only the Swin encoder (``swinViT``): no unused parameters when only features are trained."""
-        for name in DECODER_MODULES:
-            delattr(self, name)
-        self.has_decoder = False
-        return self
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if not self.has_decoder:
+                raise RuntimeError("SwinUNETR was made encoder-only; it has no decoder")
+            return super().forward(x)
+
+        def encoder_only(self) -> "SwinUNETR":
+            """Keep only the Swin encoder (``swinViT``): no unused parameters when only features are trained."""
+            for name in DECODER_MODULES:
+                delattr(self, name)
+            self.has_decoder = False
+            return self
+
+    return SwinUNETR
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SwinUNETR":
+        return _swinunetr_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def feature_size_for_width(width: int) -> int:
@@ -105,9 +120,9 @@ def _pretraining_kwargs(request: Any, in_channels: int, out_channels: int) -> di
 
 
 @register_model("swinunetr")
-def swinunetr(**kwargs: Any) -> SwinUNETR:
+def swinunetr(**kwargs: Any) -> Any:
     """MONAI's SwinUNETR; keyword arguments of :class:`SwinUNETR`."""
-    return SwinUNETR(**kwargs)
+    return _swinunetr_class()(**kwargs)
 
 
 swinunetr.pretraining_kwargs = _pretraining_kwargs  # type: ignore[attr-defined]
