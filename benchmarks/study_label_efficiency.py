@@ -18,6 +18,11 @@ Example (the MSD lung-tumour patches: 13 patients x 10 patches in order)::
         --group-size 10 --dims 2 --tasks combined masked_region --fractions 0.1 1.0 --seeds 5 \\
         --out benchmarks/results/label_efficiency_msd_lung
 
+Any method of ``genesis-pretrain --list-tasks`` can be a task, e.g. ``--tasks combined masked_region
+mae spark simclr voco``: the masked image modelling methods pretrain their U-Net form (the network
+the fine-tuning U-Net takes; :data:`PRETRAIN_FLAGS`), the contrastive ones the U-Net's encoder
+(fine-tuning then trains a new decoder, and ``load_report.json`` says so).
+
 Every step is a plain ``genesis-pretrain`` / ``genesis-finetune`` run under ``--out`` (rerun with
 the same ``--out`` to resume); a task that cannot pretrain on these data (e.g. a 3D-only task with
 ``--dims 2``) is reported as such, not dropped silently. On a CPU shared with other jobs, run it with
@@ -37,6 +42,15 @@ from typing import Any
 from finetune.stats import holm
 
 ALPHA = 0.05
+
+#: extra ``genesis-pretrain`` flags per task (``{dims}``: 2 or 3): the U-Net forms of the methods
+#: whose default network is another one, so that the fine-tuning U-Net can take their backbone
+PRETRAIN_FLAGS: dict[str, list[str]] = {
+    "mae": ["--model", "unet{dims}d", "--set", "task_params={{patch_size: 8}}"],
+    "simmim": ["--model", "unet{dims}d", "--set", "task_params={{mask_patch_size: 16}}"],
+    "spark": ["--model", "unet{dims}d"],
+    "voco": ["--set", "task_params={{grid: [1, 2, 2]}}"],
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,6 +95,9 @@ def pretrain(args: argparse.Namespace, task: str, out: Path) -> dict[str, Any]:
             "--crop", *_pretrain_crop(args)]
     if args.dims:
         argv += ["--dims", str(args.dims)]
+    if args.group_size:  # pretraining validates on held-out patients too
+        argv += ["--group-size", str(args.group_size)]
+    argv += [flag.format(dims=args.dims or 3) for flag in PRETRAIN_FLAGS.get(task, [])]
     import contextlib
     import io
 

@@ -278,21 +278,23 @@ def _read_volume(path: Path, modality: str | None) -> tuple[np.ndarray, Geometry
 
 
 def _read_label(path: Path) -> tuple[Geometry, np.ndarray]:
-    """A label map with its geometry; SimpleITK directly, since a label map is no HU image (an
-    all-background mask is a valid label, which :func:`genesis.io.load_volume` would reject)."""
-    import SimpleITK as sitk
+    """A label map with its geometry, read like the images (``load_volume(check=False)``: the same
+    header checks and NIfTI sform/qform precedence, none of the HU checks, which an all-background
+    mask would fail), so an image and its label never get different geometry from one header."""
+    from genesis.errors import GenesisError
+    from genesis.io.readers import load_volume
 
     if not Path(path).is_file():
         raise DatasetLayoutError("label file listed by the dataset does not exist", path)
     try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise DatasetLayoutError(f"cannot read label file ({str(exc).strip().splitlines()[-1]})", path) from None
-    if image.GetDimension() != 3:
-        raise DatasetLayoutError(f"label map is {image.GetDimension()}D; 3D expected", path)
-    array = sitk.GetArrayFromImage(image)
-    geometry = Geometry(tuple(int(s) for s in array.shape), tuple(image.GetSpacing()[::-1]),
-                        tuple(image.GetOrigin()), tuple(image.GetDirection()))
+        volume = load_volume(path, check=False)
+    except GenesisError as exc:
+        raise DatasetLayoutError(f"cannot read label file ({exc.args[0] if exc.args else exc})", path) from None
+    array = volume.array
+    if array.ndim != 3:
+        raise DatasetLayoutError(f"label map is {array.ndim}D; 3D expected", path)
+    geometry = Geometry(tuple(int(s) for s in array.shape), tuple(volume.spacing), tuple(volume.origin),
+                        tuple(volume.direction))
     return geometry, array
 
 

@@ -75,22 +75,23 @@ def load_brats_case(
     Raises:
         VolumeReadError: unreadable image or grids that differ between modalities.
     """
-    import SimpleITK as sitk
+    from genesis.errors import GenesisError
+    from genesis.io.readers import load_volume
 
     arrays, spacing = [], None
     for m in modalities:
         if m not in case.images:
             raise DatasetLayoutError(f"unknown BraTS modality {m!r}; use {MODALITIES}", case.directory)
         path = case.images[m]
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError as exc:
-            raise VolumeReadError(f"cannot read image ({str(exc).strip().splitlines()[-1]})", path) from exc
-        array = sitk.GetArrayFromImage(image).astype(np.float32)
+        try:  # MRI: genesis' reader (header checks, NIfTI sform precedence) without the CT checks
+            volume = load_volume(path, check=False)
+        except GenesisError as exc:
+            raise VolumeReadError(f"cannot read image ({exc.args[0] if exc.args else exc})", path) from exc
+        array = volume.array.astype(np.float32)
         if arrays and array.shape != arrays[0].shape:
             raise VolumeReadError(f"shape {array.shape} differs from the other modalities' {arrays[0].shape}", path)
         arrays.append(array)
-        spacing = spacing or tuple(float(s) for s in image.GetSpacing()[::-1])
+        spacing = spacing or tuple(float(s) for s in volume.spacing)
     labels = None
     if case.segmentation is not None:
         labels = read_label_map(case.segmentation)

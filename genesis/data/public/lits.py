@@ -67,12 +67,13 @@ def load_lits_case(case: LitsCase):
 
 def read_label_map(path: str | Path) -> np.ndarray:
     """A label image (NIfTI, ...) as uint8 (z, y, x)."""
-    import SimpleITK as sitk
+    from genesis.errors import GenesisError
+    from genesis.io.readers import load_volume
 
-    try:
-        array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    except RuntimeError as exc:
-        raise VolumeReadError(f"cannot read label map ({str(exc).strip().splitlines()[-1]})", path) from exc
+    try:  # the images' reader and header rules (NIfTI sform/qform precedence), no HU checks
+        array = load_volume(path, check=False).array
+    except GenesisError as exc:
+        raise VolumeReadError(f"cannot read label map ({exc.args[0] if exc.args else exc})", path) from exc
     if array.ndim != 3:
         raise VolumeReadError(f"label map is {array.ndim}D, expected 3D", path)
     if array.size and (array.min() < 0 or array.max() > 255 or not np.all(np.mod(array, 1) == 0)):
