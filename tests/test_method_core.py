@@ -220,3 +220,36 @@ def test_masked_tasks_log_the_fill_baseline_and_evaluate_reports_it(tmp_path: Pa
     for key in ("fill_baseline_mse", "mean_baseline_mse", "masked_fill_baseline_mse", "masked_mse", "loss_region_mse"):
         assert key in metrics
     assert metrics["fill_baseline_mse"] < metrics["mean_baseline_mse"]
+
+
+# ------------------------------------------- every method's backbone goes to fine-tuning and exports
+def test_a_contrastive_checkpoint_fine_tunes_and_exports_its_backbone(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from genesis.cli.finetune import main as finetune
+    from genesis.weights.export import export_checkpoint
+
+    out = tmp_path / "simclr"
+    assert main([*TINY, *CT, "--task", "simclr", "--batch-size", "4", "--out", str(out)]) == 0
+    ckpt = load_checkpoint(out / "best.pt")
+    assert ckpt["parts"]["heads"] and ckpt["recipe"]["family"] == "contrastive"
+
+    ft = tmp_path / "ncs"
+    assert finetune(["--target", "ncs", "--preset", "quick", "--epochs", "1", "--steps-per-epoch", "1",
+                     "--weights", str(out / "best.pt"), "--out", str(ft), "--device", "cpu",
+                     "--set", "evaluation.bootstrap_resamples=10"]) == 0
+    report = json.loads((ft / "load_report.json").read_text())
+    reasons = {entry["reason"] for entry in report["left_out"]}
+    assert any("pretraining method only" in r for r in reasons)  # the projector
+    assert "encoder only" in report["new_layers_reason"] and report["loaded"]
+    assert all(k.startswith("down_tr") for k in report["loaded"])
+
+    exported = export_checkpoint(out / "best.pt", "unet3d.simclr_test", tmp_path / "export", license="CC-BY-4.0")
+    tensors = load_file(str(exported.weights))
+    net = create_model("unet3d", base_width=2).encoder_only()
+    net.load_state_dict(tensors, strict=True)  # the backbone alone, no projector
+
+
+def test_a_set_that_removes_a_section_is_refused(tmp_path: Path, capsys) -> None:
+    assert main([*TINY, "--set", "data=null", "--out", str(tmp_path / "x")]) == 2
+    assert "data" in capsys.readouterr().err
