@@ -205,7 +205,7 @@ def test_default_lru_keeps_many_memory_maps_within_the_descriptor_limit(monkeypa
     assert default_lru_volumes(memory_mapped=True) == 256  # two descriptors a volume, half of 1024
     monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     assert default_lru_volumes(memory_mapped=True) == MAX_MAPPED_VOLUMES
-    monkeypatch.setattr(resource, "getrlimit", lambda _: (40, 40))
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (20, 20))
     assert default_lru_volumes(memory_mapped=True) == 8
 
 
