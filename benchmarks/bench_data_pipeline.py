@@ -454,13 +454,31 @@ for epoch in range(3):
     now = status()
     peak = {k: max(peak[k], now[k]) for k in peak}
 steady = epochs[1:]  # the first epoch maps every scan in once
+hwm = status()["VmHWM"]
+copy_us = None
+# the bare copy of a cube from the mapped scans, at random (no sampler, nothing given back): what
+# the memory system alone charges for a working set of this many scans
+# (after the peak RSS was read: it maps every scan in)
+if resident == "none":
+    import numpy as np
+    rng = np.random.default_rng(0)
+    maps = [ds.volume(i) for i in range(len(source))]
+    out = np.empty(crop, np.float32)
+    picks = [(int(rng.integers(len(maps))), *(int(rng.integers(s - c + 1)) for s, c in zip(maps[0].shape, crop)))
+             for _ in range(cubes)]
+    for v, z, y, x in picks:  # once to map every page in
+        out[...] = maps[v][z:z + crop[0], y:y + crop[1], x:x + crop[2]]
+    c = time.process_time()
+    for v, z, y, x in picks:
+        out[...] = maps[v][z:z + crop[0], y:y + crop[1], x:x + crop[2]]
+    copy_us = (time.process_time() - c) / cubes * 1e6
 print("RESULT " + json.dumps({
     "scans": len(source), "lru_volumes": ds.lru_volumes, "resident_mb": ds.resident_mb,
     "import_s": t_import, "discovery_s": t_discovery - t_import, "prepare_s": t_prepare - t_discovery,
     "first_batch_s": t_first, "cubes_per_cpu_s": cubes * len(steady) / sum(e["cpu_s"] for e in steady),
     "cubes_per_s": cubes * len(steady) / sum(e["wall_s"] for e in steady), "epochs": epochs,
-    "peak_rss_anon_mb": peak["RssAnon"], "peak_rss_file_mb": peak["RssFile"], "vm_hwm_mb": status()["VmHWM"],
-    "releases": ds._resident.releases if ds._resident is not None else 0}))
+    "peak_rss_anon_mb": peak["RssAnon"], "peak_rss_file_mb": peak["RssFile"], "vm_hwm_mb": hwm,
+    "releases": ds._resident.releases if ds._resident is not None else 0, "copy_us": copy_us}))
 """
 
 
@@ -497,7 +515,7 @@ def run_scans(workdir: Path, counts: list[int], rounds: int, cubes: int, log: Ca
         prep = ["--data", str(folders[n]), "--prepare-only", "--no-progress", "--workers", "2",
                 "--crop", *map(str, SCANS_CROP)]
         first = _timed_cli(prep, env_n)
-        second = [_timed_cli(prep, env_n) for _ in range(2)]
+        second = [_timed_cli(prep, env_n) for _ in range(3)]
         results[str(n)] = {"write_s": written, "prepare_first_s": first, "prepare_second_s": min(second),
                            "prepare_second_runs_s": second, "loader": {"default": [], "unbounded": []}}
         log(f"{n} scans: written in {written:.1f} s; --prepare-only first {first:.1f} s, second {min(second):.2f} s")
@@ -527,7 +545,7 @@ def run_scans(workdir: Path, counts: list[int], rounds: int, cubes: int, log: Ca
             runs = r["loader"][mode]
             r[f"{mode}_median"] = {k: statistics.median(run[k] for run in runs) for k in (
                 "cubes_per_cpu_s", "cubes_per_s", "first_batch_s", "discovery_s", "prepare_s", "peak_rss_anon_mb",
-                "peak_rss_file_mb", "vm_hwm_mb")}
+                "peak_rss_file_mb", "vm_hwm_mb") + (("copy_us",) if mode == "unbounded" else ())}
     base = results[str(counts[0])]
     for n in counts:
         r = results[str(n)]
@@ -548,17 +566,20 @@ def scans_markdown(report: dict) -> str:
         f"# Data path against the number of scans ({', '.join(f'{n:,}' for n in counts)})",
         "",
         f"{report['date']}: folders of synthetic chest CTs of {report['shape']} (`.nii.gz`, every scan its own bytes), "
-        f"crop {report['crop']}, Models Genesis sampler, default settings otherwise. Machine: {m['cpus_usable']} usable "
+        f"crop {report['crop']}, Models Genesis sampler, default settings otherwise. Machine: {m['cpus_usable']} "
+        "usable "
         f"CPUs, load {m.get('load_avg_1min', '?')} at start. Loader: a fresh process per measurement, built as "
         f"`genesis-pretrain` builds it, workers 0, {report['cubes']} cubes an epoch, epochs 2-3 timed (the first maps "
         f"every scan in), {report['rounds']} interleaved rounds, medians; RSS from `/proc/self/status` after each "
         f"epoch (peak), `VmHWM` the peak total. `resident` = the default `resident_mb` "
         f"({report['resident_mb']} MB of scan data kept mapped in per process); `unbounded` = `resident_mb=None` "
-        "(every page a cube read stays mapped: the behaviour before).",
+        "(every page a cube read stays mapped: the behaviour before). Bare cube copy: the same number of cubes "
+        "copied from the mapped scans at random positions, nothing else (the memory system's part).",
         "",
         f"Command: `{report['command']}`",
         "",
-        "| Scans | `--prepare-only` first / second run (wall, 2 workers, incl. ~3.5 s start-up) | second run: ms per scan "
+        "| Scans | `--prepare-only` first / second run (wall, 2 workers, incl. ~3.5 s start-up) "
+        "| second run: ms per scan "
         f"beyond {first} | discovery / prepare in the loader process | first batch after |",
         "|---:|---:|---:|---:|---:|",
     ]
@@ -570,15 +591,16 @@ def scans_markdown(report: dict) -> str:
                      f"{d['discovery_s']:.2f} s / {d['prepare_s']:.2f} s | {d['first_batch_s']:.2f} s |")
     lines += ["", "| Scans | Loader cubes per CPU s (resident / unbounded) | cubes/s wall (resident / unbounded) | "
               "peak RssAnon MB (resident / unbounded) | peak RssFile MB (resident / unbounded) | VmHWM MB "
-              "(resident / unbounded) | `genesis-pretrain` samples/s | its peak RSS MB |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "(resident / unbounded) | bare cube copy, us (unbounded) | `genesis-pretrain` samples/s "
+              "| its peak RSS MB |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n in counts:
         r = s[str(n)]
         d, u, t = r["default_median"], r["unbounded_median"], r["train"]
         lines.append(f"| {n:,} | {d['cubes_per_cpu_s']:,.0f} / {u['cubes_per_cpu_s']:,.0f} | {d['cubes_per_s']:,.0f} / "
                      f"{u['cubes_per_s']:,.0f} | {d['peak_rss_anon_mb']:.0f} / {u['peak_rss_anon_mb']:.0f} | "
                      f"{d['peak_rss_file_mb']:.0f} / {u['peak_rss_file_mb']:.0f} | {d['vm_hwm_mb']:.0f} / "
-                     f"{u['vm_hwm_mb']:.0f} | {t['samples_per_s']:.1f} | {t['maxrss_mb']:.0f} |")
+                     f"{u['vm_hwm_mb']:.0f} | {u['copy_us']:.1f} | {t['samples_per_s']:.1f} | {t['maxrss_mb']:.0f} |")
     lines += ["", f"Against {first} scans:", ""]
     for n in counts[1:]:
         v = s[str(n)]["vs_first"]
@@ -640,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --scale")
     parser.add_argument("--cache", type=Path, help="--scale: reuse this $GENESIS_CACHE folder (default: a fresh one)")
     parser.add_argument("--scans", type=int, nargs="*", metavar="N",
-                        help=f"only the study against the number of scans (default {' '.join(map(str, SCANS_DEFAULT))})")
+                        help="only the study against the number of scans (default "
+                        f"{' '.join(map(str, SCANS_DEFAULT))})")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")

@@ -436,11 +436,12 @@ def volume_source_from_arg(
         from genesis.io.readers import assumed_spacing
 
         cfg = preprocess_cfg or PreprocessConfig()
+        cache = VolumeCache(cache_dir) if cache_dir is not None else None
         # discovery reads every scan it has not seen before (the others come from the cache's scan
         # index): --assume-spacing must reach it, or such scans are skipped
         with assumed_spacing(cfg.assume_spacing):
             report = discover_scans(path, crop=crop, keep_labels=keep_labels, keep_non_hu=keep_non_hu,
-                                    spacing=cfg.spacing, cache=VolumeCache(cache_dir) if cache_dir is not None else None)
+                                    spacing=cfg.spacing, cache=cache)
         source = FileVolumeSource(report.records, cfg, cache_dir)
         source.data_report = report
         return source
