@@ -20,11 +20,22 @@ cache prepared first with ``--prepare-only``), in interleaved rounds: peak RSS o
 process and its workers, training samples/s, and the loader's cubes/s per CPU second over the
 same sources. Written to ``<out>/data_pipeline_scale.json`` / ``.md``.
 
+``--scans N [N ...]`` measures what a folder of N scans costs (default 10, 100 and 1,000 scans
+of 32x64x64, written to disk from ``genesis.data.synthetic`` chest CTs): a first and a second
+``genesis-pretrain --prepare-only`` (the second reads stamps and verifies entries, no scan);
+the loader of a run in a fresh process as ``genesis-pretrain`` builds it (discovery, prepare,
+``CubeDataset`` with the default open maps and ``resident_mb``, and without the resident bound
+for comparison): start-up time to the first batch, cubes per CPU second and per wall second in
+the steady state, peak RSS split into anonymous and file-backed (``/proc/self/status``
+``RssAnon`` / ``RssFile``); and a short ``genesis-pretrain`` training run (samples/s, peak
+RSS). Written to ``<out>/data_pipeline_scans.json`` / ``.md``.
+
 Run::
 
     python benchmarks/bench_data_pipeline.py --quick     # 64x256x256 phantom, ~15 s on 2 busy cores
     python benchmarks/bench_data_pipeline.py             # 200x512x512 phantom (a LUNA16-like scan)
     python benchmarks/bench_data_pipeline.py --scale     # 10 vs 200 scans, ~4 min on 2 busy cores
+    python benchmarks/bench_data_pipeline.py --scans 10 100 1000 3000   # ~15 min on 2 busy cores
 """
 
 from __future__ import annotations
@@ -40,7 +51,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -366,6 +377,241 @@ def scale_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------ many scans
+SCANS_SHAPE = (32, 64, 64)
+SCANS_CROP = (16, 32, 32)
+SCANS_DEFAULT = (10, 100, 1000)
+#: Base chest CTs generated per folder; the others are shifted, re-noised copies of them.
+SCANS_BASES = 10
+SCANS_TRAIN = ["--device", "cpu", "--no-progress", "--width", "4", "--crop", *map(str, SCANS_CROP), "--batch-size",
+               "4", "--steps-per-epoch", "25", "--epochs", "2", "--set", "data.val_cubes=8", "--set",
+               "log.grids=false", "--set", "log.tensorboard=false"]
+
+
+def write_scans(folder: Path, n: int, shape: tuple[int, int, int] = SCANS_SHAPE) -> float:
+    """``n`` distinct synthetic chest CTs (``.nii.gz``) in ``folder``; returns the seconds taken.
+
+    :data:`SCANS_BASES` are generated (``generate_chest_ct``, 0.13 s each at 32x64x64); scan i
+    is base ``i % 10`` shifted by up to 3 voxels in x with its own 5 HU noise, so every scan has
+    its own bytes and its own cache entry (generating 3,000 would take ~7 minutes).
+    """
+    from genesis.data.synthetic import SyntheticConfig, generate_chest_ct
+
+    start = time.perf_counter()
+    base = SyntheticConfig()
+    cfg = replace(base, shape=shape, spacing=tuple(s * b / k for s, b, k in zip(base.spacing, base.shape, shape)))
+    bases = [generate_chest_ct(seed=s, config=cfg).volume for s in range(min(n, SCANS_BASES))]
+    for i in range(n):
+        volume = bases[i % len(bases)]
+        rng = np.random.default_rng([7, i])
+        array = np.roll(volume.array, int(rng.integers(-3, 4)), axis=2) + rng.normal(0, 5, shape).astype(np.float32)
+        save_volume(Volume(array.astype(np.float32), volume.spacing, volume.origin, volume.direction, modality="CT"),
+                    folder / f"scan{i:05d}.nii.gz")
+    return time.perf_counter() - start
+
+
+#: A run's loader in a fresh process, built as genesis-pretrain builds it. argv: data, cache,
+#: cubes per epoch, resident ("default" or "none"). Prints one RESULT line of JSON.
+_LOADER_CHILD = """
+import time
+t0 = time.perf_counter()
+import json, sys, warnings
+from genesis.cli._preflight import raise_open_file_limit
+from genesis.data import CubeDataset, PreprocessConfig, SamplerConfig, make_loader
+from genesis.data.datasets import DEFAULT_RESIDENT_MB, default_lru_volumes
+from genesis.data.prepare import prepare_source
+from genesis.data.sources import volume_source_from_arg
+from genesis.errors import GenesisWarning
+warnings.simplefilter("ignore", GenesisWarning)
+raise_open_file_limit()
+data, cache, cubes, resident = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+crop = tuple(json.loads(sys.argv[5]))
+def status():
+    out = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+t_import = time.perf_counter() - t0
+sampler = SamplerConfig.models_genesis(crop=crop)
+source = volume_source_from_arg(data, PreprocessConfig(), cache, crop=crop)
+t_discovery = time.perf_counter() - t0
+prepare_source(source, progress=False, sampler=sampler)
+t_prepare = time.perf_counter() - t0
+ds = CubeDataset(source, sampler, cubes_per_epoch=cubes, seed=0, lru_volumes=default_lru_volumes(True),
+                 resident_mb=DEFAULT_RESIDENT_MB if resident == "default" else None)
+for i in range(len(source)):  # as genesis-pretrain's acceptance report does
+    ds.acceptance(i)
+peak = {"RssAnon": 0.0, "RssFile": 0.0}
+epochs = []
+for epoch in range(3):
+    c, w = time.process_time(), time.perf_counter()
+    for n, batch in enumerate(make_loader(ds, 8, epoch=epoch, workers=0)):
+        if epoch == 0 and n == 0:
+            t_first = time.perf_counter() - t0
+    epochs.append({"cpu_s": time.process_time() - c, "wall_s": time.perf_counter() - w})
+    now = status()
+    peak = {k: max(peak[k], now[k]) for k in peak}
+steady = epochs[1:]  # the first epoch maps every scan in once
+hwm = status()["VmHWM"]
+copy_us = None
+# the bare copy of a cube from the mapped scans, at random (no sampler, nothing given back): what
+# the memory system alone charges for a working set of this many scans
+# (after the peak RSS was read: it maps every scan in)
+if resident == "none":
+    import numpy as np
+    rng = np.random.default_rng(0)
+    maps = [ds.volume(i) for i in range(len(source))]
+    out = np.empty(crop, np.float32)
+    picks = [(int(rng.integers(len(maps))), *(int(rng.integers(s - c + 1)) for s, c in zip(maps[0].shape, crop)))
+             for _ in range(cubes)]
+    for v, z, y, x in picks:  # once to map every page in
+        out[...] = maps[v][z:z + crop[0], y:y + crop[1], x:x + crop[2]]
+    c = time.process_time()
+    for v, z, y, x in picks:
+        out[...] = maps[v][z:z + crop[0], y:y + crop[1], x:x + crop[2]]
+    copy_us = (time.process_time() - c) / cubes * 1e6
+print("RESULT " + json.dumps({
+    "scans": len(source), "lru_volumes": ds.lru_volumes, "resident_mb": ds.resident_mb,
+    "import_s": t_import, "discovery_s": t_discovery - t_import, "prepare_s": t_prepare - t_discovery,
+    "first_batch_s": t_first, "cubes_per_cpu_s": cubes * len(steady) / sum(e["cpu_s"] for e in steady),
+    "cubes_per_s": cubes * len(steady) / sum(e["wall_s"] for e in steady), "epochs": epochs,
+    "peak_rss_anon_mb": peak["RssAnon"], "peak_rss_file_mb": peak["RssFile"], "vm_hwm_mb": hwm,
+    "releases": ds._resident.releases if ds._resident is not None else 0, "copy_us": copy_us}))
+"""
+
+
+def _child(code: str, args: list[str], env: dict) -> dict:
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1][7:])
+
+
+def _timed_cli(args: list[str], env: dict) -> float:
+    import subprocess
+
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "genesis.cli.pretrain", *args], env=env, capture_output=True,
+                          text=True)
+    if proc.returncode:
+        raise RuntimeError(f"genesis-pretrain {' '.join(args)} failed: {proc.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def run_scans(workdir: Path, counts: list[int], rounds: int, cubes: int, log: Callable = print) -> dict:
+    """Every measurement of ``--scans`` (see the module docstring), per number of scans."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results: dict[str, dict] = {}
+    folders = {}
+    for n in counts:
+        folders[n] = workdir / f"scans{n}"
+        written = write_scans(folders[n], n)
+        env_n = {**env, "GENESIS_CACHE": str(workdir / f"cache{n}")}
+        prep = ["--data", str(folders[n]), "--prepare-only", "--no-progress", "--workers", "2",
+                "--crop", *map(str, SCANS_CROP)]
+        first = _timed_cli(prep, env_n)
+        second = [_timed_cli(prep, env_n) for _ in range(3)]
+        results[str(n)] = {"write_s": written, "prepare_first_s": first, "prepare_second_s": min(second),
+                           "prepare_second_runs_s": second, "loader": {"default": [], "unbounded": []}}
+        log(f"{n} scans: written in {written:.1f} s; --prepare-only first {first:.1f} s, second {min(second):.2f} s")
+    for r in range(rounds):  # interleaved: every size sees the same machine load
+        for n in counts:
+            for mode, arg in (("default", "default"), ("unbounded", "none")):
+                res = _child(_LOADER_CHILD, [str(folders[n]), str(workdir / f"cache{n}" / "volumes"), str(cubes), arg,
+                                             json.dumps(SCANS_CROP)], env)
+                results[str(n)]["loader"][mode].append(res)
+                log(f"round {r + 1}, {n} scans, {mode}: {res['cubes_per_cpu_s']:.0f} cubes per CPU s, "
+                    f"RssAnon {res['peak_rss_anon_mb']:.0f} MB, RssFile {res['peak_rss_file_mb']:.0f} MB, "
+                    f"first batch after {res['first_batch_s']:.1f} s")
+    for n in counts:
+        out = workdir / f"train{n}"
+        res = _pretrain_child([*SCANS_TRAIN, "--data", str(folders[n]), "--out", str(out)],
+                              {**env, "GENESIS_CACHE": str(workdir / f"cache{n}")})
+        import csv
+
+        with open(out / "log.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        res["samples_per_s"] = statistics.mean(float(row["samples_per_s"]) for row in rows)
+        results[str(n)]["train"] = res
+        log(f"{n} scans: training {res['samples_per_s']:.1f} samples/s, peak RSS {res['maxrss_mb']:.0f} MB")
+    for n in counts:
+        r = results[str(n)]
+        for mode in ("default", "unbounded"):
+            runs = r["loader"][mode]
+            r[f"{mode}_median"] = {k: statistics.median(run[k] for run in runs) for k in (
+                "cubes_per_cpu_s", "cubes_per_s", "first_batch_s", "discovery_s", "prepare_s", "peak_rss_anon_mb",
+                "peak_rss_file_mb", "vm_hwm_mb") + (("copy_us",) if mode == "unbounded" else ())}
+    base = results[str(counts[0])]
+    for n in counts:
+        r = results[str(n)]
+        r["vs_first"] = {
+            **{f"{mode}_{k}": r[f"{mode}_median"][k] / base[f"{mode}_median"][k] for mode in ("default", "unbounded")
+               for k in ("cubes_per_cpu_s", "vm_hwm_mb")},
+            "train_samples_per_s": r["train"]["samples_per_s"] / base["train"]["samples_per_s"],
+            "train_maxrss_mb": r["train"]["maxrss_mb"] / base["train"]["maxrss_mb"]}
+        if n != counts[0]:
+            r["prepare_second_ms_per_scan"] = 1e3 * (r["prepare_second_s"] - base["prepare_second_s"]) / (n - counts[0])
+    return results
+
+
+def scans_markdown(report: dict) -> str:
+    s, m, counts = report["scans"], report["machine"], report["counts"]
+    first = counts[0]
+    lines = [
+        f"# Data path against the number of scans ({', '.join(f'{n:,}' for n in counts)})",
+        "",
+        f"{report['date']}: folders of synthetic chest CTs of {report['shape']} (`.nii.gz`, every scan its own bytes), "
+        f"crop {report['crop']}, Models Genesis sampler, default settings otherwise. Machine: {m['cpus_usable']} "
+        "usable "
+        f"CPUs, load {m.get('load_avg_1min', '?')} at start. Loader: a fresh process per measurement, built as "
+        f"`genesis-pretrain` builds it, workers 0, {report['cubes']} cubes an epoch, epochs 2-3 timed (the first maps "
+        f"every scan in), {report['rounds']} interleaved rounds, medians; RSS from `/proc/self/status` after each "
+        f"epoch (peak), `VmHWM` the peak total. `resident` = the default `resident_mb` "
+        f"({report['resident_mb']} MB of scan data kept mapped in per process); `unbounded` = `resident_mb=None` "
+        "(every page a cube read stays mapped: the behaviour before). Bare cube copy: the same number of cubes "
+        "copied from the mapped scans at random positions, nothing else (the memory system's part).",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        "| Scans | `--prepare-only` first / second run (wall, 2 workers, incl. ~3.5 s start-up) "
+        "| second run: ms per scan "
+        f"beyond {first} | discovery / prepare in the loader process | first batch after |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for n in counts:
+        r = s[str(n)]
+        d = r["default_median"]
+        per = f"{r['prepare_second_ms_per_scan']:.2f}" if "prepare_second_ms_per_scan" in r else "-"
+        lines.append(f"| {n:,} | {r['prepare_first_s']:.1f} s / {r['prepare_second_s']:.2f} s | {per} | "
+                     f"{d['discovery_s']:.2f} s / {d['prepare_s']:.2f} s | {d['first_batch_s']:.2f} s |")
+    lines += ["", "| Scans | Loader cubes per CPU s (resident / unbounded) | cubes/s wall (resident / unbounded) | "
+              "peak RssAnon MB (resident / unbounded) | peak RssFile MB (resident / unbounded) | VmHWM MB "
+              "(resident / unbounded) | bare cube copy, us (unbounded) | `genesis-pretrain` samples/s "
+              "| its peak RSS MB |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for n in counts:
+        r = s[str(n)]
+        d, u, t = r["default_median"], r["unbounded_median"], r["train"]
+        lines.append(f"| {n:,} | {d['cubes_per_cpu_s']:,.0f} / {u['cubes_per_cpu_s']:,.0f} | {d['cubes_per_s']:,.0f} / "
+                     f"{u['cubes_per_s']:,.0f} | {d['peak_rss_anon_mb']:.0f} / {u['peak_rss_anon_mb']:.0f} | "
+                     f"{d['peak_rss_file_mb']:.0f} / {u['peak_rss_file_mb']:.0f} | {d['vm_hwm_mb']:.0f} / "
+                     f"{u['vm_hwm_mb']:.0f} | {u['copy_us']:.1f} | {t['samples_per_s']:.1f} | {t['maxrss_mb']:.0f} |")
+    lines += ["", f"Against {first} scans:", ""]
+    for n in counts[1:]:
+        v = s[str(n)]["vs_first"]
+        lines.append(f"- {n:,} scans: loader cubes per CPU s x{v['default_cubes_per_cpu_s']:.2f} resident, "
+                     f"x{v['unbounded_cubes_per_cpu_s']:.2f} unbounded; peak RSS (VmHWM) x{v['default_vm_hwm_mb']:.2f} "
+                     f"resident, x{v['unbounded_vm_hwm_mb']:.2f} unbounded; training samples/s "
+                     f"x{v['train_samples_per_s']:.2f}, its peak RSS x{v['train_maxrss_mb']:.2f} (target: within 20%).")
+    lines.append("")
+    return "\n".join(lines)
+
+
 def format_seconds(s: float) -> str:
     return f"{s * 1e3:.2f} ms" if s < 0.1 else f"{s:.2f} s"
 
@@ -415,9 +661,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", action="store_true", help="only the 10 vs 200 scans study (see above)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --scale")
     parser.add_argument("--cache", type=Path, help="--scale: reuse this $GENESIS_CACHE folder (default: a fresh one)")
+    parser.add_argument("--scans", type=int, nargs="*", metavar="N",
+                        help="only the study against the number of scans (default "
+                        f"{' '.join(map(str, SCANS_DEFAULT))})")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.scans is not None:
+        from genesis.data.datasets import DEFAULT_RESIDENT_MB
+
+        counts = sorted(args.scans or SCANS_DEFAULT)
+        cubes = args.cubes or 4096
+        info = machine_info()
+        workdir = Path(tempfile.mkdtemp(prefix="genesis-bench-scans-"))
+        try:
+            scans = run_scans(workdir, counts, args.rounds, cubes)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        report = {"benchmark": "data_pipeline_scans",
+                  "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  "command": "python benchmarks/bench_data_pipeline.py --scans " + " ".join(map(str, counts)) + (
+                      f" --rounds {args.rounds}" if args.rounds != 2 else "") + (
+                      f" --cubes {args.cubes}" if args.cubes else ""),
+                  "shape": shape_str(SCANS_SHAPE), "crop": shape_str(SCANS_CROP), "counts": counts,
+                  "rounds": args.rounds, "cubes": cubes, "resident_mb": DEFAULT_RESIDENT_MB,
+                  "train_args": SCANS_TRAIN, "machine": info, "scans": scans}
+        write_report(args.out, "data_pipeline_scans", report, scans_markdown(report))
+        print(scans_markdown(report))
+        return 0
     if args.scale:
         info = machine_info()
         workdir = Path(tempfile.mkdtemp(prefix="genesis-bench-scale-"))

@@ -219,3 +219,91 @@ def test_default_cache_dir_rule(tmp_path) -> None:
     assert default_cache_dir({"GENESIS_CACHE": str(tmp_path)}) == tmp_path / "volumes"
     assert default_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "genesis" / "volumes"
     assert default_cache_dir({}).parts[-3:] == (".cache", "genesis", "volumes")
+
+
+# ---- the key and the voxels come from the same bytes ---------------------------------------------
+def test_a_scan_changed_while_read_is_read_again_never_stored_under_the_old_key(tmp_path, monkeypatch) -> None:
+    path = save_volume(_ct(0), tmp_path / "ct.nii.gz")
+    content_a = path.read_bytes()
+    other = save_volume(_ct(1), tmp_path / "other" / "ct.nii.gz").read_bytes()
+    real = sources_module.load_volume
+    changes = []
+
+    def changing(p, *args, **kwargs):  # a copy finishing while the first read runs
+        if not changes:
+            changes.append(1)
+            path.write_bytes(other)
+        return real(p, *args, **kwargs)
+
+    monkeypatch.setattr(sources_module, "load_volume", changing)
+    root = tmp_path / "cache"
+    FileVolumeSource([path], cache_dir=root).prepare(0)  # e.g. --prepare-only
+    assert changes == [1]
+    np.testing.assert_array_equal(FileVolumeSource([path], cache_dir=root).load(0),
+                                  FileVolumeSource([tmp_path / "other" / "ct.nii.gz"]).load(0))
+    # content A comes back (another mtime): its entry was never written with B's voxels
+    path.write_bytes(content_a)
+    os.utime(path, ns=(10**18, 10**18))
+    monkeypatch.setattr(sources_module, "load_volume", real)
+    again = FileVolumeSource([path], cache_dir=root).load(0)
+    np.testing.assert_array_equal(again, FileVolumeSource([path]).load(0))
+
+
+def test_a_scan_that_keeps_changing_is_an_error(tmp_path, monkeypatch) -> None:
+    from genesis.errors import InputFileError
+
+    path = save_volume(_ct(0), tmp_path / "ct.nii.gz")
+    real = sources_module.load_volume
+    seeds = iter(range(1, 100))
+
+    def always_changing(p, *args, **kwargs):
+        save_volume(_ct(next(seeds)), path)
+        return real(p, *args, **kwargs)
+
+    monkeypatch.setattr(sources_module, "load_volume", always_changing)
+    source = FileVolumeSource([path], cache_dir=tmp_path / "cache")
+    with pytest.raises(InputFileError, match="changed while it was read"):
+        source.load(0)
+    assert list((tmp_path / "cache").glob("arrays/*/*.npy")) == []  # nothing stored
+
+
+@pytest.mark.parametrize("damage", ["volume_index_copied", "volume_fingerprint_edited", "file_index_copied"])
+def test_damaged_index_entries_are_detected(tmp_path, damage) -> None:
+    from genesis.data.cache import file_stamp, volume_stamp
+
+    a, b = (save_volume(_ct(i), tmp_path / f"ct{i}.mhd") for i in (0, 1))
+    root = tmp_path / "cache"
+    expected = FileVolumeSource([a]).load(0)
+    for p in (a, b):
+        FileVolumeSource([p], cache_dir=root).load(0)
+    cache = VolumeCache(root)
+    if damage == "volume_index_copied":  # A's index entry now points at B's cache entry
+        target = cache.index_path("volumes", volume_stamp(a))
+        target.write_text(cache.index_path("volumes", volume_stamp(b)).read_text())
+    elif damage == "volume_fingerprint_edited":
+        target = cache.index_path("volumes", volume_stamp(a))
+        entry = json.loads(target.read_text())
+        entry["value"]["fingerprint"] = json.loads(cache.index_path("volumes", volume_stamp(b)).read_text())["value"]["fingerprint"]
+        target.write_text(json.dumps(entry))
+    else:  # A's raw file index entry copied from B's, and A's volume entry gone: A is re-fingerprinted
+        cache.index_path("volumes", volume_stamp(a)).unlink()
+        target = cache.index_path("files", file_stamp((tmp_path / "ct0.raw").resolve()))
+        target.write_text(cache.index_path("files", file_stamp((tmp_path / "ct1.raw").resolve())).read_text())
+    with pytest.warns(GenesisWarning, match="damaged cache index entry"):
+        loaded = FileVolumeSource([a], cache_dir=root).load(0)
+    np.testing.assert_array_equal(loaded, expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # rewritten: valid again
+        np.testing.assert_array_equal(FileVolumeSource([a], cache_dir=root).load(0), expected)
+
+
+def test_checksum_records_carry_crc32_and_verification_uses_it(tmp_path, monkeypatch) -> None:
+    arrays, _ = _entry(tmp_path)
+    record = json.loads(VolumeCache(tmp_path).path_for("a").with_suffix(".json").read_text())
+    assert {"sha256", "crc32"} <= set(record["checksums"])
+    used: list = []
+    real = cache_module.checksums_of
+    monkeypatch.setattr(cache_module, "checksums_of", lambda p, algorithms=None: used.append(algorithms) or real(p, algorithms))
+    monkeypatch.setattr(cache_module, "_xxhash", lambda: None)
+    np.testing.assert_array_equal(VolumeCache(tmp_path).get("a"), arrays["a"])
+    assert used == [("crc32",)]

@@ -202,10 +202,10 @@ def test_default_lru_keeps_many_memory_maps_within_the_descriptor_limit(monkeypa
 
     assert default_lru_volumes(memory_mapped=False) == 8  # whole volumes in memory: few
     monkeypatch.setattr(resource, "getrlimit", lambda _: (1024, 4096))
-    assert default_lru_volumes(memory_mapped=True) == 85  # three descriptors a volume, a quarter of 1024
+    assert default_lru_volumes(memory_mapped=True) == 256  # two descriptors a volume, half of 1024
     monkeypatch.setattr(resource, "getrlimit", lambda _: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     assert default_lru_volumes(memory_mapped=True) == MAX_MAPPED_VOLUMES
-    monkeypatch.setattr(resource, "getrlimit", lambda _: (40, 40))
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (20, 20))
     assert default_lru_volumes(memory_mapped=True) == 8
 
 
@@ -222,3 +222,37 @@ def test_open_file_limit_is_raised_towards_the_hard_limit() -> None:
         assert now == (300 if hard == resource.RLIM_INFINITY else min(hard, 300))
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _rss_file_kb() -> int:
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("RssFile:"))
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_mapped_pages_stay_under_resident_mb_and_cubes_do_not_change(tmp_path) -> None:
+    from genesis.data.sources import FileVolumeSource
+    from genesis.io import Volume, save_volume
+
+    rng = np.random.default_rng(0)
+    files = [save_volume(Volume(rng.uniform(-1000, 500, (16, 128, 128)).astype(np.float32), (1.0, 1.0, 1.0)),
+                         tmp_path / f"v{i}.nii") for i in range(12)]
+    source = FileVolumeSource(files, cache_dir=tmp_path / "cache")  # 1 MB entries
+    for i in range(len(files)):
+        source.prepare(i)
+    cfg = SamplerConfig(crop=(16, 128, 128))  # a cube is its whole volume: every page is read
+
+    def growth(resident_mb):
+        ds = CubeDataset(source, cfg, cubes_per_epoch=48, seed=0, lru_volumes=64, resident_mb=resident_mb)
+        ds.open_all()
+        before = _rss_file_kb()
+        cubes = torch.cat([batch for batch in make_loader(ds, 8, epoch=0)])
+        return _rss_file_kb() - before, cubes, ds
+
+    growth(2)  # warm-up: whatever the loader maps in once (libraries, modules) is not counted
+    bounded_kb, bounded, ds = growth(2)
+    unbounded_kb, unbounded, _ = growth(None)
+    torch.testing.assert_close(bounded, unbounded, rtol=0, atol=0)
+    assert ds._resident.releases > 0 and ds._resident.charged <= 2 * 2**20
+    assert unbounded_kb > 8 * 1024  # without the bound every volume's pages stay mapped
+    assert bounded_kb < 4 * 1024

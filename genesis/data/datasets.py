@@ -9,14 +9,23 @@ The volume is drawn uniformly per key, so consecutive keys rarely share a volume
 source (the default in ``genesis-pretrain``) ``source.load`` returns a read-only memory map of a
 verified ``.npy``: a miss costs one ``np.load(mmap_mode="r")`` (tens of microseconds), a cube is a
 slice of the map, and worker processes share the pages through the page cache. Each process keeps
-a small LRU of these maps (handles, not data). The sampler's acceptance map of each volume is
+an LRU of these maps (handles, not data). The sampler's acceptance map of each volume is
 stored next to its entry (:meth:`~genesis.data.sources._CachedLoading.load_acceptance`) and
 memory-mapped the same way, so a cube never needs a pass over its whole volume. Workers
 receive keys, never arrays: the pickled dataset carries no volume.
+
+Pages of a memory map that a cube touched stay mapped into the process, and count as its
+(file-backed) RSS, until the map is closed: with every volume's map kept open, the RSS grew with
+the data set (1,255 MB at 300 scans of 64x128x128 against 386 MB at 10, all of it ``RssFile``).
+So each process keeps at most ``resident_mb`` of volumes mapped in (:class:`_ResidentPages`):
+the least recently used volume beyond it gives its pages back (``madvise(MADV_DONTNEED)``; they
+stay in the page cache, the map stays open) and maps them again on its next cube.
 """
 
 from __future__ import annotations
 
+import mmap
+import weakref
 from collections import OrderedDict
 from typing import Any, Iterator, Sequence
 
@@ -32,18 +41,25 @@ from genesis.rng import numpy_generator
 #: Stream tags mixed into the seed so the dataset and the shuffle never share random numbers.
 _CUBE_STREAM, _SHUFFLE_STREAM = 0xC0BE, 0x5F1E
 
-#: Most memory maps of volumes kept open per process (each holds a file descriptor and a mapping).
-MAX_MAPPED_VOLUMES = 1024
+#: Most memory maps of volumes kept open per process (each holds two file descriptors: the
+#: volume's and its acceptance map's). 4,096: 3,000 scans load cubes without re-opening maps.
+MAX_MAPPED_VOLUMES = 4096
+
+#: Default megabytes of volume data a process keeps mapped in (see :class:`_ResidentPages`):
+#: 10 scans of 32x64x64 fit (so small data sets pay nothing), and the RSS of a run stays within
+#: 20% of that of a 10-scan run, however many scans there are (``bench_data_pipeline --scans``).
+DEFAULT_RESIDENT_MB = 64
 
 
 def default_lru_volumes(memory_mapped: bool) -> int:
     """Volumes a :class:`CubeDataset` keeps loaded per process by default.
 
-    In-memory volumes (no cache) are whole arrays: 8. Memory maps are handles, not data, but each
-    volume holds up to three open file descriptors (volume, acceptance map): keep as many as a
-    quarter of this process's descriptor limit allows, at most :data:`MAX_MAPPED_VOLUMES`. With
-    every volume's map kept open, 200 volumes load cubes as fast as 10 (``bench_acceptance_scale``);
-    with 32 kept (the previous default) nearly every cube re-opened two maps (x0.48).
+    In-memory volumes (no cache) are whole arrays: 8. Memory maps are handles, not data (their
+    pages are bounded separately, see :class:`_ResidentPages`), but each volume holds two file
+    descriptors (volume, acceptance map): keep as many as use half of this process's descriptor
+    limit, at most :data:`MAX_MAPPED_VOLUMES`. With every volume's map kept open, 200 volumes
+    load cubes as fast as 10 (``bench_acceptance_scale``); with 32 kept (an earlier default)
+    nearly every cube re-opened two maps (x0.48).
     """
     if not memory_mapped:
         return 8
@@ -55,7 +71,65 @@ def default_lru_volumes(memory_mapped: bool) -> int:
         return 32
     if soft == resource.RLIM_INFINITY:
         return MAX_MAPPED_VOLUMES
-    return int(min(MAX_MAPPED_VOLUMES, max(8, soft // 12)))
+    return int(min(MAX_MAPPED_VOLUMES, max(8, soft // 4)))
+
+
+def _mapping_of(array: Any) -> mmap.mmap | None:
+    """The ``mmap`` under a memory-mapped array (np.memmap or np.frombuffer of a map), or None."""
+    obj, seen = array, 0
+    while obj is not None and seen < 8:
+        if isinstance(obj, mmap.mmap):
+            return obj
+        if isinstance(obj, memoryview):
+            obj = obj.obj
+        elif getattr(obj, "_mmap", None) is not None:
+            return obj._mmap
+        else:
+            obj = getattr(obj, "base", None)
+        seen += 1
+    return None
+
+
+class _ResidentPages:
+    """Keeps the volume data mapped into this process under ``budget`` bytes.
+
+    Each volume a cube is read from is charged its maps' whole size (with large page-cache
+    folios, one cube's faults map most of a small volume); beyond the budget, the least recently
+    used volumes give their pages back with ``madvise(MADV_DONTNEED)``: the maps stay open (no
+    re-open, no descriptor churn), the pages stay in the page cache, and the next cube of that
+    volume maps them again (a few minor faults). Maps are held weakly: one closed by the LRU of
+    open maps has given its pages back already. Without ``madvise`` (Windows) it does nothing.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = int(budget)
+        self.charged = 0
+        self.releases = 0
+        self._volumes: OrderedDict[int, tuple[int, tuple[weakref.ref, ...]]] = OrderedDict()
+
+    def touch(self, index: int, arrays: Sequence[Any]) -> None:
+        """Volume ``index`` (its memory-mapped ``arrays``) is being read."""
+        if index in self._volumes:
+            self._volumes.move_to_end(index)
+            return
+        maps = [m for m in (_mapping_of(a) for a in arrays) if m is not None and hasattr(m, "madvise")]
+        if not maps:
+            return
+        size = sum(len(m) for m in maps)
+        self._volumes[index] = (size, tuple(weakref.ref(m) for m in maps))
+        self.charged += size
+        while self.charged > self.budget and len(self._volumes) > 1:
+            _, (size, refs) = self._volumes.popitem(last=False)
+            self.charged -= size
+            self.releases += 1
+            for ref in refs:
+                m = ref()
+                if m is None:
+                    continue
+                try:
+                    m.madvise(mmap.MADV_DONTNEED)
+                except (OSError, ValueError):  # closed in the meantime: nothing mapped anyway
+                    pass
 
 
 class CubeDataset(Dataset):
@@ -67,6 +141,8 @@ class CubeDataset(Dataset):
         cubes_per_epoch: ``len(ds)``; keys of epoch e are ``e * len(ds) .. (e + 1) * len(ds) - 1``.
         seed: base seed; ``ds[k]`` depends only on (source, sampler_cfg, seed, k).
         lru_volumes: loaded volumes (memory maps with a cached source) kept per worker process.
+        resident_mb: megabytes of memory-mapped volume data kept mapped in per process (see
+            :class:`_ResidentPages`; None: no limit). Cubes do not depend on it.
     """
 
     def __init__(
@@ -76,6 +152,7 @@ class CubeDataset(Dataset):
         cubes_per_epoch: int = 1024,
         seed: int = 0,
         lru_volumes: int = 8,
+        resident_mb: float | None = DEFAULT_RESIDENT_MB,
     ) -> None:
         if cubes_per_epoch < 1:
             raise ConfigError(f"cubes_per_epoch must be >= 1, got {cubes_per_epoch}")
@@ -84,14 +161,19 @@ class CubeDataset(Dataset):
         self.cubes_per_epoch = int(cubes_per_epoch)
         self.seed = int(seed)
         self.lru_volumes = max(1, int(lru_volumes))
+        if resident_mb is not None and resident_mb < 0:
+            raise ConfigError(f"resident_mb must be >= 0 or None, got {resident_mb}")
+        self.resident_mb = resident_mb
         self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
         self._acceptance_lru: OrderedDict[int, Any] = OrderedDict()
+        self._resident = _ResidentPages(int(resident_mb * 2**20)) if resident_mb is not None else None
 
     def __getstate__(self) -> dict:
         # Worker processes started with "spawn" get a pickled copy: send no loaded volumes.
         state = self.__dict__.copy()
         state["_lru"] = OrderedDict()
         state["_acceptance_lru"] = OrderedDict()
+        state["_resident"] = _ResidentPages(self._resident.budget) if self._resident is not None else None
         return state
 
     @property
@@ -116,6 +198,12 @@ class CubeDataset(Dataset):
         while len(self._lru) > self.lru_volumes:
             self._lru.popitem(last=False)
         return array
+
+    def _reading(self, index: int, volume: np.ndarray, acceptance: Any) -> None:
+        """Charge the pages a cube of volume ``index`` maps in against ``resident_mb``."""
+        if self._resident is not None:
+            parts = (volume,) if acceptance is None else (volume, acceptance.packed, acceptance.flat, acceptance.score)
+            self._resident.touch(index, [p for p in parts if p is not None])
 
     def acceptance(self, index: int) -> Any:
         """The stored acceptance map of volume ``index`` (memory maps, through a per-process LRU
@@ -160,8 +248,11 @@ class CubeDataset(Dataset):
         """Where cube ``key`` is: its volume and the (3,) corner of the cube in it (see
         :meth:`SubVolumeSampler.positions`); ``self[key]`` is the cube there."""
         rng, index = self._volume_of(key)
-        corners = self.sampler.positions(self.volume(index), 1, rng, name=self.source.name(index),
-                                         acceptance=self.acceptance(index))
+        volume, acceptance = self.volume(index), self.acceptance(index)
+        if acceptance is not None and self._resident is not None:
+            self._resident.touch(-1 - index, [a for a in (acceptance.packed, acceptance.flat, acceptance.score)
+                                              if a is not None])  # only the map is read here
+        corners = self.sampler.positions(volume, 1, rng, name=self.source.name(index), acceptance=acceptance)
         return index, corners[0]
 
     def cubes_at(self, where: np.ndarray, pin_memory: bool = False) -> torch.Tensor:
@@ -173,13 +264,16 @@ class CubeDataset(Dataset):
         batch = torch.empty((len(where), 1, *self.sampler.cfg.crop), dtype=torch.float32, pin_memory=pin_memory)
         out = batch.numpy()
         for i, (index, *corner) in enumerate(where.tolist()):
-            self.sampler.crop_at(self.volume(index), np.asarray([corner]), self.source.name(index), out=out[i])
+            volume = self.volume(index)
+            self._reading(index, volume, None)
+            self.sampler.crop_at(volume, np.asarray([corner]), self.source.name(index), out=out[i])
         return batch
 
     def __getitem__(self, key: int) -> torch.Tensor:
         rng, index = self._volume_of(key)
-        cube = self.sampler.sample(self.volume(index), 1, rng, name=self.source.name(index),
-                                   acceptance=self.acceptance(index))
+        volume, acceptance = self.volume(index), self.acceptance(index)
+        self._reading(index, volume, acceptance)
+        cube = self.sampler.sample(volume, 1, rng, name=self.source.name(index), acceptance=acceptance)
         return torch.from_numpy(cube)  # (1, D, H, W); the same as cubes_at(locate(key))
 
 

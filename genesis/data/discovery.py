@@ -2,7 +2,11 @@
 
 :func:`discover_scans` walks a folder (:func:`genesis.data.public.folder.walk_volumes`: symlinks
 followed, DICOM found by content), reads every candidate once and sorts it into *used* or
-*skipped* with a reason a person can act on:
+*skipped* with a reason a person can act on. Given the volume cache, what a read found (shape,
+spacing, HU range, the intensity verdict, reader warnings) is stored in its ``scans/`` index
+under the scan's stamp (:func:`genesis.data.cache.volume_stamp`: size, mtime and edges hash of
+every file), so a later run reads only stamps for unchanged scans and makes the same decisions;
+a changed file is read again. Nothing that is not a regular file is ever opened.
 
 * ``label map``: a handful of integer values (a mask, an annotation), or a label-map file/folder name;
 * ``not HU``: no negative values (8-bit images, [0, 1] images, raw values without rescale intercept);
@@ -26,6 +30,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from genesis.data.cache import VolumeCache, volume_stamp, volume_state
 from genesis.data.public.folder import VolumeRecord, walk_volumes
 from genesis.errors import DatasetLayoutError, GenesisError, GenesisWarning
 from genesis.fileio import atomic_write_text
@@ -36,6 +41,9 @@ REASONS = (LABEL_MAP, NOT_HU, TOO_SMALL, UNREADABLE)
 #: A volume with at most this many distinct integer values is a label map, not an image.
 MAX_LABEL_VALUES = 64
 CSV_COLUMNS = ("path", "status", "reason", "split", "shape", "spacing", "hu_min", "hu_max", "notes")
+#: Version of the facts stored per scan in the cache's ``scans/`` index (part of their key).
+SCAN_FACTS_FORMAT = 1
+_FACT_KEYS = ("shape", "spacing", "hu_range", "verdict", "seen_warnings")
 
 
 @dataclass
@@ -169,6 +177,58 @@ def _estimated_shape(shape: Sequence[int], spacing: Sequence[float], target: Seq
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
 
 
+def _assume_spacing_now() -> float | None:
+    """The ``--assume-spacing`` in effect (:func:`genesis.io.readers.assumed_spacing`): it changes
+    what a read finds for scans without a valid spacing, so it is part of the facts' key."""
+    from genesis.io import readers
+
+    var = getattr(readers, "_ASSUMED_SPACING", None)
+    return var.get() if var is not None else None
+
+
+def read_scan_facts(record: VolumeRecord) -> dict:
+    """Read a scan once: shape, spacing, HU range, intensity verdict (:func:`classify_intensities`)
+    and the reader's warnings, as JSON-able values.
+
+    Raises:
+        GenesisError / OSError / ValueError / RuntimeError: the reader refused it.
+    """
+    from genesis.io.readers import load_volume
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GenesisWarning)
+        volume = load_volume(record.path, series_uid=record.series_uid)
+    array = volume.array
+    return {"shape": [int(n) for n in array.shape], "spacing": [float(v) for v in volume.spacing],
+            "hu_range": [float(array.min()), float(array.max())], "verdict": classify_intensities(array),
+            "seen_warnings": [str(w.message) for w in caught if issubclass(w.category, GenesisWarning)]}
+
+
+def scan_facts(record: VolumeRecord, cache: VolumeCache | None = None) -> dict:
+    """:func:`read_scan_facts`, from the cache's ``scans/`` index when the scan is unchanged.
+
+    The files are stamped before anything is opened (a FIFO or device is refused there), and
+    facts are stored only when no file changed while it was read.
+
+    Raises:
+        GenesisError / OSError / ValueError / RuntimeError: the scan cannot be read.
+    """
+    before = volume_state(record.path)  # stat only: refuses what is not a regular file
+    if cache is None:
+        return read_scan_facts(record)
+    from genesis import __version__
+
+    parts = {"v": SCAN_FACTS_FORMAT, "genesis": __version__, "scan": volume_stamp(record.path),
+             "series_uid": record.series_uid, "assume_spacing": _assume_spacing_now()}
+    known = cache.index_get("scans", parts)
+    if isinstance(known, dict) and all(k in known for k in _FACT_KEYS):
+        return known
+    facts = read_scan_facts(record)
+    if volume_state(record.path) == before:
+        cache.index_put("scans", parts, facts)
+    return facts
+
+
 def inspect_scan(
     record: VolumeRecord,
     *,
@@ -177,32 +237,30 @@ def inspect_scan(
     keep_labels: bool = False,
     keep_non_hu: bool = False,
     keep_small: bool = False,
+    cache: VolumeCache | None = None,
 ) -> ScanInfo:
-    """Read one scan and decide whether a run should use it (see the module docstring).
+    """Read one scan (or its stored facts) and decide whether a run should use it (see the
+    module docstring).
 
     Args:
         record: the scan.
         crop: the training crop (z, y, x); a scan with an axis under half of it is ``too small``.
         spacing: the resampling spacing of the run (None: native), to judge the size after it.
         keep_labels / keep_non_hu / keep_small: use such scans anyway (the reason stays as a note).
+        cache: the volume cache whose ``scans/`` index keeps the facts of unchanged scans.
     """
-    from genesis.io.readers import load_volume
-
     info = ScanInfo(record)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", GenesisWarning)
-        try:
-            volume = load_volume(record.path, series_uid=record.series_uid)
-        except (GenesisError, OSError, ValueError, RuntimeError) as exc:
-            info.status, info.reason = "skipped", f"{UNREADABLE}: {str(exc).splitlines()[0]}"
-            return info
+    try:
+        facts = scan_facts(record, cache)
+    except (GenesisError, OSError, ValueError, RuntimeError) as exc:
+        info.status, info.reason = "skipped", f"{UNREADABLE}: {str(exc).splitlines()[0]}"
+        return info
     # the reader's HU warning repeats what the status says; keep the others as notes
-    info.seen_warnings = [str(w.message) for w in caught if issubclass(w.category, GenesisWarning)]
+    info.seen_warnings = list(facts["seen_warnings"])
     info.warnings = [m for m in info.seen_warnings if "Hounsfield" not in m]
-    array = volume.array
-    info.shape, info.spacing = tuple(int(n) for n in array.shape), tuple(float(s) for s in volume.spacing)
-    info.hu_range = (float(array.min()), float(array.max()))
-    verdict = classify_intensities(array)
+    info.shape, info.spacing = tuple(int(n) for n in facts["shape"]), tuple(float(s) for s in facts["spacing"])
+    info.hu_range = (float(facts["hu_range"][0]), float(facts["hu_range"][1]))
+    verdict = str(facts["verdict"])
     keep = {LABEL_MAP: keep_labels, NOT_HU: keep_non_hu}
     if not verdict and crop is not None:
         est = _estimated_shape(info.shape, info.spacing, spacing)
@@ -226,11 +284,13 @@ def discover_scans(
     spacing: Sequence[float] | None = None,
     keep_labels: bool = False,
     keep_non_hu: bool = False,
+    cache: VolumeCache | None = None,
 ) -> DataReport:
     """Find and check every scan under ``directory``: the one folder discovery of genesis.
 
     Label maps recognised by name (``labelsTr/``, ``*_seg.nii.gz``) are listed as skipped without
-    being read, unless ``keep_labels``.
+    being read, unless ``keep_labels``. With ``cache``, unchanged scans are not read again (see
+    the module docstring).
 
     Raises:
         DatasetLayoutError: no candidate at all, or none usable (the message counts the reasons).
@@ -242,7 +302,7 @@ def discover_scans(
             scans.append(ScanInfo(entry.record, "skipped", entry.skipped))
             continue
         info = inspect_scan(entry.record, crop=crop, spacing=spacing, keep_labels=keep_labels,
-                            keep_non_hu=keep_non_hu)
+                            keep_non_hu=keep_non_hu, cache=cache)
         if entry.skipped and info.used and not info.reason:
             info.reason = entry.skipped  # kept with --keep-labels: say it was named like one
         scans.append(info)
@@ -260,7 +320,8 @@ def discover_scans(
 
 def inspect_records(records: Sequence[VolumeRecord], source: str, **kwargs) -> DataReport:
     """A :class:`DataReport` of explicitly listed scans (a manifest, one file): every scan is kept,
-    flagged scans carry their reason as a note (the list is the user's choice)."""
+    flagged scans carry their reason as a note (the list is the user's choice). ``cache=`` (a
+    :class:`~genesis.data.cache.VolumeCache`) reads unchanged scans' facts from its index."""
     keep = dict(keep_labels=True, keep_non_hu=True, keep_small=True)
     keep.update(kwargs)
     return DataReport(source, [inspect_scan(r, **keep) for r in records])

@@ -15,7 +15,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from genesis.data.cache import VolumeCache
+from genesis.data.cache import FileChangedError, VolumeCache, regular_stat, volume_state
 from genesis.data.preprocess import PreprocessConfig, preprocess
 from genesis.data.public.folder import VolumeRecord
 from genesis.data.public.manifest import MANIFEST_SUFFIXES, read_manifest
@@ -27,6 +27,9 @@ _ACCEPTANCE_PARTS = ("meta", "data")
 
 #: Number of synthetic volumes when no data is given.
 DEFAULT_SYNTHETIC_N = 8
+
+#: Reads of a volume that keeps changing while it is read before that is an error.
+READ_ATTEMPTS = 3
 
 
 @runtime_checkable
@@ -87,10 +90,16 @@ class _CachedLoading:
             return None
         i = _check_index(i, len(self))  # type: ignore[arg-type]
         if i not in self._entries:
-            array = self.cache.get_or_compute(self._key(i), lambda: self._compute(i))
-            self._entries[i] = str(self.cache.path_for(self._key(i)))
+            key, array = self._build(i)
+            self._entries[i] = str(self.cache.path_for(key))
             self._remember_layout(i, self._entries[i], array)
         return self._entries[i]
+
+    def _build(self, i: int) -> tuple[Any, np.ndarray]:
+        """(key, array) of volume ``i``'s entry, verified or computed and stored."""
+        assert self.cache is not None
+        key = self._key(i)
+        return key, self.cache.get_or_compute(key, lambda: self._compute(i))
 
     def entry_path(self, i: int) -> str:
         """Where the cache entry of volume ``i`` is (whether or not it exists yet)."""
@@ -261,9 +270,39 @@ class FileVolumeSource(_CachedLoading):
 
     def _compute(self, i: int) -> np.ndarray:
         record = self.records[i]
+        volume_state(record.path)  # refuses FIFOs and devices among its files before any read
         volume = load_volume(record.path, series_uid=record.series_uid,
                              assume_spacing=self.preprocess_cfg.assume_spacing)
         return preprocess(volume, self.preprocess_cfg)
+
+    def _build(self, i: int) -> tuple[Any, np.ndarray]:
+        """The entry of volume ``i``, with its key and voxels from the same bytes.
+
+        The files' (inode, size, mtime, ctime) are taken before the fingerprint and compared
+        after the voxels were read: a file rewritten in between (a copy still running, a
+        re-export) is read again, so the entry keyed by one content never holds another's.
+
+        Raises:
+            InputFileError: the volume changed during each of :data:`READ_ATTEMPTS` reads.
+        """
+        assert self.cache is not None
+        path = self.records[i].path
+
+        def compute(before: tuple) -> np.ndarray:
+            array = self._compute(i)
+            if volume_state(path) != before:
+                raise FileChangedError("changed while it was read", path)
+            return array
+
+        for _ in range(READ_ATTEMPTS):
+            try:
+                before = volume_state(path)
+                key = self._key(i)
+                return key, self.cache.get_or_compute(key, lambda before=before: compute(before))
+            except FileChangedError:
+                continue  # nothing was stored: stamp, fingerprint and read again
+        raise InputFileError(f"changed while it was read, {READ_ATTEMPTS} times in a row; wait until it is "
+                             "completely written (a copy or download still running?) and run again", path)
 
     def _key(self, i: int) -> Any:
         assert self.cache is not None
@@ -386,6 +425,8 @@ def volume_source_from_arg(
     path = Path(data).expanduser()
     if not path.exists():
         raise InputFileError("data path does not exist", path)
+    if not path.is_dir():
+        regular_stat(path)  # a FIFO or device: refused before anything opens it (an open would block)
     from genesis.data.layouts import LayoutVolumeSource, is_layout_argument
 
     if is_layout_argument(path):  # MSD/nnU-Net raw, MONAI datalist, image-column CSV, .h5/.npz arrays
@@ -394,11 +435,14 @@ def volume_source_from_arg(
         from genesis.data.discovery import discover_scans
         from genesis.io.readers import assumed_spacing
 
-        # discovery reads every scan: --assume-spacing must reach it, or such scans are skipped
-        with assumed_spacing(preprocess_cfg.assume_spacing if preprocess_cfg is not None else None):
+        cfg = preprocess_cfg or PreprocessConfig()
+        cache = VolumeCache(cache_dir) if cache_dir is not None else None
+        # discovery reads every scan it has not seen before (the others come from the cache's scan
+        # index): --assume-spacing must reach it, or such scans are skipped
+        with assumed_spacing(cfg.assume_spacing):
             report = discover_scans(path, crop=crop, keep_labels=keep_labels, keep_non_hu=keep_non_hu,
-                                    spacing=preprocess_cfg.spacing if preprocess_cfg is not None else None)
-        source = FileVolumeSource(report.records, preprocess_cfg, cache_dir)
+                                    spacing=cfg.spacing, cache=cache)
+        source = FileVolumeSource(report.records, cfg, cache_dir)
         source.data_report = report
         return source
     elif path.suffix.lower() in MANIFEST_SUFFIXES:
