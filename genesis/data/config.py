@@ -45,6 +45,8 @@ class DataConfig:
         keep_non_hu: use images without Hounsfield units found in a ``data`` folder (skipped by default).
         max_image_pixels: radiographs whose header claims more pixels are refused before decoding
             (default 8192 x 8192; None: no limit beyond the free memory).
+        resident_mb: megabytes of cached volumes each process keeps mapped in (the least recently
+            used scan gives its pages back to the page cache); None keeps every map resident.
         group_size: arrays files without ``groups``: each run of this many consecutive samples is
             one patient (the train/validation split never cuts a patient).
     """
@@ -69,4 +71,5 @@ class DataConfig:
     modality: str = "auto"
     image_size: int = 224
     max_image_pixels: int | None = 8192 * 8192  # genesis.io.radiograph.MAX_RADIOGRAPH_PIXELS
+    resident_mb: float | None = 64.0  # genesis.data.datasets.DEFAULT_RESIDENT_MB
     group_size: int | None = None

@@ -180,10 +180,9 @@ def _estimated_shape(shape: Sequence[int], spacing: Sequence[float], target: Seq
 def _assume_spacing_now() -> float | None:
     """The ``--assume-spacing`` in effect (:func:`genesis.io.readers.assumed_spacing`): it changes
     what a read finds for scans without a valid spacing, so it is part of the facts' key."""
-    from genesis.io import readers
+    from genesis.io.readers import current_assumed_spacing
 
-    var = getattr(readers, "_ASSUMED_SPACING", None)
-    return var.get() if var is not None else None
+    return current_assumed_spacing()
 
 
 def read_scan_facts(record: VolumeRecord) -> dict:

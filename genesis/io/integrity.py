@@ -286,6 +286,39 @@ def metaimage_checks(path: Path) -> tuple[float, ...] | None:
     return spacing
 
 
+def require_regular(path: Path, header: Path) -> None:
+    """Refuse a detached data file that is a FIFO, socket or device: reading it could block forever.
+
+    Raises:
+        VolumeReadError: naming the header and its data file.
+    """
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # missing: the reader names it
+    if not stat.S_ISREG(mode):
+        raise VolumeReadError(f"its data file {path.name} is not a regular file (a FIFO, socket or device); "
+                              "refused: reading it could block", header)
+
+
+def require_regular_data_file(path: Path) -> None:
+    """A MetaImage / detached NRRD header whose data file is a FIFO, socket or device is refused
+    before any library opens it (ITK would block reading it, or fail with a traceback)."""
+    name = path.name.lower()
+    if name.endswith((".mhd", ".mha")):
+        fields, _ = read_text_header(path, "ElementDataFile")
+        detached = fields.get("elementdatafile", "LOCAL")
+    elif name.endswith((".nhdr", ".nrrd")):
+        fields, _ = read_text_header(path, "")
+        detached = fields.get("data file") or fields.get("datafile") or ""
+    else:
+        return
+    if detached and detached.upper() not in ("LOCAL", "LIST") and " " not in detached and "%" not in detached:
+        require_regular(path.parent / detached, path)
+
+
 def nrrd_checks(path: Path) -> tuple[float, ...] | None:
     """Verify a gzip NRRD stream against its header; return the declared spacing (axis order of
     the file), or None when the header gives neither ``spacings`` nor ``space directions``."""

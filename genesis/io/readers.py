@@ -23,7 +23,8 @@ import SimpleITK as sitk
 
 from genesis.errors import GenesisWarning, VolumeReadError
 from genesis.io.dicom import check_readable, is_dicom_file, read_dicom_series, write_dicom_series
-from genesis.io.integrity import check_allocation, metaimage_checks, nifti_pixdim, nrrd_checks, resolve_spacing, verify_compressed
+from genesis.io.integrity import (check_allocation, metaimage_checks, nifti_pixdim, nrrd_checks, require_regular_data_file,
+                                   resolve_spacing, verify_compressed)
 from genesis.io.nifti import nifti_layout, open_nifti, read_nifti
 from genesis.io.volume import Volume
 
@@ -43,6 +44,11 @@ FILE_FORMATS: dict[str, str] = {
 #: argument threaded through every loader. A ContextVar, not a module global: it is set only inside
 #: :func:`assumed_spacing` and restored on exit, so nothing leaks between runs or threads.
 _ASSUMED_SPACING: ContextVar[float | None] = ContextVar("genesis_assume_spacing", default=None)
+
+
+def current_assumed_spacing() -> float | None:
+    """The ``--assume-spacing`` in effect (the enclosing :func:`assumed_spacing` block's), or None."""
+    return _ASSUMED_SPACING.get()
 
 
 @contextmanager
@@ -92,6 +98,7 @@ def _read_file(path: Path, assume_spacing: float | None = None) -> Volume:
         size, ncomp = nifti_layout(image)
         dim = len(size)
     else:
+        require_regular_data_file(path)
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         try:

@@ -187,6 +187,8 @@ class PretrainConfig:
             raise ConfigError(f"data.spacing must be positive (mm), got {d.spacing}")
         if d.max_image_pixels is not None and d.max_image_pixels < 1:
             raise ConfigError(f"data.max_image_pixels must be positive (or null: no limit), got {d.max_image_pixels}")
+        if d.resident_mb is not None and d.resident_mb < 0:
+            raise ConfigError(f"data.resident_mb must not be negative (or null: no bound), got {d.resident_mb}")
         if d.group_size is not None and d.group_size < 1:
             raise ConfigError(f"data.group_size must be at least 1, got {d.group_size}")
         if d.synthetic_shape is not None and min(d.synthetic_shape) < 1:

@@ -170,7 +170,7 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
     # Memory maps are cheap handles (file descriptors): keep many; in-memory volumes few.
     lru = default_lru_volumes(getattr(source, "cache", None) is not None)
     train_ds = CubeDataset(train_src, sampler_config(cfg, recipe.sample_crop), steps * cfg.batch_size * dist.world_size,
-                           cfg.seed, lru_volumes=lru)
+                           cfg.seed, lru_volumes=lru, resident_mb=cfg.data.resident_mb)
     sampler_report = report_acceptance(train_ds, train_src, dist.is_main)
     val_groups: list[str] = []
     if dist.is_main:
@@ -295,7 +295,7 @@ def _report_data(source: Any, cfg: PretrainConfig, out: Path, train_idx: list[in
         from genesis.io.readers import assumed_spacing
 
         with assumed_spacing(cfg.data.assume_spacing):
-            report = inspect_records(source.records, str(cfg.data.data))
+            report = inspect_records(source.records, str(cfg.data.data), cache=getattr(source, "cache", None))
     if report is None:
         kind = "synthetic chest CT (generated)" if getattr(source, "is_synthetic", False) else type(source).__name__
         report = report_without_reading([VolumeRecord(Path(source.name(i))) for i in range(len(source))], kind)
