@@ -122,6 +122,9 @@ def test_pretraining_on_grouped_patches_splits_by_patient(tmp_path: Path, capsys
     patient = {f"p#{i}": i // 5 for i in range(30)}
     assert {patient[s] for s in train}.isdisjoint({patient[s] for s in val})
     assert ckpt["recipe"]["split"]["val_groups"] == 2 and (out / "recipe.yaml").is_file()
+    with open(out / "data.csv") as handle:  # each scan's patient and side
+        rows = list(csv.DictReader(handle))
+    assert {(r["group"], r["split"]) for r in rows if r["group"] == "group-0005"} == {("group-0005", "val")}
     assert "rule accepts" not in err  # whole-image 2D crops: the Models Genesis rule does not apply
 
 

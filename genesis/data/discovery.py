@@ -40,7 +40,7 @@ LABEL_MAP, NOT_HU, TOO_SMALL, UNREADABLE = "label map", "not HU", "too small", "
 REASONS = (LABEL_MAP, NOT_HU, TOO_SMALL, UNREADABLE)
 #: A volume with at most this many distinct integer values is a label map, not an image.
 MAX_LABEL_VALUES = 64
-CSV_COLUMNS = ("path", "status", "reason", "split", "shape", "spacing", "hu_min", "hu_max", "notes")
+CSV_COLUMNS = ("path", "status", "reason", "split", "group", "shape", "spacing", "hu_min", "hu_max", "notes")
 #: Version of the facts stored per scan in the cache's ``scans/`` index (part of their key).
 SCAN_FACTS_FORMAT = 1
 _FACT_KEYS = ("shape", "spacing", "hu_range", "verdict", "seen_warnings")
@@ -57,6 +57,7 @@ class ScanInfo:
     spacing: tuple[float, ...] | None = None
     hu_range: tuple[float, float] | None = None
     split: str = ""
+    group: str = ""  # the patient (genesis.data.groups): the split never cuts one
     warnings: list[str] = field(default_factory=list)
     #: every reader warning met, including those the status already says (not repeated in training)
     seen_warnings: list[str] = field(default_factory=list)
@@ -90,9 +91,12 @@ class DataReport:
     def warnings(self) -> list[str]:
         return [w for s in self.scans for w in s.warnings]
 
-    def set_split(self, train: Iterable[int], val: Iterable[int]) -> None:
-        """Mark used scans (indices into :attr:`used`) as train / val; a scan in both is train+val."""
+    def set_split(self, train: Iterable[int], val: Iterable[int], groups: Sequence[str] | None = None) -> None:
+        """Mark used scans (indices into :attr:`used`) as train / val (a scan in both is train+val)
+        and, with ``groups``, the patient of each."""
         used = self.used
+        for scan, group in zip(used, groups or ()):
+            scan.group = str(group)
         for i in train:
             used[i].split = "train"
         for i in val:
@@ -126,14 +130,14 @@ class DataReport:
         return "\n".join(lines)
 
     def write_csv(self, path: str | Path) -> Path:
-        """``path, status, reason, split, shape, spacing, hu_min, hu_max, notes``, one row per scan."""
+        """``path, status, reason, split, group, shape, spacing, hu_min, hu_max, notes``, one row per scan."""
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(CSV_COLUMNS)
         for s in self.scans:
             hu = s.hu_range or (None, None)
             writer.writerow([
-                s.record.name, s.status, s.reason, s.split,
+                s.record.name, s.status, s.reason, s.split, s.group,
                 "x".join(str(n) for n in s.shape) if s.shape else "",
                 "x".join(f"{v:.4g}" for v in s.spacing) if s.spacing else "",
                 "" if hu[0] is None else f"{hu[0]:.6g}", "" if hu[1] is None else f"{hu[1]:.6g}",

@@ -160,7 +160,7 @@ def _run(cfg: PretrainConfig, device: torch.device, dist: DistInfo) -> PretrainR
 
     source = run.source
     prepare_volumes(source, cfg, dist, crop=recipe.sample_crop)
-    _report_data(source, cfg, out, run.train_idx, run.val_idx, dist.is_main)
+    _report_data(source, cfg, out, run.train_idx, run.val_idx, dist.is_main, run.groups)
     train_src, val_src = SubsetSource(source, run.train_idx), SubsetSource(source, run.val_idx)
     default_val = min(MAX_DEFAULT_VAL_CUBES, len(val_src) * cfg.data.cubes_per_volume)
     n_val = cfg.data.val_cubes or max(cfg.batch_size, default_val)
@@ -280,7 +280,7 @@ def _log_columns() -> tuple[str, ...]:
 
 
 def _report_data(source: Any, cfg: PretrainConfig, out: Path, train_idx: list[int], val_idx: list[int],
-                 is_main: bool) -> None:
+                 is_main: bool, groups: list[str] | None = None) -> None:
     """Print what data the run uses (found/used/skipped, split) and write ``out/data.csv``.
 
     Reader warnings of those scans were collected by the discovery and are summarised in the
@@ -299,7 +299,7 @@ def _report_data(source: Any, cfg: PretrainConfig, out: Path, train_idx: list[in
     if report is None:
         kind = "synthetic chest CT (generated)" if getattr(source, "is_synthetic", False) else type(source).__name__
         report = report_without_reading([VolumeRecord(Path(source.name(i))) for i in range(len(source))], kind)
-    report.set_split(train_idx, val_idx)
+    report.set_split(train_idx, val_idx, groups)
     for message in {m for scan in report.scans for m in scan.seen_warnings}:
         warnings.filterwarnings("ignore", message=re.escape(message) + "$", category=GenesisWarning)
     if is_main:
