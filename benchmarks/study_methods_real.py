@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/genesis_methods_real"))
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--only", nargs="*", help="labels to run (default: all)")
+    p.add_argument("--dims", type=int, nargs="*", default=[2, 3], help="which of the 2D / 3D studies to run")
+    p.add_argument("--name", default="methods_real", help="file stem of the results")
     args = p.parse_args(argv)
     h5 = args.real / "msd_lung_2mm_patches" / "val_patches.h5"
     data_2d = ["--data", str(h5), "--dims", "2", "--group-size", "10", "--width", "8", "--batch-size", "16",
@@ -104,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                "--set", "data.models_genesis_sampler=false"]
     rows = []
     for dims, runs, data in ((2, RUNS_2D, data_2d), (3, RUNS_3D, data_3d)):
+        if dims not in args.dims:
+            continue
         for label, (task, flags, metric, baselines, higher) in runs.items():
             if args.only and label not in args.only:
                 continue
@@ -124,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(row, flush=True)
     lines = ["# Pretraining methods on real data", "",
-             f"Command: `python benchmarks/study_methods_real.py --epochs {args.epochs} --steps {args.steps}` "
+             f"Command: `python benchmarks/study_methods_real.py --epochs {args.epochs} --steps {args.steps}"
+             + (f" --dims {' '.join(map(str, args.dims))}" if args.dims != [2, 3] else "")
+             + (f" --only {' '.join(repr(o) for o in args.only)}" if args.only else "")
+             + (f" --name {args.name}" if args.name != "methods_real" else "") + "` "
              "(CPU, 2 cores, tiny networks: U-Net width 8 in 2D, 4 in 3D; Adam 1e-3).", "",
              "2D: MSD lung patches, 13 patients x 10 patches (`--group-size 10`), 4 patients held out. "
              "3D: 3 real chest CTs, one patient each, the last (CIP ct-64) held out. Numbers are the last epoch's "
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         lines.append(f"| {r['dims']}D | {r['method']} | {r['metric']} | {r['value']:.4g} | "
                      f"{r['baseline']:.4g} ({r['baseline_name']}) | {'yes' if r['beats'] else 'no'} | {r['cpu_s']} |")
-    write_report(args.out, "methods_real", {"settings": vars(args) | {"real": str(args.real), "work": str(args.work),
+    write_report(args.out, args.name, {"settings": vars(args) | {"real": str(args.real), "work": str(args.work),
                                                                        "out": str(args.out)}, "rows": rows},
                  "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from genesis.cli import demo
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_with_tiny_settings(tmp_path, monkeypatch, capsys):
     # The real demo's settings take minutes; the same code path with the smallest run.
     monkeypatch.setattr(demo, "PRETRAIN_FLAGS", [

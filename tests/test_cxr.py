@@ -222,6 +222,7 @@ def _finetune(out, csv_path, **kw):
     return run_finetune(cfg, log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_pretrain_then_finetune_chexpert(chexpert_csv, tmp_path, monkeypatch):
     from genesis.training.config import PretrainConfig
     from genesis.training.pretrain import run_pretraining
@@ -283,6 +284,7 @@ dist.destroy_process_group()
 '''
 
 
+@pytest.mark.slow
 def test_barlow_twins_ddp_uses_the_global_batch(tmp_path):
     """Two gloo ranks with half the batch each give the loss and gradient of the whole batch."""
     import os

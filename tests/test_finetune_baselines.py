@@ -65,6 +65,7 @@ def assert_encoder_equal(model: torch.nn.Module, state: dict, prefixes: tuple[st
     return n
 
 
+@pytest.mark.slow
 def test_cli_r3d_18_from_scratch_on_ncc_end_to_end(tmp_path, capsys):
     out = tmp_path / "ncc-r3d"
     argv = ["--target", "ncc", "--model", "r3d_18", "--preset", "quick", "--crop", "8", "16", "16",

@@ -226,6 +226,7 @@ def test_masked_tasks_log_the_fill_baseline_and_evaluate_reports_it(tmp_path: Pa
 
 
 # ------------------------------------------- every method's backbone goes to fine-tuning and exports
+@pytest.mark.slow
 def test_a_contrastive_checkpoint_fine_tunes_and_exports_its_backbone(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

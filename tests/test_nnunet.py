@@ -239,6 +239,7 @@ def _umask() -> int:
     return mask
 
 
+@pytest.mark.slow
 def test_genesis_trainer_in_nnunets_training_loop(nnunet_dataset: dict[str, Path], pretrained: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """nnU-Net's own run_training (its data loading, augmentation, deep supervision, validation and

@@ -355,6 +355,7 @@ print("FOUND", cls.__name__)
 """
 
 
+@pytest.mark.slow
 def test_installed_trainer_is_found_by_nnunets_lookup(tmp_path: Path) -> None:
     """Installs into a copy of the nnunetv2 package (never into the environment's own)."""
     import nnunetv2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import torch
 from genesis.training.checkpoint import load_checkpoint
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_in_sync(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     cmd = [

@@ -109,6 +109,7 @@ def test_failed_checkpoint_write_keeps_previous_file(tmp_path: Path, monkeypatch
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_loadable_last_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "genesis.cli.pretrain", *TINY, "--out", str(out), "--task", "masked_region",
