@@ -346,6 +346,20 @@ def image_network_spec(name: str, request: NetworkRequest, method: str) -> Netwo
     return NetworkSpec(name, kwargs)
 
 
+def vit_spec(request: NetworkRequest, sides: tuple[int, ...], patch: int, method: str, parameter: str) -> NetworkSpec:
+    """The ViT of a masked-image method: its patch is the method's (``parameter``), never the model's own.
+
+    Raises:
+        ConfigError: ``--model-kwargs`` give the ViT another patch size.
+    """
+    given = request.model_kwargs.get("patch_size")
+    if given is not None and patch_tuple(given, request.dims) != patch_tuple(patch, request.dims):
+        raise ConfigError(f"{method}: set the ViT's patch with task parameter {parameter} (now {patch}), not the "
+                          f"model's ({given})")
+    return NetworkSpec("vit", {"spatial_dims": request.dims, "in_channels": request.in_channels, "img_size": sides,
+                               "patch_size": patch, **request.model_kwargs})
+
+
 def build_network(spec: NetworkSpec, method: str) -> nn.Module:
     """``create_model(spec)`` with constructor errors as ConfigErrors naming the method and network."""
     try:

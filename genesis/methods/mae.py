@@ -22,9 +22,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from genesis.errors import ConfigError
 from genesis.methods._masking import (MaskedImageMethod, ImageSpaceMIM, build_network, image_network_spec,
-                                      image_sides, patch_grid, patch_tuple, unpatchify)
+                                      image_sides, patch_grid, patch_tuple, unpatchify, vit_spec)
 from genesis.methods.base import NetworkRequest, NetworkSpec, Parts, register_method
 from genesis.models.mae_decoder import MAEDecoder
 
@@ -88,14 +87,8 @@ class MAE(MaskedImageMethod):
         name = "vit" if request.model == "auto" else request.model
         sides = image_sides(request)
         patch_grid(sides, self.patch(request.dims), "mae patch")
-        if name == "vit":
-            given = request.model_kwargs.get("patch_size")
-            if given is not None and patch_tuple(given, request.dims) != self.patch(request.dims):
-                raise ConfigError(f"mae: the ViT's patch is the mask patch; set task parameter patch_size "
-                                  f"(now {self.patch_size}), not the model's ({given})")
-            kwargs: dict[str, Any] = {"spatial_dims": request.dims, "in_channels": request.in_channels,
-                                      "img_size": sides, "patch_size": self.patch_size, **request.model_kwargs}
-            spec = NetworkSpec("vit", kwargs)
+        if name == "vit":  # the ViT's patch is the mask patch
+            spec = vit_spec(request, sides, self.patch_size, self.name, "patch_size")
         else:
             spec = image_network_spec(name, request, self.name)
         self.bind(spec)

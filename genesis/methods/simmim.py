@@ -23,7 +23,7 @@ from torch import nn
 
 from genesis.errors import ConfigError
 from genesis.methods._masking import (MaskedImageMethod, ImageSpaceMIM, build_network, image_network_spec,
-                                      image_sides, patch_grid, patch_tuple, unpatchify)
+                                      image_sides, patch_grid, patch_tuple, unpatchify, vit_spec)
 from genesis.methods.base import NetworkRequest, NetworkSpec, Parts, register_method
 from genesis.models.sparse import upsample_grid
 
@@ -84,13 +84,7 @@ class SimMIM(MaskedImageMethod):
             if self.mask_patch_size % self.model_patch_size:
                 raise ConfigError(f"simmim: mask_patch_size {self.mask_patch_size} must be a multiple of the ViT's "
                                   f"model_patch_size {self.model_patch_size}")
-            given = request.model_kwargs.get("patch_size")
-            if given is not None and patch_tuple(given, request.dims) != patch_tuple(self.model_patch_size, request.dims):
-                raise ConfigError(f"simmim: set the ViT's patch with task parameter model_patch_size "
-                                  f"(now {self.model_patch_size}), not the model's ({given})")
-            kwargs: dict[str, Any] = {"spatial_dims": request.dims, "in_channels": request.in_channels,
-                                      "img_size": sides, "patch_size": self.model_patch_size, **request.model_kwargs}
-            spec = NetworkSpec("vit", kwargs)
+            spec = vit_spec(request, sides, self.model_patch_size, self.name, "model_patch_size")
         else:
             spec = image_network_spec(name, request, self.name)
         self.bind(spec)

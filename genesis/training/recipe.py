@@ -28,6 +28,7 @@ from genesis.data.kinds import DataPlan, DataRequest, resolve_data
 from genesis.errors import ConfigError
 from genesis.methods import Method, NetworkRequest, NetworkSpec, Parts, needs_radiograph_metadata, resolve_method
 from genesis.training.config import PretrainConfig, resolve_optim
+from genesis.training.rundir import plain
 
 #: Recipe format (recorded in checkpoints).
 RECIPE_FORMAT = 1
@@ -221,19 +222,11 @@ def recipe_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
         if key in RESUMABLE_RECIPE or key == "format":
             continue
         a, b = saved.get(key), current.get(key)
-        if _plain(a) != _plain(b):
+        if plain(a) != plain(b):
             diffs.append(f"{key} (run: {_short(a)}, now: {_short(b)})")
     return diffs
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    return value
-
-
 def _short(value: Any, limit: int = 80) -> str:
-    text = repr(_plain(value))
+    text = repr(plain(value))
     return text if len(text) <= limit else text[:limit - 3] + "..."

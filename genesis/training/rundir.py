@@ -68,16 +68,17 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
             if isinstance(value, Mapping) and name not in ("task_params", "model_kwargs"):
                 flat.update(_flatten(value, name + "."))
             else:
-                flat[name] = _plain(value)
+                flat[name] = plain(value)
         return flat
-    return {prefix.rstrip("."): _plain(obj)}
+    return {prefix.rstrip("."): plain(obj)}
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """Tuples as lists and mapping keys as strings, recursively (how YAML/JSON give them back)."""
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     return value
 
 
