@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(" from Models Genesis pretraining:")
     print("\n".join(_aggregate_lines(genesis_out / "metrics.json")))
     result = json.loads((genesis_out / "metrics.json").read_text())
-    print(" t-tests (pretrained vs scratch, per run):")
+    print(" comparison (pretrained vs scratch; paired over seeds and test patients):")
     print("\n".join(ttest_lines(result)))
     print(verdict(result))
     print(f"\nFiles: {pre_out}/grids/*.png (restorations), {genesis_out}/metrics.md, {genesis_out}/metrics.png")
