@@ -34,6 +34,16 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def register_named(self, name: str) -> Callable[[T], T]:
+        """Class decorator: register under ``name`` and give the class that ``name`` when it has none."""
+
+        def decorator(cls: T) -> T:
+            if not getattr(cls, "name", ""):
+                setattr(cls, "name", name)
+            return self.register(name)(cls)
+
+        return decorator
+
     def get(self, name: str) -> T:
         """Return the entry called ``name``; the error lists the available names."""
         try:

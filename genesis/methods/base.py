@@ -40,15 +40,7 @@ from genesis.registry import Registry
 METHODS: Registry = Registry("pretraining method")
 
 
-def register_method(name: str):
-    """Class decorator: register under ``name`` (also the class's ``name``)."""
-
-    def decorator(cls):
-        if not getattr(cls, "name", ""):
-            cls.name = name
-        return METHODS.register(name)(cls)
-
-    return decorator
+register_method = METHODS.register_named  # the class also gets its registered name
 
 #: Method families, in the order ``genesis-pretrain --list-tasks`` shows them.
 FAMILIES: tuple[str, ...] = ("restoration", "label", "contrastive", "masked image modelling", "teacher-student")

@@ -20,15 +20,7 @@ from genesis.registry import Registry
 DATA_KINDS: Registry = Registry("data kind")
 
 
-def register_kind(name: str):
-    """Class decorator: register under ``name`` (also the class's ``name``)."""
-
-    def decorator(cls):
-        if not getattr(cls, "name", ""):
-            cls.name = name
-        return DATA_KINDS.register(name)(cls)
-
-    return decorator
+register_kind = DATA_KINDS.register_named  # the class also gets its registered name
 
 
 @dataclass(frozen=True)
