@@ -257,3 +257,12 @@ def test_a_contrastive_checkpoint_fine_tunes_and_exports_its_backbone(tmp_path: 
 def test_a_set_that_removes_a_section_is_refused(tmp_path: Path, capsys) -> None:
     assert main([*TINY, "--set", "data=null", "--out", str(tmp_path / "x")]) == 2
     assert "data" in capsys.readouterr().err
+
+
+def test_evaluate_rebuilds_any_methods_module(tmp_path: Path) -> None:
+    out = tmp_path / "spark"
+    assert main([*TINY, *CT, "--task", "spark", "--model", "unet3d", "--out", str(out)]) == 0
+    assert main(["--evaluate", str(out / "best.pt"), "--out", str(tmp_path / "eval"), "--eval-cubes", "4",
+                 "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "eval.json").read_text())["results"]["spark"]
+    assert {"loss", "masked_mse", "patch_mean_mse"} <= set(metrics) and (tmp_path / "eval" / "eval.png").is_file()

@@ -174,7 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out) if args.out else args.evaluate.parent / "eval"
         report = evaluate_checkpoint(args.evaluate, data=args.data, out_dir=out, device=args.device or "auto",
                                      n_cubes=args.eval_cubes, seed=args.seed)
-        print(f"wrote {out / 'eval.json'} and {out / 'eval.png'}")
+        written = [p for p in (out / "eval.json", out / "eval.png") if p.is_file()]  # only what exists
+        print("wrote " + " and ".join(str(p) for p in written))
         for name, metrics in report["results"].items():
             print(f"  {name:>16}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         return 0

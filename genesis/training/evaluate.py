@@ -28,7 +28,7 @@ from genesis.config import load_config
 from genesis.device import resolve_device
 from genesis.errors import CheckpointError
 from genesis.fileio import atomic_write_text
-from genesis.models import create_model, unpack_output
+from genesis.models import unpack_output
 from genesis.checkpoint import load_checkpoint
 from genesis.methods.baselines import per_sample_errors
 from genesis.methods.proxy import prepare_pair
@@ -137,14 +137,20 @@ def evaluate_checkpoint(
         held_out = SubsetSource(source, val_idx)
     cubes = load_val_cubes(held_out, cfg, n)
 
-    model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"weights do not fit {ckpt['model_name']}: {exc}", path) from None
-    model.to(dev).eval()
+    from genesis.methods import NetworkSpec
 
     method = resolve_method(cfg.task, cfg.task_params, cfg.dims, cfg.loss, cfg.seed)
+    spec = NetworkSpec(ckpt["model_name"], dict(ckpt["model_kwargs"]))
+    method.bind(spec)
+    try:  # the method's module (backbone and heads), exactly as the run built it
+        model = method.build_model(spec)
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"weights do not fit the module of {cfg.task!r} ({ckpt['model_name']}): {first[:300]}",
+                              path) from None
+    model.to(dev).eval()
+
     stages = method.stages()
     if len(stages) > 1:
         method = stages[min(int(ckpt.get("stage", len(stages) - 1)), len(stages) - 1)]
@@ -220,8 +226,12 @@ def evaluate_checkpoint(
         batches = [cubes[i:i + bs].to(dev) for i in range(0, n, bs)]
         method.on_epoch_start(EpochContext(0, model, dev, make_generator(seed, dev), batches, cfg.dims))
     if method.family not in ("restoration", "label"):  # contrastive, MIM...: the method's own loss and metrics
-        results = {cfg.task: _evaluate_method(method, model, cubes, cfg.dims, seed, bs, dev)}
-        return _finish(path, cfg, ckpt, kind, data, n, results, {}, out_dir)
+        metrics, first = _evaluate_method(method, model, cubes, cfg.dims, seed, bs, dev)
+        report = _finish(path, cfg, ckpt, kind, data, n, {cfg.task: metrics}, {}, out_dir)
+        if out_dir is not None and first is not None:  # the method's own picture of what it made of a batch
+            synthetic = " (synthetic data)" if report["synthetic"] else ""
+            method.grid(first[0], first[1], Path(out_dir) / "eval.png", f"{cfg.task}{synthetic}, held-out cubes", 4)
+        return report
 
     results: dict[str, dict[str, float]] = {}
     examples: dict[str, tuple[Any, Any]] = {}
@@ -249,10 +259,12 @@ def evaluate_checkpoint(
 
 
 def _evaluate_method(method: Any, model: Any, cubes: torch.Tensor, dims: int, seed: int, bs: int,
-                     dev: torch.device) -> dict[str, float]:
-    """Loss and validation metrics of a method that has no proxy task (MAE, SimCLR...)."""
+                     dev: torch.device) -> tuple[dict[str, float], tuple[Any, Any] | None]:
+    """Loss and validation metrics of a method that has no proxy task (MAE, SimCLR...), and its
+    first batch's (views, outputs) for the picture."""
     sums: dict[str, float] = {}
     count = 0
+    first = None
     for i in range(0, len(cubes), bs):
         gen = make_generator(step_seed(seed, 0, i), dev)
         views = method.views(cubes[i:i + bs].to(dev), gen, dims)
@@ -264,7 +276,9 @@ def _evaluate_method(method: Any, model: Any, cubes: torch.Tensor, dims: int, se
             name = key[4:] if key.startswith("val_") else key
             sums[name] = sums.get(name, 0.0) + value
         count += b
-    return {k: v / max(count, 1) for k, v in sums.items()}
+        if first is None:
+            first = (views, out)
+    return {k: v / max(count, 1) for k, v in sums.items()}, first
 
 
 def _finish(path: Path, cfg: PretrainConfig, ckpt: dict[str, Any], kind: str, data: str | None, n: int,
