@@ -266,3 +266,16 @@ def test_evaluate_rebuilds_any_methods_module(tmp_path: Path) -> None:
                  "--device", "cpu"]) == 0
     metrics = json.loads((tmp_path / "eval" / "eval.json").read_text())["results"]["spark"]
     assert {"loss", "masked_mse", "patch_mean_mse"} <= set(metrics) and (tmp_path / "eval" / "eval.png").is_file()
+
+
+def test_a_run_started_with_overwrite_resumes_exactly_with_its_teacher(tmp_path: Path) -> None:
+    args = [*TINY, *CT, "--task", "byol", "--batch-size", "4", "--steps-per-epoch", "2"]
+    assert main([*args, "--epochs", "2", "--out", str(tmp_path / "full")]) == 0
+    (tmp_path / "part").mkdir()
+    (tmp_path / "part" / "log.csv").write_text("epoch\n")  # a run was there: --overwrite replaces it
+    assert main([*args, "--epochs", "1", "--out", str(tmp_path / "part"), "--overwrite"]) == 0
+    assert main([*args, "--epochs", "2", "--out", str(tmp_path / "part"), "--resume"]) == 0
+    full = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    part = load_checkpoint(tmp_path / "part" / "last.pt")["model"]
+    assert any(k.startswith("teacher.") for k in full)
+    assert all(torch.equal(full[k], part[k]) for k in full)

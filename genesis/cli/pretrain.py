@@ -190,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_config = Path(overrides.get("out", PretrainConfig().out)) / "config.yaml"
     if args.resume and config_file is None and run_config.is_file():
         config_file = run_config  # a resumed run keeps its settings; flags given now change them
+        if not args.overwrite:  # how the run was started (--overwrite) is no setting of the run
+            overrides["overwrite"] = False
     cfg = load_config(PretrainConfig, config_file, overrides)
     if args.preset == "quick" and _architecture_from_plans(cfg.model):
         # --preset quick works with every model: the plans' widths and patch size are left alone
