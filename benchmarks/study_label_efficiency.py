@@ -46,7 +46,7 @@ ALPHA = 0.05
 #: extra ``genesis-pretrain`` flags per task (``{dims}``: 2 or 3): the U-Net forms of the methods
 #: whose default network is another one, so that the fine-tuning U-Net can take their backbone
 PRETRAIN_FLAGS: dict[str, list[str]] = {
-    "mae": ["--model", "unet{dims}d", "--set", "task_params={{patch_size: 8}}"],
+    "mae": ["--set", "task_params={{patch_size: 8}}"],  # the U-Net form is MAE's default
     "simmim": ["--model", "unet{dims}d", "--set", "task_params={{mask_patch_size: 16}}"],
     "spark": ["--model", "unet{dims}d"],
     "voco": ["--set", "task_params={{grid: [1, 2, 2]}}"],

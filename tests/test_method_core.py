@@ -52,6 +52,7 @@ def test_the_recipe_is_resolved_once_from_the_registries(tmp_path: Path) -> None
     assert run.config.steps_per_epoch == r.steps_per_epoch and run.config.optim.name == "sgd"
     json.dumps(r.to_dict())  # plain data
 
+    assert resolve_recipe(_cfg(tmp_path, task="mae")).recipe.model_name == "unet3d"  # MAE's U-Net form by default
     label = resolve_recipe(_cfg(tmp_path, task="rotation")).recipe
     assert (label.family, label.model_name, label.loss, label.parts.backbone, label.parts.network.name) == (
         "label", "encoder_classifier", "ce", "backbone.", "unet3d")

@@ -59,7 +59,7 @@ def nnunet_request(arch: str) -> NetworkRequest:
 
 #: id -> (method, parameters, request, dims)
 CASES = {
-    "mae-vit-3d": ("mae", {"patch_size": 8, **TINY_DECODER}, NetworkRequest("auto", 3, 2, crop=CROP3, model_kwargs=TINY_VIT), 3),
+    "mae-vit-3d": ("mae", {"patch_size": 8, **TINY_DECODER}, NetworkRequest("vit", 3, 2, crop=CROP3, model_kwargs=TINY_VIT), 3),
     "mae-vit-2d": ("mae", {"patch_size": 8, **TINY_DECODER}, NetworkRequest("vit", 2, 2, crop=CROP2, model_kwargs=TINY_VIT), 2),
     "mae-unet3d": ("mae", {"patch_size": 8}, NetworkRequest("unet3d", 3, 2, crop=CROP3), 3),
     "simmim-vit-3d": ("simmim", {"mask_ratio": 0.5, "mask_patch_size": 8, "model_patch_size": 4},
@@ -382,7 +382,7 @@ def test_configuration_errors() -> None:
     with pytest.raises(ConfigError, match="spark pretrains CNN"):
         METHODS.get("spark")().network(NetworkRequest("vit", 3, 2, crop=CROP3))
     with pytest.raises(ConfigError, match="must divide"):
-        METHODS.get("mae")(patch_size=5).network(NetworkRequest("auto", 3, 2, crop=CROP3))
+        METHODS.get("mae")(patch_size=5).network(NetworkRequest("vit", 3, 2, crop=CROP3))
     with pytest.raises(ConfigError, match="2D network"):
         METHODS.get("mae")(patch_size=8).network(NetworkRequest("unet2d", 3, 2, crop=CROP3))
     with pytest.raises(ConfigError, match="multiple of the ViT"):

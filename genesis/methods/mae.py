@@ -2,12 +2,13 @@
 
 The form follows the network:
 
-* **ViT** (``--model vit``, the default; MONAI's ViT, :mod:`genesis.models.vit`): the image is cut
+* **ViT** (``--model vit``; MONAI's ViT, :mod:`genesis.models.vit`): the image is cut
   into patches, a random ``mask_ratio`` of them is dropped, the encoder sees the visible patches
   only, and a light transformer decoder (:mod:`genesis.models.mae_decoder`, a head) fills mask
   tokens in at the hidden positions and predicts every voxel of every patch. Loss: MSE on the
   masked patches against per-patch normalised targets (``norm_pix_loss``, the paper's best).
-* **CNN** (``unet3d``, ``unet2d``, ``nnunet``, ``primus``: any image-to-image network), as nnssl /
+* **CNN** (the default, ``--model auto``: ``unet3d`` / ``unet2d``; also ``nnunet``, ``primus``: any
+  image-to-image network), as nnssl /
   OpenMind (Wald et al. 2024) pretrain ResEnc-L: the masked patches are zeroed in the image, the
   network restores the image, MSE on the masked voxels against the raw intensities.
 
@@ -84,7 +85,10 @@ class MAE(MaskedImageMethod):
         return patch_tuple(self.patch_size, dims)
 
     def network(self, request: NetworkRequest) -> NetworkSpec:
-        name = "vit" if request.model == "auto" else request.model
+        # auto: the U-Net form (nnssl/OpenMind's MAE on a CNN, their best for segmentation). The ViT
+        # form did not beat the visible-mean baseline on our small real sets after 3,000 steps
+        # (benchmarks/results/mim_real.md) where the U-Net form did; --model vit selects it.
+        name = f"unet{request.dims}d" if request.model == "auto" else request.model
         sides = image_sides(request)
         patch_grid(sides, self.patch(request.dims), "mae patch")
         if name == "vit":  # the ViT's patch is the mask patch
