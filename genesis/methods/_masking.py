@@ -386,6 +386,21 @@ class MaskedImageMethod(Method):
     log_keys = ("val_masked_mse", "val_mask_mean_mse", "val_patch_mean_mse")
     loss_kind: ClassVar[str] = "mse"
 
+    #: the CNN form writes a learnable token into the masked voxels (SimMIM) instead of zeros (MAE)
+    cnn_mask_token: ClassVar[bool] = False
+
+    def build_model(self, spec: NetworkSpec) -> nn.Module:
+        """The CNN form around any image-to-image network, or the method's ViT module."""
+        self.bind(spec)
+        backbone = build_network(spec, self.name)
+        if getattr(self, "form", "cnn") == "cnn":
+            return ImageSpaceMIM(backbone, int(spec.kwargs.get("in_channels", 1)), mask_token=self.cnn_mask_token)
+        assert hasattr(backbone, "patch_tokens"), "a ViT encoder (genesis.models.vit)"
+        return self.vit_module(backbone)
+
+    def vit_module(self, backbone: nn.Module) -> nn.Module:  # pragma: no cover - ViT methods override
+        raise NotImplementedError
+
     def __init__(self, mask_ratio: float) -> None:
         ratio = float(mask_ratio)
         if not 0.0 < ratio < 1.0:

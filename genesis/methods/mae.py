@@ -23,7 +23,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from genesis.methods._masking import (MaskedImageMethod, ImageSpaceMIM, build_network, image_network_spec,
+from genesis.methods._masking import (MaskedImageMethod, image_network_spec,
                                       image_sides, patch_grid, patch_tuple, unpatchify, vit_spec)
 from genesis.methods.base import NetworkRequest, NetworkSpec, Parts, register_method
 from genesis.models.mae_decoder import MAEDecoder
@@ -98,12 +98,7 @@ class MAE(MaskedImageMethod):
         self.bind(spec)
         return spec
 
-    def build_model(self, spec: NetworkSpec) -> nn.Module:
-        self.bind(spec)
-        backbone = build_network(spec, self.name)
-        if self.form == "cnn":
-            return ImageSpaceMIM(backbone, int(spec.kwargs.get("in_channels", 1)), mask_token=False)
-        assert hasattr(backbone, "patch_tokens"), "a ViT encoder (genesis.models.vit)"
+    def vit_module(self, backbone: nn.Module) -> nn.Module:
         decoder = MAEDecoder(backbone.grid, backbone.hidden_size, backbone.patch_embedding.patch_dim,
                              self.decoder_width, self.decoder_depth, self.decoder_heads)
         return MAEViT(backbone, decoder)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from genesis.errors import ConfigError
-from genesis.methods._masking import (MaskedImageMethod, ImageSpaceMIM, build_network, image_network_spec,
+from genesis.methods._masking import (MaskedImageMethod, image_network_spec,
                                       image_sides, patch_grid, patch_tuple, unpatchify, vit_spec)
 from genesis.methods.base import NetworkRequest, NetworkSpec, Parts, register_method
 from genesis.models.sparse import upsample_grid
@@ -90,12 +90,9 @@ class SimMIM(MaskedImageMethod):
         self.bind(spec)
         return spec
 
-    def build_model(self, spec: NetworkSpec) -> nn.Module:
-        self.bind(spec)
-        backbone = build_network(spec, self.name)
-        if self.form == "cnn":
-            return ImageSpaceMIM(backbone, int(spec.kwargs.get("in_channels", 1)), mask_token=True)
-        assert hasattr(backbone, "patch_tokens"), "a ViT encoder (genesis.models.vit)"
+    cnn_mask_token = True
+
+    def vit_module(self, backbone: nn.Module) -> nn.Module:
         return SimMIMViT(backbone)
 
     def parts(self, spec: NetworkSpec) -> Parts:

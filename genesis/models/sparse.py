@@ -100,16 +100,26 @@ def _scatter_rows(last: torch.Tensor, keep: torch.Tensor, rows: torch.Tensor) ->
 
 
 class _SparseNorm:
-    """Mixin of the sparse normalisation classes; ``_sparse_context`` is set by :func:`sparsify`."""
+    """Mixin of the sparse normalisation classes; ``_sparse_context`` is set by :func:`sparsify`.
+
+    Without an active mask the layer is the plain torch layer; with one, :meth:`_sparse_forward`
+    normalises the visible positions only.
+    """
 
     _sparse_context: SparseContext
 
-
-class _SparseBatchNorm(_SparseNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         keep = self._sparse_context.at(x)
         if keep is None:
             return super().forward(x)  # type: ignore[misc]
+        return self._sparse_forward(x, keep)
+
+    def _sparse_forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _SparseBatchNorm(_SparseNorm):
+    def _sparse_forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         bn: nn.modules.batchnorm._BatchNorm = self  # type: ignore[assignment]
         # running-statistics bookkeeping exactly as torch's _BatchNorm.forward
         factor = 0.0 if bn.momentum is None else bn.momentum
@@ -125,10 +135,7 @@ class _SparseBatchNorm(_SparseNorm):
 
 
 class _SparseInstanceNorm(_SparseNorm):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        keep = self._sparse_context.at(x)
-        if keep is None:
-            return super().forward(x)  # type: ignore[misc]
+    def _sparse_forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         norm: nn.modules.instancenorm._InstanceNorm = self  # type: ignore[assignment]
         b, c = x.shape[:2]
         last, rows = _visible_rows(x, keep)
