@@ -21,7 +21,8 @@ process and its workers, training samples/s, and the loader's cubes/s per CPU se
 same sources. Written to ``<out>/data_pipeline_scale.json`` / ``.md``.
 
 ``--scans N [N ...]`` measures what a folder of N scans costs (default 10, 100 and 1,000 scans
-of 32x64x64, written to disk from ``genesis.data.synthetic`` chest CTs): a first and a second
+of 32x64x64, ``--scan-shape`` for another size, written to disk from ``genesis.data.synthetic``
+chest CTs): a first and a second
 ``genesis-pretrain --prepare-only`` (the second reads stamps and verifies entries, no scan);
 the loader of a run in a fresh process as ``genesis-pretrain`` builds it (discovery, prepare,
 ``CubeDataset`` with the default open maps and ``resident_mb``, and without the resident bound
@@ -36,6 +37,7 @@ Run::
     python benchmarks/bench_data_pipeline.py             # 200x512x512 phantom (a LUNA16-like scan)
     python benchmarks/bench_data_pipeline.py --scale     # 10 vs 200 scans, ~4 min on 2 busy cores
     python benchmarks/bench_data_pipeline.py --scans 10 100 1000 3000   # ~15 min on 2 busy cores
+    python benchmarks/bench_data_pipeline.py --scans 10 100 1000 --scan-shape 64 128 128   # ~12 min
 """
 
 from __future__ import annotations
@@ -383,9 +385,13 @@ SCANS_CROP = (16, 32, 32)
 SCANS_DEFAULT = (10, 100, 1000)
 #: Base chest CTs generated per folder; the others are shifted, re-noised copies of them.
 SCANS_BASES = 10
-SCANS_TRAIN = ["--device", "cpu", "--no-progress", "--width", "4", "--crop", *map(str, SCANS_CROP), "--batch-size",
-               "4", "--steps-per-epoch", "25", "--epochs", "2", "--set", "data.val_cubes=8", "--set",
-               "log.grids=false", "--set", "log.tensorboard=false"]
+
+
+def scans_train_args(crop: tuple[int, int, int] = SCANS_CROP) -> list[str]:
+    """The short ``genesis-pretrain`` run of the scans study."""
+    return ["--device", "cpu", "--no-progress", "--width", "4", "--crop", *map(str, crop), "--batch-size", "4",
+            "--steps-per-epoch", "25", "--epochs", "2", "--set", "data.val_cubes=8", "--set", "log.grids=false",
+            "--set", "log.tensorboard=false"]
 
 
 def write_scans(folder: Path, n: int, shape: tuple[int, int, int] = SCANS_SHAPE) -> float:
@@ -478,7 +484,7 @@ print("RESULT " + json.dumps({
     "first_batch_s": t_first, "cubes_per_cpu_s": cubes * len(steady) / sum(e["cpu_s"] for e in steady),
     "cubes_per_s": cubes * len(steady) / sum(e["wall_s"] for e in steady), "epochs": epochs,
     "peak_rss_anon_mb": peak["RssAnon"], "peak_rss_file_mb": peak["RssFile"], "vm_hwm_mb": hwm,
-    "releases": ds._resident.releases if ds._resident is not None else 0, "copy_us": copy_us}))
+    "residency": ds._resident.stats() if ds._resident is not None else None, "copy_us": copy_us}))
 """
 
 
@@ -503,17 +509,18 @@ def _timed_cli(args: list[str], env: dict) -> float:
     return time.perf_counter() - start
 
 
-def run_scans(workdir: Path, counts: list[int], rounds: int, cubes: int, log: Callable = print) -> dict:
+def run_scans(workdir: Path, counts: list[int], rounds: int, cubes: int, log: Callable = print,
+              shape: tuple[int, int, int] = SCANS_SHAPE, crop: tuple[int, int, int] = SCANS_CROP) -> dict:
     """Every measurement of ``--scans`` (see the module docstring), per number of scans."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     results: dict[str, dict] = {}
     folders = {}
     for n in counts:
         folders[n] = workdir / f"scans{n}"
-        written = write_scans(folders[n], n)
+        written = write_scans(folders[n], n, shape)
         env_n = {**env, "GENESIS_CACHE": str(workdir / f"cache{n}")}
         prep = ["--data", str(folders[n]), "--prepare-only", "--no-progress", "--workers", "2",
-                "--crop", *map(str, SCANS_CROP)]
+                "--crop", *map(str, crop)]
         first = _timed_cli(prep, env_n)
         second = [_timed_cli(prep, env_n) for _ in range(3)]
         results[str(n)] = {"write_s": written, "prepare_first_s": first, "prepare_second_s": min(second),
@@ -523,14 +530,14 @@ def run_scans(workdir: Path, counts: list[int], rounds: int, cubes: int, log: Ca
         for n in counts:
             for mode, arg in (("default", "default"), ("unbounded", "none")):
                 res = _child(_LOADER_CHILD, [str(folders[n]), str(workdir / f"cache{n}" / "volumes"), str(cubes), arg,
-                                             json.dumps(SCANS_CROP)], env)
+                                             json.dumps(crop)], env)
                 results[str(n)]["loader"][mode].append(res)
                 log(f"round {r + 1}, {n} scans, {mode}: {res['cubes_per_cpu_s']:.0f} cubes per CPU s, "
                     f"RssAnon {res['peak_rss_anon_mb']:.0f} MB, RssFile {res['peak_rss_file_mb']:.0f} MB, "
                     f"first batch after {res['first_batch_s']:.1f} s")
     for n in counts:
         out = workdir / f"train{n}"
-        res = _pretrain_child([*SCANS_TRAIN, "--data", str(folders[n]), "--out", str(out)],
+        res = _pretrain_child([*scans_train_args(crop), "--data", str(folders[n]), "--out", str(out)],
                               {**env, "GENESIS_CACHE": str(workdir / f"cache{n}")})
         import csv
 
@@ -572,8 +579,9 @@ def scans_markdown(report: dict) -> str:
         f"`genesis-pretrain` builds it, workers 0, {report['cubes']} cubes an epoch, epochs 2-3 timed (the first maps "
         f"every scan in), {report['rounds']} interleaved rounds, medians; RSS from `/proc/self/status` after each "
         f"epoch (peak), `VmHWM` the peak total. `resident` = the default `resident_mb` "
-        f"({report['resident_mb']} MB of scan data kept mapped in per process); `unbounded` = `resident_mb=None` "
-        "(every page a cube read stays mapped: the behaviour before). Bare cube copy: the same number of cubes "
+        f"({report['resident_mb']} MB: the first scans that fit stay memory-mapped, the cubes of the others are "
+        "read with `pread`); `unbounded` = `resident_mb=None` "
+        "(every scan stays mapped, every page a cube read stays mapped in). Bare cube copy: the same number of cubes "
         "copied from the mapped scans at random positions, nothing else (the memory system's part).",
         "",
         f"Command: `{report['command']}`",
@@ -664,6 +672,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scans", type=int, nargs="*", metavar="N",
                         help="only the study against the number of scans (default "
                         f"{' '.join(map(str, SCANS_DEFAULT))})")
+    parser.add_argument("--scan-shape", type=int, nargs=3, metavar=("Z", "Y", "X"), default=SCANS_SHAPE,
+                        help=f"--scans: size of each scan (default {shape_str(SCANS_SHAPE)})")
+    parser.add_argument("--scan-crop", type=int, nargs=3, metavar=("D", "H", "W"),
+                        help=f"--scans: cube size (default {shape_str(SCANS_CROP)}, or 32 64 64 with --scan-shape)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
@@ -672,21 +684,26 @@ def main(argv: list[str] | None = None) -> int:
 
         counts = sorted(args.scans or SCANS_DEFAULT)
         cubes = args.cubes or 4096
+        shape = tuple(args.scan_shape)
+        crop = tuple(args.scan_crop) if args.scan_crop else (SCANS_CROP if shape == SCANS_SHAPE else (32, 64, 64))
         info = machine_info()
         workdir = Path(tempfile.mkdtemp(prefix="genesis-bench-scans-"))
         try:
-            scans = run_scans(workdir, counts, args.rounds, cubes)
+            scans = run_scans(workdir, counts, args.rounds, cubes, shape=shape, crop=crop)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         report = {"benchmark": "data_pipeline_scans",
                   "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "command": "python benchmarks/bench_data_pipeline.py --scans " + " ".join(map(str, counts)) + (
                       f" --rounds {args.rounds}" if args.rounds != 2 else "") + (
-                      f" --cubes {args.cubes}" if args.cubes else ""),
-                  "shape": shape_str(SCANS_SHAPE), "crop": shape_str(SCANS_CROP), "counts": counts,
+                      f" --cubes {args.cubes}" if args.cubes else "") + (
+                      f" --scan-shape {' '.join(map(str, shape))}" if shape != SCANS_SHAPE else "") + (
+                      f" --scan-crop {' '.join(map(str, crop))}" if args.scan_crop else ""),
+                  "shape": shape_str(shape), "crop": shape_str(crop), "counts": counts,
                   "rounds": args.rounds, "cubes": cubes, "resident_mb": DEFAULT_RESIDENT_MB,
-                  "train_args": SCANS_TRAIN, "machine": info, "scans": scans}
-        write_report(args.out, "data_pipeline_scans", report, scans_markdown(report))
+                  "train_args": scans_train_args(crop), "machine": info, "scans": scans}
+        stem = "data_pipeline_scans" + ("" if shape == SCANS_SHAPE else "_" + "x".join(map(str, shape)))
+        write_report(args.out, stem, report, scans_markdown(report))
         print(scans_markdown(report))
         return 0
     if args.scale:

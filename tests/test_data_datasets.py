@@ -193,6 +193,13 @@ def test_memmap_loader_workers_give_identical_batches(tmp_path) -> None:
     mg = CubeDataset(source, SamplerConfig.models_genesis(crop=(8, 12, 12)), cubes_per_epoch=8, seed=2)  # the MG rule
     pairs = zip(make_loader(mg, 4, 0, workers=0), make_loader(mg, 4, 0, workers=1))
     assert [torch.equal(a, b) for a, b in pairs] == [True, True]
+    # beyond resident_mb, volumes and acceptance maps are read with pread, in workers and here
+    read = CubeDataset(source, SamplerConfig.models_genesis(crop=(8, 12, 12)), cubes_per_epoch=8, seed=2,
+                       resident_mb=0)
+    for workers in (0, 2):
+        pairs = zip(make_loader(mg, 4, 0, workers=0), make_loader(read, 4, 0, workers=workers))
+        assert [torch.equal(a, b) for a, b in pairs] == [True, True]
+    assert read._resident.stats()["read_volumes"] == len(source) and read._resident.stats()["mapped_volumes"] == 0
 
 
 def test_default_lru_keeps_many_memory_maps_within_the_descriptor_limit(monkeypatch) -> None:
@@ -230,17 +237,24 @@ def _rss_file_kb() -> int:
 
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
-def test_mapped_pages_stay_under_resident_mb_and_cubes_do_not_change(tmp_path) -> None:
+@pytest.mark.parametrize("models_genesis", [False, True], ids=["uniform", "stored-acceptance"])
+def test_mapped_pages_stay_under_resident_mb_and_cubes_do_not_change(tmp_path, models_genesis) -> None:
+    from genesis.data.pread import AVAILABLE, PreadArray
     from genesis.data.sources import FileVolumeSource
     from genesis.io import Volume, save_volume
 
+    if not AVAILABLE:
+        pytest.skip("no os.preadv on this platform")
     rng = np.random.default_rng(0)
     files = [save_volume(Volume(rng.uniform(-1000, 500, (16, 128, 128)).astype(np.float32), (1.0, 1.0, 1.0)),
                          tmp_path / f"v{i}.nii") for i in range(12)]
     source = FileVolumeSource(files, cache_dir=tmp_path / "cache")  # 1 MB entries
     for i in range(len(files)):
         source.prepare(i)
-    cfg = SamplerConfig(crop=(16, 128, 128))  # a cube is its whole volume: every page is read
+    # uniform: a cube is its whole volume, every page is read; Models Genesis: cubes drawn from
+    # the stored acceptance maps, which are read like their volumes
+    cfg = (SamplerConfig.models_genesis(crop=(8, 64, 64), margin=(0, 0, 0)) if models_genesis
+           else SamplerConfig(crop=(16, 128, 128)))
 
     def growth(resident_mb):
         ds = CubeDataset(source, cfg, cubes_per_epoch=48, seed=0, lru_volumes=64, resident_mb=resident_mb)
@@ -253,6 +267,13 @@ def test_mapped_pages_stay_under_resident_mb_and_cubes_do_not_change(tmp_path) -
     bounded_kb, bounded, ds = growth(2)
     unbounded_kb, unbounded, _ = growth(None)
     torch.testing.assert_close(bounded, unbounded, rtol=0, atol=0)
-    assert ds._resident.releases > 0 and ds._resident.charged <= 2 * 2**20
-    assert unbounded_kb > 8 * 1024  # without the bound every volume's pages stay mapped
+    stats = ds._resident.stats()
+    assert stats["mapped_volumes"] == 2 and stats["mapped_mb"] <= 2 and stats["read_volumes"] == 10
+    assert sum(isinstance(ds.volume(i), PreadArray) for i in range(len(files))) == 10
+    if models_genesis:
+        read = [i for i in range(len(files)) if ds._resident.reads(i)]
+        assert all(isinstance(a, PreadArray) for i in read for a in (ds.acceptance(i).packed, ds.acceptance(i).flat,
+                                                                       ds.acceptance(i).score) if a is not None)
+    else:
+        assert unbounded_kb > 8 * 1024  # without the bound every volume's pages stay mapped
     assert bounded_kb < 4 * 1024

@@ -45,8 +45,9 @@ class DataConfig:
         keep_non_hu: use images without Hounsfield units found in a ``data`` folder (skipped by default).
         max_image_pixels: radiographs whose header claims more pixels are refused before decoding
             (default 8192 x 8192; None: no limit beyond the free memory).
-        resident_mb: megabytes of cached volumes each process keeps mapped in (the least recently
-            used scan gives its pages back to the page cache); None keeps every map resident.
+        resident_mb: megabytes of cached volumes each process keeps memory-mapped (the first it
+            reads that fit); the cubes of the others are read with ``pread``, which maps nothing,
+            so the RSS does not grow with the number of scans. None: every volume stays mapped.
         group_size: arrays files without ``groups``: each run of this many consecutive samples is
             one patient (the train/validation split never cuts a patient).
     """

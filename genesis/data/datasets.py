@@ -17,15 +17,14 @@ receive keys, never arrays: the pickled dataset carries no volume.
 Pages of a memory map that a cube touched stay mapped into the process, and count as its
 (file-backed) RSS, until the map is closed: with every volume's map kept open, the RSS grew with
 the data set (1,255 MB at 300 scans of 64x128x128 against 386 MB at 10, all of it ``RssFile``).
-So each process keeps at most ``resident_mb`` of volumes mapped in (:class:`_ResidentPages`):
-the least recently used volume beyond it gives its pages back (``madvise(MADV_DONTNEED)``; they
-stay in the page cache, the map stays open) and maps them again on its next cube.
+So each process keeps at most ``resident_mb`` of volumes mapped (:class:`_Residency`): the first
+volumes it reads that fit stay memory maps (with their acceptance maps), and every other
+volume and its acceptance map is read with ``pread`` (:class:`~genesis.data.pread.PreadArray`),
+which maps nothing.
 """
 
 from __future__ import annotations
 
-import mmap
-import weakref
 from collections import OrderedDict
 from typing import Any, Iterator, Sequence
 
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from genesis.data.pread import PreadArray
 from genesis.data.sampler import SamplerConfig, SubVolumeSampler
 from genesis.data.sources import VolumeSource
 from genesis.errors import ConfigError
@@ -45,9 +45,9 @@ _CUBE_STREAM, _SHUFFLE_STREAM = 0xC0BE, 0x5F1E
 #: volume's and its acceptance map's). 4,096: 3,000 scans load cubes without re-opening maps.
 MAX_MAPPED_VOLUMES = 4096
 
-#: Default megabytes of volume data a process keeps mapped in (see :class:`_ResidentPages`):
-#: 10 scans of 32x64x64 fit (so small data sets pay nothing), and the RSS of a run stays within
-#: 20% of that of a 10-scan run, however many scans there are (``bench_data_pipeline --scans``).
+#: Default megabytes of volume data a process keeps mapped (see :class:`_Residency`): 10 scans
+#: of 64x128x128 fit (so small data sets read every cube from a map), and the RSS of a run stays
+#: within 20% of that of a 10-scan run, however many scans there are (``bench_data_pipeline --scans``).
 DEFAULT_RESIDENT_MB = 64
 
 
@@ -55,7 +55,7 @@ def default_lru_volumes(memory_mapped: bool) -> int:
     """Volumes a :class:`CubeDataset` keeps loaded per process by default.
 
     In-memory volumes (no cache) are whole arrays: 8. Memory maps are handles, not data (their
-    pages are bounded separately, see :class:`_ResidentPages`), but each volume holds two file
+    pages are bounded separately, see :class:`_Residency`), but each volume holds two file
     descriptors (volume, acceptance map): keep as many as use half of this process's descriptor
     limit, at most :data:`MAX_MAPPED_VOLUMES`. With every volume's map kept open, 200 volumes
     load cubes as fast as 10 (``bench_acceptance_scale``); with 32 kept (an earlier default)
@@ -74,62 +74,46 @@ def default_lru_volumes(memory_mapped: bool) -> int:
     return int(min(MAX_MAPPED_VOLUMES, max(8, soft // 4)))
 
 
-def _mapping_of(array: Any) -> mmap.mmap | None:
-    """The ``mmap`` under a memory-mapped array (np.memmap or np.frombuffer of a map), or None."""
-    obj, seen = array, 0
-    while obj is not None and seen < 8:
-        if isinstance(obj, mmap.mmap):
-            return obj
-        if isinstance(obj, memoryview):
-            obj = obj.obj
-        elif getattr(obj, "_mmap", None) is not None:
-            return obj._mmap
-        else:
-            obj = getattr(obj, "base", None)
-        seen += 1
-    return None
+class _Residency:
+    """Which cached volumes this process keeps memory-mapped: the first ones read that fit in
+    ``budget`` bytes, with their acceptance maps (about 2% more).
 
-
-class _ResidentPages:
-    """Keeps the volume data mapped into this process under ``budget`` bytes.
-
-    Each volume a cube is read from is charged its maps' whole size (with large page-cache
-    folios, one cube's faults map most of a small volume); beyond the budget, the least recently
-    used volumes give their pages back with ``madvise(MADV_DONTNEED)``: the maps stay open (no
-    re-open, no descriptor churn), the pages stay in the page cache, and the next cube of that
-    volume maps them again (a few minor faults). Maps are held weakly: one closed by the LRU of
-    open maps has given its pages back already. Without ``madvise`` (Windows) it does nothing.
+    Every other volume, and its acceptance map, is read with ``pread`` (:class:`PreadArray`: the
+    same bytes, no page mapped). Volumes are drawn uniformly, so an LRU of maps would hit no more
+    often, and it paid for each miss by mapping the cube's pages in and giving them back, which
+    costs more than ``pread`` (see :mod:`genesis.data.pread`). Without ``os.preadv`` (Windows)
+    every volume stays a map.
     """
 
     def __init__(self, budget: int) -> None:
         self.budget = int(budget)
-        self.charged = 0
-        self.releases = 0
-        self._volumes: OrderedDict[int, tuple[int, tuple[weakref.ref, ...]]] = OrderedDict()
+        self.mapped_bytes = 0
+        self._mapped: set[int] = set()
+        self._read: set[int] = set()
 
-    def touch(self, index: int, arrays: Sequence[Any]) -> None:
-        """Volume ``index`` (its memory-mapped ``arrays``) is being read."""
-        if index in self._volumes:
-            self._volumes.move_to_end(index)
-            return
-        maps = [m for m in (_mapping_of(a) for a in arrays) if m is not None and hasattr(m, "madvise")]
-        if not maps:
-            return
-        size = sum(len(m) for m in maps)
-        self._volumes[index] = (size, tuple(weakref.ref(m) for m in maps))
-        self.charged += size
-        while self.charged > self.budget and len(self._volumes) > 1:
-            _, (size, refs) = self._volumes.popitem(last=False)
-            self.charged -= size
-            self.releases += 1
-            for ref in refs:
-                m = ref()
-                if m is None:
-                    continue
-                try:
-                    m.madvise(mmap.MADV_DONTNEED)
-                except (OSError, ValueError):  # closed in the meantime: nothing mapped anyway
-                    pass
+    def volume(self, index: int, array: np.ndarray) -> Any:
+        """``array`` (volume ``index`` as the source loaded it) or, beyond the budget, the same
+        data read with ``pread``."""
+        if index in self._mapped or not isinstance(array, np.memmap):
+            return array
+        if index not in self._read and self.mapped_bytes + array.nbytes <= self.budget:
+            self._mapped.add(index)
+            self.mapped_bytes += array.nbytes
+            return array
+        read = PreadArray.of_memmap(array)
+        if read is None:
+            return array
+        self._read.add(index)
+        return read
+
+    def reads(self, index: int) -> bool:
+        """Whether volume ``index`` (and its acceptance map) is read with ``pread``."""
+        return index in self._read
+
+    def stats(self) -> dict:
+        """Volumes kept mapped (count, MB) and volumes read with ``pread``."""
+        return {"mapped_volumes": len(self._mapped), "mapped_mb": self.mapped_bytes / 2**20,
+                "read_volumes": len(self._read)}
 
 
 class CubeDataset(Dataset):
@@ -141,8 +125,9 @@ class CubeDataset(Dataset):
         cubes_per_epoch: ``len(ds)``; keys of epoch e are ``e * len(ds) .. (e + 1) * len(ds) - 1``.
         seed: base seed; ``ds[k]`` depends only on (source, sampler_cfg, seed, k).
         lru_volumes: loaded volumes (memory maps with a cached source) kept per worker process.
-        resident_mb: megabytes of memory-mapped volume data kept mapped in per process (see
-            :class:`_ResidentPages`; None: no limit). Cubes do not depend on it.
+        resident_mb: megabytes of cached volumes kept mapped per process; cubes of the others
+            are read with ``pread`` (see :class:`_Residency`; None: every volume stays mapped).
+            Cubes do not depend on it.
     """
 
     def __init__(
@@ -166,14 +151,14 @@ class CubeDataset(Dataset):
         self.resident_mb = resident_mb
         self._lru: OrderedDict[int, np.ndarray] = OrderedDict()
         self._acceptance_lru: OrderedDict[int, Any] = OrderedDict()
-        self._resident = _ResidentPages(int(resident_mb * 2**20)) if resident_mb is not None else None
+        self._resident = _Residency(int(resident_mb * 2**20)) if resident_mb is not None else None
 
     def __getstate__(self) -> dict:
         # Worker processes started with "spawn" get a pickled copy: send no loaded volumes.
         state = self.__dict__.copy()
         state["_lru"] = OrderedDict()
         state["_acceptance_lru"] = OrderedDict()
-        state["_resident"] = _ResidentPages(self._resident.budget) if self._resident is not None else None
+        state["_resident"] = _Residency(self._resident.budget) if self._resident is not None else None
         return state
 
     @property
@@ -188,22 +173,19 @@ class CubeDataset(Dataset):
     def __len__(self) -> int:
         return self.cubes_per_epoch
 
-    def volume(self, index: int) -> np.ndarray:
-        """Volume ``index`` of the source, through the per-process LRU."""
+    def volume(self, index: int) -> Any:
+        """Volume ``index`` of the source, through the per-process LRU: an array, a memory map,
+        or beyond ``resident_mb`` a :class:`PreadArray` (sliced like an array)."""
         if index in self._lru:
             self._lru.move_to_end(index)
             return self._lru[index]
         array = self.source.load(index)
+        if self._resident is not None:
+            array = self._resident.volume(index, array)
         self._lru[index] = array
         while len(self._lru) > self.lru_volumes:
             self._lru.popitem(last=False)
         return array
-
-    def _reading(self, index: int, volume: np.ndarray, acceptance: Any) -> None:
-        """Charge the pages a cube of volume ``index`` maps in against ``resident_mb``."""
-        if self._resident is not None:
-            parts = (volume,) if acceptance is None else (volume, acceptance.packed, acceptance.flat, acceptance.score)
-            self._resident.touch(index, [p for p in parts if p is not None])
 
     def acceptance(self, index: int) -> Any:
         """The stored acceptance map of volume ``index`` (memory maps, through a per-process LRU
@@ -215,7 +197,11 @@ class CubeDataset(Dataset):
         if index in self._acceptance_lru:
             self._acceptance_lru.move_to_end(index)
             return self._acceptance_lru[index]
-        acc = load(index, self.sampler)
+        if self._resident is not None:
+            self.volume(index)  # decides whether this volume stays mapped
+            acc = load(index, self.sampler, reader=PreadArray if self._resident.reads(index) else None)
+        else:
+            acc = load(index, self.sampler)
         if acc is not None:
             self._acceptance_lru[index] = acc
             while len(self._acceptance_lru) > self.lru_volumes:
@@ -249,9 +235,6 @@ class CubeDataset(Dataset):
         :meth:`SubVolumeSampler.positions`); ``self[key]`` is the cube there."""
         rng, index = self._volume_of(key)
         volume, acceptance = self.volume(index), self.acceptance(index)
-        if acceptance is not None and self._resident is not None:
-            self._resident.touch(-1 - index, [a for a in (acceptance.packed, acceptance.flat, acceptance.score)
-                                              if a is not None])  # only the map is read here
         corners = self.sampler.positions(volume, 1, rng, name=self.source.name(index), acceptance=acceptance)
         return index, corners[0]
 
@@ -265,14 +248,12 @@ class CubeDataset(Dataset):
         out = batch.numpy()
         for i, (index, *corner) in enumerate(where.tolist()):
             volume = self.volume(index)
-            self._reading(index, volume, None)
             self.sampler.crop_at(volume, np.asarray([corner]), self.source.name(index), out=out[i])
         return batch
 
     def __getitem__(self, key: int) -> torch.Tensor:
         rng, index = self._volume_of(key)
         volume, acceptance = self.volume(index), self.acceptance(index)
-        self._reading(index, volume, acceptance)
         cube = self.sampler.sample(volume, 1, rng, name=self.source.name(index), acceptance=acceptance)
         return torch.from_numpy(cube)  # (1, D, H, W); the same as cubes_at(locate(key))
 

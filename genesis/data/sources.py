@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -190,27 +190,34 @@ class _CachedLoading:
         if stored is not None:
             self._acceptance[_check_index(i, len(self))] = stored  # type: ignore[arg-type]
 
-    def load_acceptance(self, i: int, sampler: Any) -> Any:
-        """The stored acceptance map of volume ``i`` (memory maps), built on first use; None
-        without a cache or rejection rule (the sampler then computes it in process)."""
+    def load_acceptance(self, i: int, sampler: Any, reader: Callable[..., Any] | None = None) -> Any:
+        """The stored acceptance map of volume ``i``, built on first use; None without a cache or
+        rejection rule (the sampler then computes it in process).
+
+        ``reader(path, dtype, offset, shape)`` opens its data array: by default a memory map;
+        :class:`~genesis.data.pread.PreadArray` reads it with ``pread`` instead.
+        """
         stored = self.prepare_acceptance(i, sampler)
         if stored is None:
             return None
         from genesis.data.sampler import decode_acceptance
 
+        reader = reader or _map_npy
         try:
-            # the small meta array is read (no file handle kept); only the map is memory-mapped
+            # the small meta array is read (no file handle kept); only the map is opened
             (meta_path, meta_dtype, meta_offset, meta_shape), data_layout = stored[1]
             size = np.dtype(meta_dtype).itemsize * math.prod(meta_shape)
             with open(meta_path, "rb") as handle:
                 handle.seek(meta_offset)
                 meta = np.frombuffer(handle.read(size), np.dtype(meta_dtype))
-            return decode_acceptance(meta, _map_npy(*data_layout))
+            return decode_acceptance(meta, reader(*data_layout))
         except (OSError, ValueError):  # removed or replaced since it was verified: check and rebuild
             self._acceptance.pop(i, None)
             stored = self.prepare_acceptance(i, sampler)
             assert stored is not None
             meta, data = (np.load(p, mmap_mode="r", allow_pickle=False) for p, *_ in stored[1])
+            if reader is not _map_npy:
+                data = reader(stored[1][1][0], data.dtype.str, int(data.offset), data.shape)
             return decode_acceptance(meta, data)
 
 

@@ -40,10 +40,11 @@ class SubsetSource:
     def name(self, i: int) -> str:
         return self.source.name(self.indices[i])
 
-    def load_acceptance(self, i: int, sampler: Any) -> Any:
-        """The stored acceptance map of volume ``i`` (None when the source stores none)."""
+    def load_acceptance(self, i: int, sampler: Any, reader: Any = None) -> Any:
+        """The stored acceptance map of volume ``i`` (None when the source stores none); ``reader``
+        as in :meth:`~genesis.data.sources._CachedLoading.load_acceptance`."""
         load = getattr(self.source, "load_acceptance", None)
-        return load(self.indices[i], sampler) if load is not None else None
+        return load(self.indices[i], sampler, reader=reader) if load is not None else None
 
 
 def split_volumes(n: int, val_fraction: float) -> tuple[list[int], list[int]]:
