@@ -40,6 +40,7 @@ def test_every_kind_of_index_reads_what_the_map_holds(tmp_path, shape, dtype) ->
         np.testing.assert_array_equal(got, want, err_msg=str(key))
     picks = rng.integers(0, shape[0], 5)
     np.testing.assert_array_equal(read[picks], mapped[picks])  # fancy index: whole array, then index
+    np.testing.assert_array_equal(read[True], mapped[True])  # a boolean is a mask, not index 1
     np.testing.assert_array_equal(np.asarray(read), mapped)
     assert int(read[-1].ravel()[0]) == int(np.asarray(mapped[-1]).ravel()[0])
     with pytest.raises(IndexError):

@@ -87,8 +87,9 @@ class PreadArray:
 
     def __getitem__(self, key: Any) -> Any:
         key = key if isinstance(key, tuple) else (key,)
-        if len(key) > self.ndim or not all(isinstance(k, (slice, int, np.integer)) for k in key):
-            return np.asarray(self)[key]  # fancy or odd indices: read everything, then index
+        plain = all(isinstance(k, (slice, int, np.integer)) and not isinstance(k, (bool, np.bool_)) for k in key)
+        if len(key) > self.ndim or not plain:
+            return np.asarray(self)[key]  # fancy, boolean or odd indices: read everything, then index
         key = key + (slice(None),) * (self.ndim - len(key))
         first, rest = key[0], key[1:]
         if isinstance(first, slice):
