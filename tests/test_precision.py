@@ -58,11 +58,14 @@ def _restoration_mse_after_training(precision: str) -> tuple[float, list[float]]
 def test_bf16_training_is_finite_and_restores_like_fp32() -> None:
     fp32, fp32_losses = _restoration_mse_after_training("fp32")
     bf16, bf16_losses = _restoration_mse_after_training("bf16")
-    if not all(torch.isfinite(torch.tensor(bf16_losses))) and device_module.cpu_supports_bf16():
-        # the measured torch 2.13 defect on native-bf16 CPUs (AVX512-BF16): batch norm goes NaN;
-        # it is why --precision auto keeps fp32 on every CPU and bf16 on a CPU warns
+    finite = all(torch.isfinite(torch.tensor([*bf16_losses, bf16])))
+    if not finite and device_module.cpu_supports_bf16():
+        # the measured torch 2.13 defect on native-bf16 CPUs (AVX512-BF16): batch norm goes NaN,
+        # in the losses (7 of 20 runs here) or only in the running statistics, so that the
+        # held-out MSE is NaN while every loss was finite (1 of 20); it is why --precision auto
+        # keeps fp32 on every CPU and bf16 on a CPU warns
         pytest.xfail("torch 2.13 bf16 batch norm gives NaN on this native-bf16 CPU")
-    assert all(torch.isfinite(torch.tensor(bf16_losses)))
+    assert finite
     assert bf16_losses[-1] < bf16_losses[0]  # it learns
     assert abs(bf16 - fp32) / fp32 < 0.03, (bf16, fp32)
 
